@@ -1,1 +1,77 @@
-//! placeholder
+//! c10k strategies: one sans-IO [`App`] served by any C10K server architecture.
+//!
+//! A server is `strategy x app x config`. The app ([`c10k_proto::App`]) turns bytes
+//! into replies and never sees a socket; the [`Strategy`] moves the bytes (epoll
+//! level- or edge-triggered today, the rest of the C10K list as they are built) and
+//! owns accepting, buffering, backpressure, limits and graceful shutdown.
+//!
+//! Run your own protocol on any strategy:
+//!
+//! ```no_run
+//! use c10k_proto::{App, Cx, Peer, ProtoError, Session};
+//! use c10k_server::{Server, Strategy};
+//!
+//! /// Replies "ok\n" to every line.
+//! struct Acks;
+//! struct AckSession;
+//! impl App for Acks {
+//!     type Session = AckSession;
+//!     fn open(&self, _peer: &Peer) -> AckSession { AckSession }
+//! }
+//! impl Session for AckSession {
+//!     fn handle_input(&mut self, _cx: &Cx, input: &[u8], out: &mut Vec<u8>)
+//!         -> Result<usize, ProtoError> {
+//!         let mut used = 0;
+//!         while let Some(nl) = input[used..].iter().position(|&b| b == b'\n') {
+//!             out.extend_from_slice(b"ok\n");
+//!             used += nl + 1;
+//!         }
+//!         Ok(used)
+//!     }
+//!     fn handle_eof(&mut self, _cx: &Cx, _out: &mut Vec<u8>) {}
+//!     fn wants_close(&self) -> bool { false }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = Server::builder()
+//!     .strategy(Strategy::EpollEt)
+//!     .workers(2)
+//!     .listen("127.0.0.1:7000".parse()?)
+//!     .app(Acks)
+//!     .bind()?;
+//! println!("listening on {}", server.local_addr());
+//! server.run()?; // until SIGTERM or SIGINT, then drains
+//! # Ok(())
+//! # }
+//! ```
+
+mod accept;
+mod builder;
+mod config;
+mod conn;
+mod ratelog;
+mod shutdown;
+mod stats;
+mod strategy;
+
+pub use builder::{Report, Server, ServerBuilder, ServerError, ServerHandle};
+pub use c10k_proto::{App, Session};
+pub use config::{
+    AcceptMode, Config, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNS,
+    DEFAULT_OUTPUT_CAP, LINGER, MAX_PENDING_INPUT, READ_CHUNK,
+};
+pub use shutdown::Shutdown;
+pub use stats::{OpenConns, WorkerStats};
+pub use strategy::{Availability, Strategy, StrategyInfo};
+
+/// Raise the soft limit on open files to the hard limit (a server holding ten thousand
+/// connections needs more than the usual 1,024). Returns the new soft limit.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        setrlimit(Resource::Nofile, lim)?;
+    }
+    Ok(lim.current.unwrap_or(u64::MAX))
+}

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Server CPU per request, c10k against a reference, alternating in one run.
+
+Each round starts the server pinned to CPU 0, runs the load generator pinned to CPU 1,
+and reads utime+stime of the server's whole process tree from /proc before and after
+the load. CPU per request = CPU seconds / requests the load generator counted. Rounds
+alternate reference and candidate; the report gives per-round figures, medians and the
+ratio candidate/reference. Throughput is printed too but swings ~2x on a shared
+2-core machine; CPU per request is the figure that holds.
+
+Usage:
+  bench/cpu_per_request.py --rounds 3 --kind echo \
+     --ref 'epoll_echo=/tmp/c10k-anchors/epoll_echo {port}' \
+     --cand 'c10k-epoll-et=target/release/c10k serve --strategy epoll-et --app echo --listen 127.0.0.1:{port}' \
+     --load '/tmp/c10k-anchors/echo_load -p {port} -c 1000 -d 10 -w 1 -s 64'
+Kinds: echo (echo_load output), wrk (wrk --latency), redis (redis-benchmark --csv).
+Every load is bounded by its own duration or request count; traffic goes to 127.0.0.1 only.
+"""
+import argparse, csv, io, os, re, shlex, signal, socket, statistics, subprocess, sys, time
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid):
+    """utime+stime (seconds) of pid and all its descendants (threads included)."""
+    kids = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        rest = st[st.rindex(")") + 2:].split()
+        kids.setdefault(int(rest[1]), []).append((int(d), rest))
+    total, todo = 0, [pid]
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read()
+        rest = st[st.rindex(")") + 2:].split()
+        total += int(rest[11]) + int(rest[12])
+    except OSError:
+        pass
+    while todo:
+        p = todo.pop()
+        for (c, rest) in kids.get(p, []):
+            total += int(rest[11]) + int(rest[12])
+            todo.append(c)
+    return total / TICK
+
+
+def tree_rss_kib(pid):
+    total = 0
+    pids = [pid]
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                pids.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return total
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on {port}")
+
+
+def parse(kind, out):
+    if kind == "echo":
+        m = re.search(r"msgs_per_s=(\d+).*p50_us=(\d+) p99_us=(\d+).*total_msgs=(\d+).*errors=(\d+)", out)
+        if not m:
+            raise RuntimeError("cannot parse echo_load output: " + out)
+        return dict(rps=float(m[1]), p50_us=int(m[2]), p99_us=int(m[3]), requests=int(m[4]), errors=int(m[5]))
+    if kind == "wrk":
+        reqs = int(re.search(r"(\d+) requests in", out)[1])
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
+        errs = 0
+        m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        if m:
+            errs += int(m[1])
+        m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        if m:
+            errs += sum(int(x) for x in m.groups())
+        return dict(rps=rps, requests=reqs, errors=errs)
+    if kind == "redis":
+        rows = list(csv.reader(io.StringIO(out)))
+        n = 0
+        rps = 0.0
+        for r in rows[1:]:
+            rps += float(r[1])
+        return dict(rps=rps, requests=None, errors=0, tests=len(rows) - 1)
+    raise ValueError(kind)
+
+
+def one(name, server_cmd, load_cmd, kind, requests_hint):
+    port = free_port()
+    scmd = ["taskset", "-c", "0"] + shlex.split(server_cmd.format(port=port))
+    srv = subprocess.Popen(scmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_port(port)
+        time.sleep(0.2)
+        c0 = tree_cpu(srv.pid)
+        t0 = time.time()
+        out = subprocess.run(["taskset", "-c", "1"] + shlex.split(load_cmd.format(port=port)),
+                             capture_output=True, text=True, timeout=600).stdout
+        wall = time.time() - t0
+        c1 = tree_cpu(srv.pid)
+        rss = tree_rss_kib(srv.pid)
+    finally:
+        try:
+            os.killpg(srv.pid, signal.SIGTERM)
+            srv.wait(timeout=10)
+        except Exception:
+            os.killpg(srv.pid, signal.SIGKILL)
+            srv.wait()
+    r = parse(kind, out)
+    if r["requests"] is None:
+        r["requests"] = requests_hint * r.pop("tests")
+    r["cpu_s"] = c1 - c0
+    r["us_per_req"] = (c1 - c0) / r["requests"] * 1e6
+    r["wall_s"] = wall
+    r["rss_kib"] = rss
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ref", required=True, help="NAME=COMMAND with {port}")
+    ap.add_argument("--cand", required=True, action="append", help="NAME=COMMAND with {port}")
+    ap.add_argument("--load", required=True, help="load command with {port}")
+    ap.add_argument("--kind", required=True, choices=["echo", "wrk", "redis"])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=0, help="redis-benchmark -n (requests per test)")
+    a = ap.parse_args()
+    servers = [a.ref] + a.cand
+    results = {s.split("=", 1)[0]: [] for s in servers}
+    for rnd in range(a.rounds):
+        for s in servers:
+            name, cmd = s.split("=", 1)
+            r = one(name, cmd, a.load, a.kind, a.requests)
+            results[name].append(r)
+            print(f"round {rnd+1} {name:<16} {r['us_per_req']:7.2f} us/req  {r['rps']:10.0f} req/s  "
+                  f"errors {r['errors']}  rss {r['rss_kib']} KiB", flush=True)
+    ref = a.ref.split("=", 1)[0]
+    ref_med = statistics.median(x["us_per_req"] for x in results[ref])
+    print(f"\nmedian server CPU per request ({a.rounds} rounds, server CPU 0, load CPU 1):")
+    for name, rs in results.items():
+        med = statistics.median(x["us_per_req"] for x in rs)
+        print(f"  {name:<16} {med:7.2f} us/req   ratio to {ref}: {med/ref_med:5.2f}   "
+              f"median {statistics.median(x['rps'] for x in rs):9.0f} req/s")
+
+
+if __name__ == "__main__":
+    main()

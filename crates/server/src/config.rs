@@ -1,0 +1,85 @@
+//! Server settings shared by every strategy.
+
+use std::time::Duration;
+
+/// How the workers of an event-loop strategy share the listening address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AcceptMode {
+    /// One `SO_REUSEPORT` listener per worker; the kernel spreads new connections
+    /// over them by a hash of the 4-tuple.
+    #[default]
+    Reuseport,
+    /// One listener shared by every worker, registered with `EPOLLEXCLUSIVE` so a new
+    /// connection wakes one worker, not all of them.
+    Exclusive,
+}
+
+impl AcceptMode {
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            AcceptMode::Reuseport => "reuseport",
+            AcceptMode::Exclusive => "exclusive",
+        }
+    }
+}
+
+impl std::str::FromStr for AcceptMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "reuseport" => Ok(AcceptMode::Reuseport),
+            "exclusive" => Ok(AcceptMode::Exclusive),
+            _ => Err(format!(
+                "unknown accept mode '{s}': use reuseport or exclusive"
+            )),
+        }
+    }
+}
+
+/// Default cap on a connection's pending output (backpressure threshold).
+pub const DEFAULT_OUTPUT_CAP: usize = 1024 * 1024;
+/// Default time a draining server waits for in-flight requests.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default connection limit (per process, over all workers).
+pub const DEFAULT_MAX_CONNS: usize = 100_000;
+/// Default listen backlog (the kernel clamps it to `net.core.somaxconn`).
+pub const DEFAULT_BACKLOG: i32 = 4096;
+/// How long a connection closed by the server keeps reading (and discarding) so that
+/// its last reply is not destroyed by a reset.
+pub const LINGER: Duration = Duration::from_secs(2);
+/// Input bytes a session may leave unconsumed before the driver gives up on it
+/// (protects against an app that never consumes; the apps' own limits are lower).
+pub const MAX_PENDING_INPUT: usize = 16 * 1024 * 1024;
+/// Size of a worker's read buffer: one read takes at most this much.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// Settings of one server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Number of event loops (threads).
+    pub workers: usize,
+    /// How workers share the listening address.
+    pub accept: AcceptMode,
+    /// Connections beyond this are accepted and closed at once (counted).
+    pub max_conns: usize,
+    /// A connection whose pending output exceeds this stops being read until it drains.
+    pub output_cap: usize,
+    /// After SIGTERM/SIGINT, how long in-flight requests may take before a forced close.
+    pub drain_timeout: Duration,
+    /// Listen backlog.
+    pub backlog: i32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            workers: 1,
+            accept: AcceptMode::default(),
+            max_conns: DEFAULT_MAX_CONNS,
+            output_cap: DEFAULT_OUTPUT_CAP,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            backlog: DEFAULT_BACKLOG,
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Counters: per worker (uncontended, relaxed atomics) plus the process-wide number
+//! of open connections that `--max-conns` is checked against.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+/// Counters of one worker. Read them at any time (metrics); only the worker writes.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Connections accepted and served.
+    pub accepted: AtomicU64,
+    /// Connections accepted and closed at once because `--max-conns` was reached.
+    pub refused_max_conns: AtomicU64,
+    /// Connections closed (any reason).
+    pub closed: AtomicU64,
+    /// Accept failures other than "nothing to accept".
+    pub accept_errors: AtomicU64,
+    /// Times accepting was paused because of EMFILE/ENFILE/ENOBUFS/ENOMEM.
+    pub accept_pauses: AtomicU64,
+    /// Sessions that ended with a protocol error (an error reply was sent).
+    pub proto_errors: AtomicU64,
+    /// Connections that ended with an I/O error (reset, broken pipe...).
+    pub io_errors: AtomicU64,
+    /// Connections force-closed at the drain deadline.
+    pub drain_forced: AtomicU64,
+    /// Bytes read from clients.
+    pub bytes_in: AtomicU64,
+    /// Bytes written to clients.
+    pub bytes_out: AtomicU64,
+}
+
+impl WorkerStats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// A counter's current value.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Relaxed)
+    }
+}
+
+/// The process-wide open-connection count, shared by all workers.
+#[derive(Debug, Default)]
+pub struct OpenConns {
+    open: AtomicUsize,
+}
+
+impl OpenConns {
+    /// Take a slot if fewer than `max` are open.
+    pub(crate) fn try_acquire(&self, max: usize) -> bool {
+        let prev = self.open.fetch_add(1, Relaxed);
+        if prev >= max {
+            self.open.fetch_sub(1, Relaxed);
+            false
+        } else {
+            true
+        }
+    }
+
+    pub(crate) fn release(&self) {
+        self.open.fetch_sub(1, Relaxed);
+    }
+
+    /// Connections open right now.
+    pub fn current(&self) -> usize {
+        self.open.load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acquire_stops_at_the_limit_and_release_frees_a_slot() {
+        let open = OpenConns::default();
+        assert!(open.try_acquire(2));
+        assert!(open.try_acquire(2));
+        assert!(!open.try_acquire(2));
+        assert_eq!(open.current(), 2);
+        open.release();
+        assert!(open.try_acquire(2));
+    }
+}

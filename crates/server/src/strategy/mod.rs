@@ -1,0 +1,291 @@
+//! The C10K strategies, each a way of moving bytes between sockets and sessions.
+//!
+//! Every strategy runs every [`App`]; which one runs is a value
+//! ([`Strategy`]), so the command line, the tests and `c10k compare` pick it by name.
+//! The registry ([`Strategy::ALL`]) is the one list of them: adding a strategy means
+//! adding a variant, its [`StrategyInfo`], and its arm in [`run_worker`].
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use c10k_proto::App;
+
+use crate::config::Config;
+use crate::shutdown::Shutdown;
+use crate::stats::{OpenConns, WorkerStats};
+
+pub(crate) mod epoll;
+
+/// A server architecture from the C10K list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// One thread, select(2), level-triggered.
+    Select,
+    /// One thread, poll(2), level-triggered.
+    Poll,
+    /// An epoll loop per worker, level-triggered.
+    EpollLt,
+    /// An epoll loop per worker, edge-triggered.
+    EpollEt,
+    /// io_uring completions.
+    Uring,
+    /// One OS thread per connection, blocking I/O.
+    Thread,
+    /// One process per connection.
+    Fork,
+    /// A fixed pool of processes blocking in accept.
+    Prefork,
+    /// A reactor thread handing ready connections to a worker pool.
+    Pool,
+    /// Stackful coroutines over epoll.
+    Green,
+    /// eBPF sockmap: the kernel answers.
+    Kernel,
+}
+
+/// Whether a strategy can run here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    /// It runs.
+    Available,
+    /// Not written yet.
+    NotBuilt {
+        /// Where it is planned.
+        planned: &'static str,
+    },
+    /// Written, but this machine cannot run it.
+    Unavailable {
+        /// Why not.
+        reason: String,
+    },
+}
+
+/// What the registry knows about a strategy.
+#[derive(Debug, Clone, Copy)]
+pub struct StrategyInfo {
+    /// The strategy.
+    pub strategy: Strategy,
+    /// Its command-line name.
+    pub name: &'static str,
+    /// Its item in Dan Kegel's C10K list ("1".."5", or the answer it comes from).
+    pub item: &'static str,
+    /// How it works, in a line.
+    pub summary: &'static str,
+    /// Its limits, in a line.
+    pub limits: &'static str,
+    /// The nearest strategy to use when this one is not available.
+    pub instead: &'static str,
+}
+
+impl Strategy {
+    /// Every strategy, in the order of the C10K list.
+    pub const ALL: [StrategyInfo; 11] = [
+        info(
+            Strategy::Select,
+            "select",
+            "1",
+            "one thread, select(2), level-triggered",
+            "at most 1024 fds (FD_SETSIZE)",
+            "poll",
+        ),
+        info(
+            Strategy::Poll,
+            "poll",
+            "1",
+            "one thread, poll(2), level-triggered",
+            "O(connections) per wait",
+            "epoll-lt",
+        ),
+        info(
+            Strategy::EpollLt,
+            "epoll-lt",
+            "1",
+            "epoll loop per worker, level-triggered",
+            "one epoll_ctl per interest change",
+            "epoll-et",
+        ),
+        info(
+            Strategy::EpollEt,
+            "epoll-et",
+            "2",
+            "epoll loop per worker, edge-triggered, read/write until EAGAIN",
+            "none beyond fds and memory",
+            "epoll-lt",
+        ),
+        info(
+            Strategy::Uring,
+            "uring",
+            "3",
+            "io_uring completions, multishot accept and recv",
+            "needs io_uring (kernel >= 6.0, not disabled)",
+            "epoll-et",
+        ),
+        info(
+            Strategy::Thread,
+            "thread",
+            "4",
+            "one OS thread per connection, blocking I/O",
+            "a thread and its stack per connection",
+            "epoll-et",
+        ),
+        info(
+            Strategy::Fork,
+            "fork",
+            "4",
+            "one process per connection",
+            "a process per connection; RESP store per process",
+            "prefork",
+        ),
+        info(
+            Strategy::Prefork,
+            "prefork",
+            "4",
+            "fixed pool of processes blocking in accept",
+            "concurrency = pool size; RESP store per process",
+            "thread",
+        ),
+        info(
+            Strategy::Pool,
+            "pool",
+            "answer 5",
+            "reactor thread hands ready connections to a worker pool",
+            "hand-off cost per request",
+            "epoll-et",
+        ),
+        info(
+            Strategy::Green,
+            "green",
+            "answers 3, 4",
+            "stackful coroutines over epoll",
+            "a blocking call stalls its worker",
+            "epoll-et",
+        ),
+        info(
+            Strategy::Kernel,
+            "kernel",
+            "5",
+            "eBPF sockmap, the kernel answers (echo)",
+            "echo only; needs BPF",
+            "epoll-et",
+        ),
+    ];
+
+    /// The registry entry.
+    pub fn info(self) -> &'static StrategyInfo {
+        Self::ALL
+            .iter()
+            .find(|i| i.strategy == self)
+            .unwrap_or(&Self::ALL[3])
+    }
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        self.info().name
+    }
+
+    /// Look a strategy up by its command-line name.
+    pub fn from_name(name: &str) -> Option<Strategy> {
+        Self::ALL
+            .iter()
+            .find(|i| i.name == name)
+            .map(|i| i.strategy)
+    }
+
+    /// Whether it can run on this machine, and if not, why.
+    pub fn availability(self) -> Availability {
+        match self {
+            Strategy::EpollLt | Strategy::EpollEt => Availability::Available,
+            Strategy::Select | Strategy::Poll | Strategy::Pool => {
+                Availability::NotBuilt { planned: "issue 3" }
+            }
+            Strategy::Thread | Strategy::Fork | Strategy::Prefork => {
+                Availability::NotBuilt { planned: "issue 4" }
+            }
+            Strategy::Uring => Availability::NotBuilt { planned: "issue 5" },
+            Strategy::Green => Availability::NotBuilt { planned: "issue 6" },
+            Strategy::Kernel => Availability::NotBuilt {
+                planned: "a later issue",
+            },
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+const fn info(
+    strategy: Strategy,
+    name: &'static str,
+    item: &'static str,
+    summary: &'static str,
+    limits: &'static str,
+    instead: &'static str,
+) -> StrategyInfo {
+    StrategyInfo {
+        strategy,
+        name,
+        item,
+        summary,
+        limits,
+        instead,
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Strategy::from_name(s).ok_or_else(|| {
+            let names: Vec<&str> = Strategy::ALL.iter().map(|i| i.name).collect();
+            format!("unknown strategy '{s}': use one of {}", names.join(", "))
+        })
+    }
+}
+
+/// Everything one worker (event loop, thread or process) needs.
+pub(crate) struct WorkerCtx<A> {
+    pub(crate) id: usize,
+    pub(crate) app: Arc<A>,
+    pub(crate) listener: Arc<TcpListener>,
+    pub(crate) local_addr: SocketAddr,
+    /// The listener is shared with other workers (register it with EPOLLEXCLUSIVE).
+    pub(crate) shared_listener: bool,
+    pub(crate) config: Arc<Config>,
+    pub(crate) shutdown: Arc<Shutdown>,
+    pub(crate) stats: Arc<WorkerStats>,
+    pub(crate) open: Arc<OpenConns>,
+}
+
+/// Run one worker of `strategy` until it has drained after shutdown.
+pub(crate) fn run_worker<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> std::io::Result<()> {
+    match strategy {
+        Strategy::EpollLt => epoll::run(ctx, epoll::Trigger::Level),
+        Strategy::EpollEt => epoll::run(ctx, epoll::Trigger::Edge),
+        other => Err(std::io::Error::other(format!(
+            "strategy {other} is not built yet"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_are_unique() {
+        for i in &Strategy::ALL {
+            assert_eq!(Strategy::from_name(i.name), Some(i.strategy));
+            assert_eq!(i.strategy.name(), i.name);
+            assert!(
+                Strategy::from_name(i.instead).is_some(),
+                "{} names a real fallback",
+                i.name
+            );
+        }
+        assert!("nope".parse::<Strategy>().unwrap_err().contains("epoll-et"));
+    }
+}
