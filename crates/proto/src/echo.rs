@@ -51,7 +51,10 @@ mod tests {
             let mut s = EchoApp.open(&Peer::unknown());
             let mut out = Vec::new();
             assert_eq!(s.handle_input(&cx, &msg[..cut], &mut out).unwrap(), cut);
-            assert_eq!(s.handle_input(&cx, &msg[cut..], &mut out).unwrap(), msg.len() - cut);
+            assert_eq!(
+                s.handle_input(&cx, &msg[cut..], &mut out).unwrap(),
+                msg.len() - cut
+            );
             assert_eq!(out, msg);
             assert!(!s.wants_close());
             s.handle_eof(&cx, &mut out);

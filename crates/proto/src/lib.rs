@@ -89,8 +89,12 @@ pub trait Session: Send {
     ///
     /// On error the protocol's error reply is already in `out` and the session
     /// wants the connection closed.
-    fn handle_input(&mut self, cx: &Cx, input: &[u8], out: &mut Vec<u8>)
-    -> Result<usize, ProtoError>;
+    fn handle_input(
+        &mut self,
+        cx: &Cx,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<usize, ProtoError>;
 
     /// The peer closed its write side. Append any final bytes to `out`. Bytes still
     /// unconsumed at this point are an incomplete request and are dropped.
