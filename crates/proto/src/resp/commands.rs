@@ -365,14 +365,33 @@ fn mget(cx: &mut Ctx<'_, '_>) -> Outcome {
     Outcome::Continue
 }
 
-/// `CONFIG GET pattern...` answers an empty array: no parameter is exposed.
+/// Parameters `CONFIG GET` reports: the ones `redis-benchmark` asks for at start-up
+/// (without them it warns "Could not fetch server CONFIG"). No persistence here.
+const CONFIG_PARAMS: [(&[u8], &[u8]); 2] = [(b"appendonly", b"no"), (b"save", b"")];
+
+/// `CONFIG GET pattern...` answers name/value pairs for the parameters in
+/// [`CONFIG_PARAMS`] that a pattern names exactly or with `*`; anything else matches
+/// nothing (an empty array), as in Redis for an unknown parameter.
 fn config(cx: &mut Ctx<'_, '_>) -> Outcome {
     let sub = cx.args.get(1);
     if sub.eq_ignore_ascii_case(b"get") {
         if cx.args.len() < 3 {
             wrong_arity(cx.out, "config|get");
         } else {
-            write_array_header(cx.out, 0);
+            let wanted: Vec<&(&[u8], &[u8])> = CONFIG_PARAMS
+                .iter()
+                .filter(|(name, _)| {
+                    (2..cx.args.len()).any(|i| {
+                        let pat = cx.args.get(i);
+                        pat == b"*" || pat.eq_ignore_ascii_case(name)
+                    })
+                })
+                .collect();
+            write_array_header(cx.out, wanted.len() * 2);
+            for (name, value) in wanted {
+                write_bulk(cx.out, name);
+                write_bulk(cx.out, value);
+            }
         }
     } else if sub.eq_ignore_ascii_case(b"resetstat") {
         if cx.args.len() == 2 {

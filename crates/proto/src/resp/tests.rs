@@ -296,7 +296,8 @@ fn mset_and_mget() {
 fn config_command_select_flush_dbsize() {
     transcript(
         &join(&[
-            b"CONFIG GET *\r\nconfig get save appendonly\r\nCONFIG\r\nCONFIG GET\r\n",
+            b"CONFIG GET *\r\nconfig get save appendonly\r\nCONFIG GET maxmemory\r\n",
+            b"CONFIG\r\nCONFIG GET\r\n",
             b"CONFIG SET a b\r\nCONFIG RESETSTAT\r\n",
             b"COMMAND\r\nCOMMAND DOCS\r\ncommand count\r\n",
             b"SELECT 0\r\nSELECT 1\r\nSELECT -1\r\nSELECT x\r\nSELECT 99999999999\r\nSELECT\r\n",
@@ -304,7 +305,9 @@ fn config_command_select_flush_dbsize() {
             b"FLUSHALL ASYNC\r\nDBSIZE\r\nFLUSHALL foo\r\nflushall sync\r\nFLUSHDB a b\r\nDBSIZE x\r\n",
         ]),
         &join(&[
-            b"*0\r\n*0\r\n",
+            b"*4\r\n$10\r\nappendonly\r\n$2\r\nno\r\n$4\r\nsave\r\n$0\r\n\r\n",
+            b"*4\r\n$10\r\nappendonly\r\n$2\r\nno\r\n$4\r\nsave\r\n$0\r\n\r\n",
+            b"*0\r\n",
             b"-ERR wrong number of arguments for 'config' command\r\n",
             b"-ERR wrong number of arguments for 'config|get' command\r\n",
             b"-ERR unknown subcommand 'SET'. Try CONFIG HELP.\r\n+OK\r\n",
