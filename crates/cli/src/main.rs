@@ -1,0 +1,206 @@
+//! `c10k`: serve any app on any C10K strategy, and list the strategies.
+
+mod units;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use c10k_proto::App;
+use c10k_proto::echo::EchoApp;
+use c10k_proto::http::{HttpApp, HttpConfig};
+use c10k_proto::resp::RespApp;
+use c10k_server::{AcceptMode, Availability, Server, ServerBuilder, Strategy};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "c10k",
+    version,
+    about = "Every C10K server strategy behind one protocol interface"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve an app on a strategy until SIGTERM/SIGINT (then drain and exit 0).
+    Serve(ServeArgs),
+    /// List the strategies: name, C10K item, and whether they run here.
+    Strategies,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AppName {
+    /// Every byte comes back.
+    Echo,
+    /// HTTP/1.1: GET / and POST /echo.
+    Http,
+    /// A Redis RESP2 subset.
+    Resp,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The strategy (see `c10k strategies`).
+    #[arg(long, default_value = "epoll-et", value_parser = parse_strategy)]
+    strategy: Strategy,
+    /// The app to serve.
+    #[arg(long, value_enum, default_value = "http")]
+    app: AppName,
+    /// Address to listen on (port 0: the kernel picks one).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// Event loops (threads) for the event-loop strategies.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// How workers share the listener: reuseport (one SO_REUSEPORT listener each) or
+    /// exclusive (one shared listener, EPOLLEXCLUSIVE).
+    #[arg(long, default_value = "reuseport")]
+    accept: AcceptMode,
+    /// Refuse connections beyond this many (accepted and closed at once, counted).
+    #[arg(long, default_value_t = c10k_server::DEFAULT_MAX_CONNS)]
+    max_conns: usize,
+    /// Stop reading a connection while its unsent output exceeds this (backpressure).
+    #[arg(long, default_value = "1MiB", value_parser = units::parse_size)]
+    output_cap: usize,
+    /// After SIGTERM/SIGINT, how long in-flight requests may take.
+    #[arg(long, default_value = "5s", value_parser = units::parse_duration)]
+    drain_timeout: Duration,
+    /// HTTP: largest request body accepted (larger gets 413).
+    #[arg(long, default_value = "8MiB", value_parser = units::parse_size)]
+    max_body: usize,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn parse_strategy(s: &str) -> Result<Strategy, String> {
+    s.parse()
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Strategies => {
+            strategies();
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("c10k: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Clap's errors are several lines long; the contract is one line that says what to do.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = e.print();
+        return ExitCode::from(2);
+    }
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("c10k: error: {first}; see 'c10k --help' or 'c10k <command> --help'");
+    ExitCode::from(2)
+}
+
+fn strategies() {
+    let mut out = std::io::stdout().lock();
+    for i in &Strategy::ALL {
+        let status = match i.strategy.availability() {
+            Availability::Available => "available".to_string(),
+            Availability::NotBuilt { planned } => {
+                format!("not built yet ({planned}); use {}", i.instead)
+            }
+            Availability::Unavailable { reason } => {
+                format!("unavailable: {reason}; use {}", i.instead)
+            }
+        };
+        let _ = writeln!(
+            out,
+            "{:<9} item {:<13} {}: {} (limits: {})",
+            i.name, i.item, status, i.summary, i.limits
+        );
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_level)?;
+    match c10k_server::raise_fd_limit() {
+        Ok(n) => tracing::debug!("open files limit: {n}"),
+        Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+    }
+    let builder = Server::builder()
+        .strategy(args.strategy)
+        .listen(args.listen)
+        .workers(args.workers)
+        .accept(args.accept)
+        .max_conns(args.max_conns)
+        .output_cap(args.output_cap)
+        .drain_timeout(args.drain_timeout);
+    match args.app {
+        AppName::Echo => run(builder, EchoApp, "echo"),
+        AppName::Http => run(
+            builder,
+            HttpApp::new(HttpConfig {
+                max_body: args.max_body,
+            }),
+            "http",
+        ),
+        AppName::Resp => run(builder, RespApp::new(), "resp"),
+    }
+}
+
+fn run<A: App>(builder: ServerBuilder, app: A, app_name: &str) -> anyhow::Result<()> {
+    let server = builder.app(app).bind()?;
+    let addr = server.local_addr();
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {addr}").context("writing to stdout")?;
+        out.flush().context("writing to stdout")?;
+    }
+    tracing::info!("serving {app_name} on {addr}");
+    let report = server.run()?;
+    tracing::info!(
+        "drained; accepted per worker: {:?}",
+        report.accepted_per_worker()
+    );
+    Ok(())
+}
+
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::try_new(v),
+        _ => EnvFilter::try_new(level),
+    }
+    .map_err(|e| {
+        anyhow::anyhow!("bad log level '{level}': {e}; use error, warn, info, debug or trace")
+    })?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("logging: {e}"))?;
+    Ok(())
+}
