@@ -10,6 +10,9 @@ pub struct WorkerStats {
     pub accepted: AtomicU64,
     /// Connections accepted and closed at once because `--max-conns` was reached.
     pub refused_max_conns: AtomicU64,
+    /// Connections accepted and closed at once because the strategy could not watch
+    /// them (select's FD_SETSIZE).
+    pub refused_backend: AtomicU64,
     /// Connections closed (any reason).
     pub closed: AtomicU64,
     /// Accept failures other than "nothing to accept".

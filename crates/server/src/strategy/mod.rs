@@ -16,6 +16,7 @@ use crate::shutdown::Shutdown;
 use crate::stats::{OpenConns, WorkerStats};
 
 pub(crate) mod epoll;
+pub(crate) mod reactor;
 
 /// A server architecture from the C10K list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -263,8 +264,8 @@ pub(crate) struct WorkerCtx<A> {
 /// Run one worker of `strategy` until it has drained after shutdown.
 pub(crate) fn run_worker<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> std::io::Result<()> {
     match strategy {
-        Strategy::EpollLt => epoll::run(ctx, epoll::Trigger::Level),
-        Strategy::EpollEt => epoll::run(ctx, epoll::Trigger::Edge),
+        Strategy::EpollLt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Level)?),
+        Strategy::EpollEt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Edge)?),
         other => Err(std::io::Error::other(format!(
             "strategy {other} is not built yet"
         ))),
