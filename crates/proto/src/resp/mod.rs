@@ -9,7 +9,7 @@
 //!
 //! Commands: `PING`, `ECHO`, `GET`, `SET` (with `EX`/`PX`/`EXAT`/`PXAT`, `NX`/`XX`,
 //! `GET`, `KEEPTTL`), `DEL`, `EXISTS`, `INCR`, `DECR`, `INCRBY`, `DECRBY`, `MSET`,
-//! `MGET`, `CONFIG GET` (always empty), `COMMAND` (always empty), `QUIT`, `SELECT 0`,
+//! `MGET`, `CONFIG GET` (`appendonly` and `save` only), `COMMAND` (always empty), `QUIT`, `SELECT 0`,
 //! `FLUSHALL`, `FLUSHDB`, `DBSIZE`.
 //!
 //! The client side, [`encode_command`] and [`decode_reply`], is here too.
