@@ -71,6 +71,13 @@ struct ServeArgs {
     /// After SIGTERM/SIGINT, how long in-flight requests may take.
     #[arg(long, default_value = "5s", value_parser = units::parse_duration)]
     drain_timeout: Duration,
+    /// Close connections where no byte moved for this long.
+    #[arg(long, default_value = "60s", value_parser = units::parse_duration)]
+    idle_timeout: Duration,
+    /// Close connections whose request stays incomplete this long (slowloris); HTTP
+    /// answers 408 first.
+    #[arg(long, default_value = "10s", value_parser = units::parse_duration)]
+    header_timeout: Duration,
     /// HTTP: largest request body accepted (larger gets 413).
     #[arg(long, default_value = "8MiB", value_parser = units::parse_size)]
     max_body: usize,
@@ -155,7 +162,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .accept(args.accept)
         .max_conns(args.max_conns)
         .output_cap(args.output_cap)
-        .drain_timeout(args.drain_timeout);
+        .drain_timeout(args.drain_timeout)
+        .idle_timeout(args.idle_timeout)
+        .header_timeout(args.header_timeout);
     match args.app {
         AppName::Echo => run(builder, EchoApp, "echo"),
         AppName::Http => run(

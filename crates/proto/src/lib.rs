@@ -113,6 +113,11 @@ pub trait Session: Send {
     /// The server is shutting down: finish the request in progress and then ask to
     /// close (HTTP answers it with `Connection: close`).
     fn start_drain(&mut self) {}
+
+    /// A request stayed incomplete for longer than the server's request timeout (a
+    /// slow or stalled client, slowloris). Append a final reply if the protocol has one
+    /// (HTTP: `408 Request Timeout`); the driver then flushes `out` and closes.
+    fn handle_timeout(&mut self, _cx: &Cx, _out: &mut Vec<u8>) {}
 }
 
 /// A protocol: opens one [`Session`] per connection and owns what they share.

@@ -150,6 +150,16 @@ impl<A> ServerBuilder<A> {
         self.config.drain_timeout = d;
         self
     }
+    /// Close connections where no byte moved for this long.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.config.idle_timeout = d;
+        self
+    }
+    /// Close connections whose request stays incomplete this long (HTTP answers 408).
+    pub fn header_timeout(mut self, d: Duration) -> Self {
+        self.config.header_timeout = d;
+        self
+    }
     /// Replace all settings at once.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -185,6 +195,11 @@ impl<A: App> ServerBuilder<A> {
                 "workers must be 1..=1024, not {}",
                 c.workers
             )));
+        }
+        if c.idle_timeout.is_zero() || c.header_timeout.is_zero() {
+            return Err(ServerError::Config(
+                "timeouts must be longer than zero".into(),
+            ));
         }
         if c.max_conns == 0 {
             return Err(ServerError::Config("max-conns must be at least 1".into()));

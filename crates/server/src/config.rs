@@ -41,6 +41,11 @@ impl std::str::FromStr for AcceptMode {
 pub const DEFAULT_OUTPUT_CAP: usize = 1024 * 1024;
 /// Default time a draining server waits for in-flight requests.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default idle timeout: a connection where no byte moved for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default request (header) timeout: a request incomplete for this long is answered
+/// with the protocol's timeout reply (HTTP 408) and closed.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default connection limit (per process, over all workers).
 pub const DEFAULT_MAX_CONNS: usize = 100_000;
 /// Default listen backlog (the kernel clamps it to `net.core.somaxconn`).
@@ -69,6 +74,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Listen backlog.
     pub backlog: i32,
+    /// Close connections where no byte moved for this long.
+    pub idle_timeout: Duration,
+    /// Close connections whose request stays incomplete this long (slowloris).
+    pub header_timeout: Duration,
 }
 
 impl Default for Config {
@@ -80,6 +89,8 @@ impl Default for Config {
             output_cap: DEFAULT_OUTPUT_CAP,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             backlog: DEFAULT_BACKLOG,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
         }
     }
 }

@@ -10,6 +10,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use c10k_proto::{Cx, Session};
 
@@ -37,6 +38,8 @@ impl Bufs {
 /// What a strategy passes down with each readiness event.
 pub(crate) struct Env<'a> {
     pub(crate) cx: &'a Cx,
+    /// The loop's notion of now (for activity and request timers).
+    pub(crate) now: Instant,
     pub(crate) stats: &'a WorkerStats,
     pub(crate) output_cap: usize,
 }
@@ -70,6 +73,20 @@ pub(crate) struct Conn<S> {
     /// Reading stopped because pending output was over the cap.
     read_blocked: bool,
     discarded: usize,
+    /// Last time bytes moved either way (None until the first event or sweep).
+    active_at: Option<Instant>,
+    /// When the request in progress started; cleared when a reply is produced or
+    /// nothing is in progress.
+    request_since: Option<Instant>,
+}
+
+/// Which timer closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Timeout {
+    /// No bytes moved for the idle timeout.
+    Idle,
+    /// A request stayed incomplete (no reply produced) for the request timeout.
+    Request,
 }
 
 impl<S: Session> Conn<S> {
@@ -84,6 +101,8 @@ impl<S: Session> Conn<S> {
             phase: Phase::Open,
             read_blocked: false,
             discarded: 0,
+            active_at: None,
+            request_since: None,
         }
     }
 
@@ -164,6 +183,7 @@ impl<S: Session> Conn<S> {
                 break;
             }
             WorkerStats::add(&env.stats.bytes_in, n as u64);
+            self.active_at = Some(env.now);
             if self.phase == Phase::Lingering {
                 self.discarded += n;
                 if self.discarded > LINGER_MAX_DISCARD {
@@ -223,6 +243,7 @@ impl<S: Session> Conn<S> {
             self.pending_in.extend_from_slice(&bufs.read[..n]);
             self.pump(bufs, env);
         }
+        self.track_request(env.now);
         if self.phase == Phase::Open && self.pending_in.len() > MAX_PENDING_INPUT {
             tracing::debug!(
                 "closing a connection with {} unconsumed input bytes",
@@ -294,6 +315,8 @@ impl<S: Session> Conn<S> {
         if data.is_empty() {
             return;
         }
+        // A reply is progress: the request timer restarts with the next request.
+        self.request_since = None;
         if self.phase == Phase::Done {
             data.clear();
             return;
@@ -309,6 +332,7 @@ impl<S: Session> Conn<S> {
         } else {
             let (sent, failed) = write_nonblocking(&self.stream, data);
             WorkerStats::add(&env.stats.bytes_out, sent as u64);
+            self.active_at = Some(env.now);
             if failed {
                 self.fail(env);
             } else if sent < data.len() {
@@ -326,6 +350,9 @@ impl<S: Session> Conn<S> {
     fn flush(&mut self, env: &Env<'_>) {
         let (sent, failed) = write_nonblocking(&self.stream, &self.out[self.out_pos..]);
         WorkerStats::add(&env.stats.bytes_out, sent as u64);
+        if sent > 0 {
+            self.active_at = Some(env.now);
+        }
         self.out_pos += sent;
         if failed {
             self.fail(env);
@@ -333,6 +360,60 @@ impl<S: Session> Conn<S> {
             self.out = Vec::new();
             self.out_pos = 0;
         }
+    }
+
+    /// Start or stop the request timer after input was processed.
+    fn track_request(&mut self, now: Instant) {
+        let in_request = self.phase == Phase::Open
+            && (!self.pending_in.is_empty() || self.session.mid_request());
+        if !in_request {
+            self.request_since = None;
+        } else if self.request_since.is_none() {
+            self.request_since = Some(now);
+        }
+    }
+
+    /// Check the connection's timers (called by a periodic sweep). A request that has
+    /// been incomplete for `request_timeout` gets the protocol's timeout reply (HTTP
+    /// 408) and a graceful close; a connection where no byte moved for `idle_timeout`
+    /// is closed: gracefully when idle, at once when it was stuck (a peer that stopped
+    /// reading our output).
+    pub(crate) fn check_timers(
+        &mut self,
+        bufs: &mut Bufs,
+        env: &Env<'_>,
+        idle_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Option<Timeout> {
+        let active_at = *self.active_at.get_or_insert(env.now);
+        if self.phase == Phase::Open {
+            if let Some(since) = self.request_since {
+                if env.now.duration_since(since) >= request_timeout {
+                    self.session.handle_timeout(env.cx, &mut bufs.write);
+                    self.phase = Phase::Closing;
+                    self.pending_in = Vec::new();
+                    self.send(bufs, env);
+                    self.advance();
+                    return Some(Timeout::Request);
+                }
+            }
+        }
+        if env.now.duration_since(active_at) < idle_timeout {
+            return None;
+        }
+        match self.phase {
+            Phase::Open if self.is_idle() => {
+                self.phase = Phase::Closing;
+                self.advance();
+            }
+            Phase::Open | Phase::Closing => {
+                self.phase = Phase::Done;
+                self.out = Vec::new();
+                self.out_pos = 0;
+            }
+            Phase::Lingering | Phase::Done => return None,
+        }
+        Some(Timeout::Idle)
     }
 
     /// An I/O error: the connection is beyond saving.

@@ -57,8 +57,9 @@ mod strategy;
 pub use builder::{Report, Server, ServerBuilder, ServerError, ServerHandle};
 pub use c10k_proto::{App, Session};
 pub use config::{
-    AcceptMode, Config, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNS,
-    DEFAULT_OUTPUT_CAP, LINGER, MAX_PENDING_INPUT, READ_CHUNK,
+    AcceptMode, Config, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNS, DEFAULT_OUTPUT_CAP, LINGER, MAX_PENDING_INPUT,
+    READ_CHUNK,
 };
 pub use shutdown::Shutdown;
 pub use stats::{OpenConns, WorkerStats};

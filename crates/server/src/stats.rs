@@ -23,6 +23,10 @@ pub struct WorkerStats {
     pub proto_errors: AtomicU64,
     /// Connections that ended with an I/O error (reset, broken pipe...).
     pub io_errors: AtomicU64,
+    /// Connections closed by the idle timeout.
+    pub timeouts_idle: AtomicU64,
+    /// Connections closed because a request stayed incomplete too long.
+    pub timeouts_request: AtomicU64,
     /// Connections force-closed at the drain deadline.
     pub drain_forced: AtomicU64,
     /// Bytes read from clients.

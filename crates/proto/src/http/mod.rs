@@ -119,6 +119,9 @@ pub enum HttpError {
     /// The request's HTTP version is well-formed but not 1.0 or 1.1 (505).
     #[error("unsupported HTTP version")]
     UnsupportedVersion,
+    /// The request was not complete within the server's request timeout (408).
+    #[error("request not complete in time")]
+    RequestTimeout,
 }
 
 impl HttpError {
@@ -142,6 +145,7 @@ impl HttpError {
             | HttpError::DuplicateHost => Status::BadRequest,
             HttpError::UnsupportedTransferCoding => Status::NotImplemented,
             HttpError::UnsupportedVersion => Status::VersionNotSupported,
+            HttpError::RequestTimeout => Status::RequestTimeout,
         }
     }
 }
@@ -629,6 +633,23 @@ impl Session for HttpSession {
         self.draining = true;
         if !self.mid_request() {
             self.close_now();
+        }
+    }
+
+    fn handle_timeout(&mut self, cx: &Cx, out: &mut Vec<u8>) {
+        // A 408 is only possible while no response head is out; a streamed echo whose
+        // head is already written can only be cut short.
+        let head_written = matches!(
+            &self.state,
+            State::Body(Body {
+                sink: Sink::Stream,
+                ..
+            })
+        );
+        if self.closed || head_written {
+            self.close_now();
+        } else {
+            self.fail(cx, out, &HttpError::RequestTimeout);
         }
     }
 }

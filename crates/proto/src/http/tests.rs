@@ -1169,3 +1169,37 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn timeout_mid_head_answers_408_and_closes() {
+    let cx = Cx::new(std::time::UNIX_EPOCH);
+    let mut s = HttpApp::default().open(&crate::Peer::unknown());
+    let mut out = Vec::new();
+    assert_eq!(
+        s.handle_input(&cx, b"GET / HTTP/1.1\r\nHost: x\r\n", &mut out)
+            .unwrap(),
+        0
+    );
+    assert!(s.mid_request());
+    s.handle_timeout(&cx, &mut out);
+    assert!(
+        out.starts_with(b"HTTP/1.1 408 Request Timeout\r\n"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(String::from_utf8_lossy(&out).contains("Connection: close"));
+    assert!(s.wants_close());
+}
+
+#[test]
+fn timeout_mid_streamed_echo_closes_without_a_second_head() {
+    let cx = Cx::new(std::time::UNIX_EPOCH);
+    let mut s = HttpApp::default().open(&crate::Peer::unknown());
+    let mut out = Vec::new();
+    let req = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc";
+    assert_eq!(s.handle_input(&cx, req, &mut out).unwrap(), req.len());
+    out.clear();
+    s.handle_timeout(&cx, &mut out);
+    assert!(out.is_empty());
+    assert!(s.wants_close());
+}
