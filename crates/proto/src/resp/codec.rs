@@ -284,7 +284,13 @@ fn reply_line(
             if nl == 0 || rest[nl - 1] != b'\r' {
                 return Err(RespError::InvalidReply("line not terminated by CRLF"));
             }
-            Ok(Some((&rest[..nl - 1], start + nl + 1)))
+            let line = &rest[..nl - 1];
+            // RESP lines cannot carry CR (found by fuzzing: `+\r\r\n` decoded to a
+            // simple string that no encoder can produce).
+            if line.contains(&b'\r') {
+                return Err(RespError::InvalidReply("CR inside a line"));
+            }
+            Ok(Some((line, start + nl + 1)))
         }
         None if numeric && rest.len() > MAX_NUMBER_LINE => {
             Err(RespError::InvalidReply("number line too long"))
@@ -297,6 +303,13 @@ fn reply_line(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn regression_fuzz_cr_inside_a_simple_string_is_invalid() {
+        assert!(decode_reply(b"+\r\r\n").is_err());
+        assert!(decode_reply(b"-E\rR\r\n").is_err());
+        assert!(decode_reply(b"+OK\r\n").is_ok());
+    }
 
     #[test]
     fn parses_integers_like_redis() {
