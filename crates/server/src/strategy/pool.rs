@@ -261,11 +261,13 @@ impl<A: App> Reactor<A> {
             self.dispatch();
         }
         let mut events: Vec<epoll::Event> = Vec::with_capacity(1024);
+        let (mut empty, mut linger_front) = {
+            let t = lock(&self.shared.table);
+            (t.slots.is_empty(), t.lingering.front().map(|l| l.0))
+        };
         loop {
-            let (empty, linger_front) = {
-                let t = lock(&self.shared.table);
-                (t.slots.is_empty(), t.lingering.front().map(|l| l.0))
-            };
+            // Read at the end of the last iteration; a worker that changes either
+            // since (the first linger, the last close of a drain) wakes us.
             if self.drain_deadline.is_some() && empty {
                 return Ok(());
             }
@@ -319,7 +321,7 @@ impl<A: App> Reactor<A> {
             }
             self.take_ready();
             self.dispatch();
-            self.run_timers();
+            (empty, linger_front) = self.run_timers();
         }
     }
 
@@ -449,19 +451,17 @@ impl<A: App> Reactor<A> {
         } else {
             let slot = vacant.insert(Slot {
                 generation,
-                entry: Some(entry),
+                entry: None,
                 doomed: false,
             });
-            match &slot.entry {
-                Some(parked) => epoll::add(
-                    &s.epoll,
-                    parked.conn.stream(),
-                    EventData::new_u64(token(key, generation)),
-                    EventFlags::ONESHOT | EventFlags::IN | EventFlags::RDHUP,
-                )
-                .map_err(io::Error::from),
-                None => Ok(()),
-            }
+            let parked = slot.entry.insert(entry);
+            epoll::add(
+                &s.epoll,
+                parked.conn.stream(),
+                EventData::new_u64(token(key, generation)),
+                EventFlags::ONESHOT | EventFlags::IN | EventFlags::RDHUP,
+            )
+            .map_err(io::Error::from)
         };
         if let Err(e) = added {
             let slot = t.slots.try_remove(key);
@@ -504,10 +504,12 @@ impl<A: App> Reactor<A> {
         tracing::debug!("pool {}: draining {open} connection(s)", self.id);
     }
 
-    fn run_timers(&mut self) {
+    /// Close what is due, resume accepting after a back-off; returns whether the
+    /// table is empty and the next linger deadline.
+    fn run_timers(&mut self) -> (bool, Option<Instant>) {
         let now = Instant::now();
         let mut to_close = Vec::new();
-        {
+        let state = {
             let mut table = lock(&self.shared.table);
             let t = &mut *table;
             while let Some(&(deadline, key, generation)) = t.lingering.front() {
@@ -535,7 +537,8 @@ impl<A: App> Reactor<A> {
                     }
                 }
             }
-        }
+            (t.slots.is_empty(), t.lingering.front().map(|l| l.0))
+        };
         for entry in to_close {
             self.shared.closed(entry);
         }
@@ -544,5 +547,6 @@ impl<A: App> Reactor<A> {
                 tracing::error!("pool {}: cannot watch the listener again: {e}", self.id);
             }
         }
+        state
     }
 }

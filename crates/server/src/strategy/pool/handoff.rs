@@ -17,7 +17,8 @@ use crate::conn::{Bufs, Conn, Env, Phase};
 use crate::stats::{OpenConns, WorkerStats};
 
 /// Generations use 31 bits, so a connection's token never has the top bit set and
-/// cannot collide with the tokens above.
+/// cannot collide with the reactor's fixed tokens (listener, wake pipe, eventfd),
+/// which all have it set.
 pub(super) const GEN_MASK: u32 = 0x7fff_ffff;
 
 /// A connection's epoll token: generation in the high half, slab key in the low.
