@@ -3,7 +3,8 @@
 //! (`--workers N`), which read, run the session and write.
 //!
 //! This file is the reactor (accept, readiness, timers, drain); `pool/handoff.rs` holds
-//! the structures it shares with the workers and the worker side.
+//! the structures it shares with the workers and the worker side; `pool/model.rs` (a
+//! test) checks the protocol below over every interleaving of a small model.
 //!
 //! # The hand-off
 //!
@@ -117,6 +118,8 @@ use crate::ratelog::RateLog;
 use crate::stats::WorkerStats;
 
 mod handoff;
+#[cfg(test)]
+mod model;
 
 use handoff::{
     Entry, GEN_MASK, Job, Queue, Ready, Shared, Slot, Table, close_or_doom, lock, token, untoken,
