@@ -58,6 +58,8 @@ conformance!(
     "epoll-lt",
     &["--workers", "2", "--accept", "reuseport"]
 );
+conformance!(pool_1w, "pool", &["--workers", "1"]);
+conformance!(pool_4w, "pool", &["--workers", "4"]);
 
 mod suite {
     use std::collections::HashMap;

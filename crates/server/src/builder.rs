@@ -125,7 +125,7 @@ impl<A> ServerBuilder<A> {
         self.listen = addr;
         self
     }
-    /// Number of workers (event loops).
+    /// Number of workers: event loops, or for `pool` the size of its worker pool.
     pub fn workers(mut self, n: usize) -> Self {
         self.config.workers = n;
         self
@@ -204,15 +204,19 @@ impl<A: App> ServerBuilder<A> {
         if c.max_conns == 0 {
             return Err(ServerError::Config("max-conns must be at least 1".into()));
         }
+        // `loops` event loops, each its own thread, listener (or shared listener) and
+        // counters: `--workers` of them, except for a strategy that runs its own
+        // threads (`pool`: one loop, one listener; `--workers` is its pool size).
+        let loops = strategy.loops(c.workers);
         let listeners =
-            bind_listeners(self.listen, c.workers, c.accept, c.backlog).map_err(|source| {
+            bind_listeners(self.listen, loops, c.accept, c.backlog).map_err(|source| {
                 ServerError::Bind {
                     addr: self.listen,
                     source,
                 }
             })?;
         let local_addr = listeners[0].local_addr()?;
-        let stats = (0..c.workers)
+        let stats = (0..loops)
             .map(|_| Arc::new(WorkerStats::default()))
             .collect();
         Ok(Server {
@@ -239,7 +243,8 @@ impl<A: App> Server<A> {
         self.local_addr
     }
 
-    /// Live counters, one per worker.
+    /// Live counters, one per worker (one per event loop: `pool` has one set, shared
+    /// by its reactor and its worker threads).
     pub fn stats(&self) -> &[Arc<WorkerStats>] {
         &self.stats
     }
@@ -270,10 +275,11 @@ impl<A: App> Server<A> {
     }
 
     fn serve(self) -> Result<Report, ServerError> {
-        let shared = self.listeners.len() == 1 && self.config.workers > 1;
+        let loops = self.stats.len();
+        let shared = self.listeners.len() == 1 && loops > 1;
         let listeners: Vec<Arc<TcpListener>> = self.listeners.into_iter().map(Arc::new).collect();
-        let mut threads = Vec::with_capacity(self.config.workers);
-        for id in 0..self.config.workers {
+        let mut threads = Vec::with_capacity(loops);
+        for id in 0..loops {
             let ctx = WorkerCtx {
                 id,
                 app: Arc::clone(&self.app),

@@ -16,6 +16,7 @@ use crate::shutdown::Shutdown;
 use crate::stats::{OpenConns, WorkerStats};
 
 pub(crate) mod epoll;
+pub(crate) mod pool;
 pub(crate) mod reactor;
 
 /// A server architecture from the C10K list.
@@ -151,7 +152,7 @@ impl Strategy {
             "pool",
             "answer 5",
             "reactor thread hands ready connections to a worker pool",
-            "hand-off cost per request",
+            "hand-off cost per request (a wake-up, an epoll_ctl); --workers is the pool size",
             "epoll-et",
         ),
         info(
@@ -196,10 +197,8 @@ impl Strategy {
     /// Whether it can run on this machine, and if not, why.
     pub fn availability(self) -> Availability {
         match self {
-            Strategy::EpollLt | Strategy::EpollEt => Availability::Available,
-            Strategy::Select | Strategy::Poll | Strategy::Pool => {
-                Availability::NotBuilt { planned: "issue 3" }
-            }
+            Strategy::EpollLt | Strategy::EpollEt | Strategy::Pool => Availability::Available,
+            Strategy::Select | Strategy::Poll => Availability::NotBuilt { planned: "issue 3" },
             Strategy::Thread | Strategy::Fork | Strategy::Prefork => {
                 Availability::NotBuilt { planned: "issue 4" }
             }
@@ -208,6 +207,36 @@ impl Strategy {
             Strategy::Kernel => Availability::NotBuilt {
                 planned: "a later issue",
             },
+        }
+    }
+}
+
+/// How a strategy turns `--workers N` into threads (see [`Strategy::loops`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Threads {
+    /// N independent loops: N [`run_worker`] calls, each on its own thread with its
+    /// own listener (or one shared listener) and its own counters.
+    Loops,
+    /// One [`run_worker`] call with one listener, which starts N threads of its own
+    /// (`pool`: one reactor thread plus a pool of N workers).
+    Pool,
+}
+
+impl Strategy {
+    /// How this strategy uses `--workers`.
+    pub(crate) fn threads(self) -> Threads {
+        match self {
+            Strategy::Pool => Threads::Pool,
+            _ => Threads::Loops,
+        }
+    }
+
+    /// How many [`run_worker`] calls (threads started by the builder, listeners,
+    /// counter sets) serve `workers`.
+    pub(crate) fn loops(self, workers: usize) -> usize {
+        match self.threads() {
+            Threads::Loops => workers,
+            Threads::Pool => 1,
         }
     }
 }
@@ -261,11 +290,13 @@ pub(crate) struct WorkerCtx<A> {
     pub(crate) open: Arc<OpenConns>,
 }
 
-/// Run one worker of `strategy` until it has drained after shutdown.
+/// Run one worker of `strategy` until it has drained after shutdown. For a
+/// [`Threads::Pool`] strategy this is the one call that runs the whole pool.
 pub(crate) fn run_worker<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> std::io::Result<()> {
     match strategy {
         Strategy::EpollLt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Level)?),
         Strategy::EpollEt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Edge)?),
+        Strategy::Pool => pool::run(ctx),
         other => Err(std::io::Error::other(format!(
             "strategy {other} is not built yet"
         ))),
