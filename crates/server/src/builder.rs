@@ -283,7 +283,7 @@ impl<A: App> Server<A> {
             let ctx = WorkerCtx {
                 id,
                 app: Arc::clone(&self.app),
-                listener: Arc::clone(&listeners[id % listeners.len()]),
+                listener: Some(Arc::clone(&listeners[id % listeners.len()])),
                 local_addr: self.local_addr,
                 shared_listener: shared,
                 config: Arc::clone(&self.config),

@@ -53,7 +53,10 @@ impl Epoll {
             flags |= EventFlags::OUT;
         }
         match source {
-            Source::Conn => flags |= EventFlags::RDHUP,
+            // RDHUP only while reading: a level-triggered half-close would otherwise be
+            // reported on every wait while backpressure has reading paused (a spin).
+            Source::Conn if interest.read => flags |= EventFlags::RDHUP,
+            Source::Conn => {}
             Source::Listener { shared: true } => flags |= EventFlags::EXCLUSIVE,
             Source::Listener { shared: false } | Source::Wake => {}
         }

@@ -280,7 +280,9 @@ impl std::str::FromStr for Strategy {
 pub(crate) struct WorkerCtx<A> {
     pub(crate) id: usize,
     pub(crate) app: Arc<A>,
-    pub(crate) listener: Arc<TcpListener>,
+    /// The listener; a worker takes it (`Option::take`) so that dropping its copy at
+    /// drain closes it (nothing else holds one once the workers run).
+    pub(crate) listener: Option<Arc<TcpListener>>,
     pub(crate) local_addr: SocketAddr,
     /// The listener is shared with other workers (register it with EPOLLEXCLUSIVE).
     pub(crate) shared_listener: bool,

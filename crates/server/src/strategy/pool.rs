@@ -207,7 +207,7 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
             drain_timeout: config.drain_timeout,
             shutdown_wake: shutdown,
             shared: Arc::clone(&shared),
-            listener: Some(listener),
+            listener,
             listening: false,
             guard: AcceptGuard::new(),
             refused_log: RateLog::new(Duration::from_secs(1)),

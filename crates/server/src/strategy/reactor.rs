@@ -127,20 +127,20 @@ struct Reactor<A: App, P> {
 }
 
 /// Run one worker's loop on `poller` until it has drained after shutdown.
-pub(crate) fn run<A: App, P: Poller>(ctx: WorkerCtx<A>, mut poller: P) -> io::Result<()> {
+pub(crate) fn run<A: App, P: Poller>(mut ctx: WorkerCtx<A>, mut poller: P) -> io::Result<()> {
     let read = Interest {
         read: true,
         write: false,
     };
     poller.add(ctx.shutdown.wake_fd(), WAKE, read, Source::Wake)?;
-    let listener = Arc::clone(&ctx.listener);
+    let listener = ctx.listener.take();
     let mut r = Reactor {
         poller,
         conns: Slab::new(),
         bufs: Bufs::new(),
         cx: Cx::new(SystemTime::now()),
         now: Instant::now(),
-        listener: Some(listener),
+        listener,
         listening: false,
         guard: AcceptGuard::new(),
         refused_log: RateLog::new(Duration::from_secs(1)),

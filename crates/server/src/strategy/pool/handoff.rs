@@ -151,6 +151,7 @@ impl<S: Session> Shared<S> {
         } = job;
         let env = Env {
             cx,
+            now: std::time::Instant::now(),
             stats: &self.stats,
             output_cap: self.output_cap,
         };
