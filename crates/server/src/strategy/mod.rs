@@ -16,7 +16,9 @@ use crate::shutdown::Shutdown;
 use crate::stats::{OpenConns, WorkerStats};
 
 pub(crate) mod epoll;
+pub(crate) mod poll;
 pub(crate) mod reactor;
+pub(crate) mod select;
 
 /// A server architecture from the C10K list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,7 +89,7 @@ impl Strategy {
             "select",
             "1",
             "one thread, select(2), level-triggered",
-            "at most 1024 fds (FD_SETSIZE)",
+            "fds below 1024 (FD_SETSIZE) per process: connections beyond it are refused; O(maxfd) per wait",
             "poll",
         ),
         info(
@@ -95,7 +97,7 @@ impl Strategy {
             "poll",
             "1",
             "one thread, poll(2), level-triggered",
-            "O(connections) per wait",
+            "O(connections) per wait (kernel scan and revents scan)",
             "epoll-lt",
         ),
         info(
@@ -197,9 +199,8 @@ impl Strategy {
     pub fn availability(self) -> Availability {
         match self {
             Strategy::EpollLt | Strategy::EpollEt => Availability::Available,
-            Strategy::Select | Strategy::Poll | Strategy::Pool => {
-                Availability::NotBuilt { planned: "issue 3" }
-            }
+            Strategy::Select | Strategy::Poll => Availability::Available,
+            Strategy::Pool => Availability::NotBuilt { planned: "issue 3" },
             Strategy::Thread | Strategy::Fork | Strategy::Prefork => {
                 Availability::NotBuilt { planned: "issue 4" }
             }
@@ -266,6 +267,8 @@ pub(crate) fn run_worker<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> std::
     match strategy {
         Strategy::EpollLt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Level)?),
         Strategy::EpollEt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Edge)?),
+        Strategy::Select => reactor::run(ctx, select::Select::new()),
+        Strategy::Poll => reactor::run(ctx, poll::Poll::new()),
         other => Err(std::io::Error::other(format!(
             "strategy {other} is not built yet"
         ))),
