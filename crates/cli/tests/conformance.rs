@@ -58,6 +58,18 @@ conformance!(
     "epoll-lt",
     &["--workers", "2", "--accept", "reuseport"]
 );
+conformance!(select, "select", &[]);
+conformance!(poll, "poll", &[]);
+conformance!(
+    select_2w_reuseport,
+    "select",
+    &["--workers", "2", "--accept", "reuseport"]
+);
+conformance!(
+    poll_2w_reuseport,
+    "poll",
+    &["--workers", "2", "--accept", "reuseport"]
+);
 
 mod suite {
     use std::collections::HashMap;
