@@ -59,7 +59,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// How workers share the listener: reuseport (one SO_REUSEPORT listener each) or
-    /// exclusive (one shared listener, EPOLLEXCLUSIVE).
+    /// exclusive (one shared listener, EPOLLEXCLUSIVE; not with select or poll).
     #[arg(long, default_value = "reuseport")]
     accept: AcceptMode,
     /// Refuse connections beyond this many (accepted and closed at once, counted).

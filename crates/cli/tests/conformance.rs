@@ -60,6 +60,18 @@ conformance!(
 );
 conformance!(pool_1w, "pool", &["--workers", "1"]);
 conformance!(pool_4w, "pool", &["--workers", "4"]);
+conformance!(select, "select", &[]);
+conformance!(poll, "poll", &[]);
+conformance!(
+    select_2w_reuseport,
+    "select",
+    &["--workers", "2", "--accept", "reuseport"]
+);
+conformance!(
+    poll_2w_reuseport,
+    "poll",
+    &["--workers", "2", "--accept", "reuseport"]
+);
 
 mod suite {
     use std::collections::HashMap;

@@ -204,6 +204,17 @@ impl<A: App> ServerBuilder<A> {
         if c.max_conns == 0 {
             return Err(ServerError::Config("max-conns must be at least 1".into()));
         }
+        if c.accept == AcceptMode::Exclusive
+            && c.workers > 1
+            && matches!(strategy, Strategy::Select | Strategy::Poll)
+        {
+            // Without EPOLLEXCLUSIVE every loop would wake for every new connection.
+            return Err(ServerError::Config(format!(
+                "accept mode exclusive needs epoll's EPOLLEXCLUSIVE, which {strategy} does not have; \
+                 use --accept reuseport (the default) with {} workers",
+                c.workers
+            )));
+        }
         // `loops` event loops, each its own thread, listener (or shared listener) and
         // counters: `--workers` of them, except for a strategy that runs its own
         // threads (`pool`: one loop, one listener; `--workers` is its pool size).
@@ -325,9 +336,10 @@ impl<A: App> Server<A> {
         }
         for (id, s) in self.stats.iter().enumerate() {
             tracing::info!(
-                "worker {id}: accepted {} connection(s), refused {}, accept pauses {}",
+                "worker {id}: accepted {} connection(s), refused {} (max-conns) and {} (strategy limit), accept pauses {}",
                 WorkerStats::get(&s.accepted),
                 WorkerStats::get(&s.refused_max_conns),
+                WorkerStats::get(&s.refused_backend),
                 WorkerStats::get(&s.accept_pauses),
             );
         }

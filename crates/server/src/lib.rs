@@ -1,8 +1,8 @@
 //! c10k strategies: one sans-IO [`App`] served by any C10K server architecture.
 //!
 //! A server is `strategy x app x config`. The app ([`c10k_proto::App`]) turns bytes
-//! into replies and never sees a socket; the [`Strategy`] moves the bytes (epoll
-//! level- or edge-triggered today, the rest of the C10K list as they are built) and
+//! into replies and never sees a socket; the [`Strategy`] moves the bytes (select, poll,
+//! epoll level- or edge-triggered today, the rest of the C10K list as they are built) and
 //! owns accepting, buffering, backpressure, limits and graceful shutdown.
 //!
 //! Run your own protocol on any strategy:

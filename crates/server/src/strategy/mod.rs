@@ -16,8 +16,10 @@ use crate::shutdown::Shutdown;
 use crate::stats::{OpenConns, WorkerStats};
 
 pub(crate) mod epoll;
+pub(crate) mod poll;
 pub(crate) mod pool;
 pub(crate) mod reactor;
+pub(crate) mod select;
 
 /// A server architecture from the C10K list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,7 +90,7 @@ impl Strategy {
             "select",
             "1",
             "one thread, select(2), level-triggered",
-            "at most 1024 fds (FD_SETSIZE)",
+            "fds below 1024 (FD_SETSIZE) per process: connections beyond it are refused; O(maxfd) per wait",
             "poll",
         ),
         info(
@@ -96,7 +98,7 @@ impl Strategy {
             "poll",
             "1",
             "one thread, poll(2), level-triggered",
-            "O(connections) per wait",
+            "O(connections) per wait (kernel scan and revents scan)",
             "epoll-lt",
         ),
         info(
@@ -198,7 +200,7 @@ impl Strategy {
     pub fn availability(self) -> Availability {
         match self {
             Strategy::EpollLt | Strategy::EpollEt | Strategy::Pool => Availability::Available,
-            Strategy::Select | Strategy::Poll => Availability::NotBuilt { planned: "issue 3" },
+            Strategy::Select | Strategy::Poll => Availability::Available,
             Strategy::Thread | Strategy::Fork | Strategy::Prefork => {
                 Availability::NotBuilt { planned: "issue 4" }
             }
@@ -299,6 +301,8 @@ pub(crate) fn run_worker<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> std::
         Strategy::EpollLt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Level)?),
         Strategy::EpollEt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Edge)?),
         Strategy::Pool => pool::run(ctx),
+        Strategy::Select => reactor::run(ctx, select::Select::new()),
+        Strategy::Poll => reactor::run(ctx, poll::Poll::new()),
         other => Err(std::io::Error::other(format!(
             "strategy {other} is not built yet"
         ))),

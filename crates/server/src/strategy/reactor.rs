@@ -172,12 +172,19 @@ impl<A: App, P: Poller> Reactor<A, P> {
             }
             self.now = Instant::now();
             self.cx.set_now(SystemTime::now());
+            let mut wake = false;
             for r in &ready {
                 match r.token {
                     LISTENER => self.accept_ready(),
-                    WAKE => self.begin_drain(),
+                    WAKE => wake = true,
                     key => self.conn_ready(key as usize, *r),
                 }
+            }
+            // Serve what was reported together with the shutdown first, so that a
+            // request already waiting counts as in flight: select and poll report the
+            // wake pipe (a low fd, the first slot) before the connections.
+            if wake {
+                self.begin_drain();
             }
             self.run_timers();
             if self.drain_deadline.is_some() && self.conns.is_empty() {
