@@ -55,7 +55,8 @@ struct ServeArgs {
     /// Address to listen on (port 0: the kernel picks one).
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: SocketAddr,
-    /// Event loops (threads) for the event-loop strategies.
+    /// Event loops (threads) for the event-loop strategies, accept loops for
+    /// `thread`, the process pool size for `prefork` (its concurrency).
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// How workers share the listener: reuseport (one SO_REUSEPORT listener each) or
@@ -71,6 +72,9 @@ struct ServeArgs {
     /// After SIGTERM/SIGINT, how long in-flight requests may take.
     #[arg(long, default_value = "5s", value_parser = units::parse_duration)]
     drain_timeout: Duration,
+    /// Stack size of each connection thread (`thread` strategy), 16KiB..=1GiB.
+    #[arg(long, default_value = "64KiB", value_parser = units::parse_size)]
+    stack_size: usize,
     /// HTTP: largest request body accepted (larger gets 413).
     #[arg(long, default_value = "8MiB", value_parser = units::parse_size)]
     max_body: usize,
@@ -155,7 +159,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .accept(args.accept)
         .max_conns(args.max_conns)
         .output_cap(args.output_cap)
-        .drain_timeout(args.drain_timeout);
+        .drain_timeout(args.drain_timeout)
+        .stack_size(args.stack_size);
     match args.app {
         AppName::Echo => run(builder, EchoApp, "echo"),
         AppName::Http => run(

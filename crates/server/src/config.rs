@@ -54,6 +54,14 @@ pub const MAX_PENDING_INPUT: usize = 16 * 1024 * 1024;
 /// Size of a worker's read buffer: one read takes at most this much.
 pub const READ_CHUNK: usize = 64 * 1024;
 
+/// Default stack size of a `thread` strategy connection thread (see the README for
+/// how small it can go).
+pub const DEFAULT_STACK_SIZE: usize = 64 * 1024;
+/// Smallest `--stack-size` accepted.
+pub const MIN_STACK_SIZE: usize = 16 * 1024;
+/// Largest `--stack-size` accepted.
+pub const MAX_STACK_SIZE: usize = 1024 * 1024 * 1024;
+
 /// Settings of one server.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -69,6 +77,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Listen backlog.
     pub backlog: i32,
+    /// Stack size of each connection thread (`thread` strategy).
+    pub stack_size: usize,
 }
 
 impl Default for Config {
@@ -80,6 +90,7 @@ impl Default for Config {
             output_cap: DEFAULT_OUTPUT_CAP,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             backlog: DEFAULT_BACKLOG,
+            stack_size: DEFAULT_STACK_SIZE,
         }
     }
 }

@@ -363,13 +363,31 @@ pub fn need_tool(name: &str) -> PathBuf {
 /// Runs `cmd` (stdin closed) to completion and returns its output; kills it and
 /// panics if it takes longer than `timeout`.
 pub fn run_tool(cmd: &mut Command, timeout: Duration) -> Output {
+    run_tool_with_input(cmd, None, timeout)
+}
+
+/// [`run_tool`], with `input` written to the tool's stdin (then closed).
+pub fn run_tool_with_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
     let shown = format!("{cmd:?}");
+    let stdin = if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|err| panic!("cannot run {shown}: {err}"));
+    if let (Some(input), Some(mut pipe)) = (input, child.stdin.take()) {
+        let input = input.to_vec();
+        // A thread, so that a tool that does not read cannot block the test; the
+        // pipe closes when it is done.
+        thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
     let mut out_pipe = child.stdout.take().unwrap();
     let mut err_pipe = child.stderr.take().unwrap();
     let out = thread::spawn(move || {
