@@ -32,15 +32,16 @@ use std::time::{Duration, Instant, SystemTime};
 use c10k_proto::{Cx, Session};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
-use crate::config::{LINGER, MAX_PENDING_INPUT};
+use crate::config::{LINGER, MAX_PENDING_INPUT, READ_CHUNK};
 use crate::conn::LINGER_MAX_DISCARD;
 use crate::stats::WorkerStats;
 
-/// Read buffer of one blocking connection. Smaller than the event loops' shared 64 KiB
-/// buffer because every connection owns one: with a 64 KiB stack, a 64 KiB buffer
-/// would double the memory of a connection. The whole buffer is handed to the session
-/// at once, so larger requests simply take more reads.
-pub(crate) const BLOCKING_READ_CHUNK: usize = 16 * 1024;
+/// First size of a blocking connection's read buffer. Every connection owns one, so it
+/// starts small: an idle connection (or one exchanging small messages) keeps 4 KiB.
+pub(crate) const BLOCKING_READ_MIN: usize = 4 * 1024;
+/// A read that fills the buffer doubles it, up to this (the event loops' read size),
+/// so that bulk transfers take few reads.
+pub(crate) const BLOCKING_READ_MAX: usize = READ_CHUNK;
 
 /// Output capacity kept between replies; a larger buffer (a big `GET` reply) is freed
 /// once written.
@@ -84,7 +85,7 @@ pub(crate) fn serve_blocking<S: Session>(
         session,
         env,
         cx: Cx::new(SystemTime::now()),
-        buf: vec![0; BLOCKING_READ_CHUNK],
+        buf: vec![0; BLOCKING_READ_MIN],
         pending: Vec::new(),
         out: Vec::new(),
         drain_deadline: None,
@@ -195,8 +196,12 @@ impl<S: Session> Driver<'_, S> {
             if self.feed(n)? == Next::Close {
                 return Ok(Next::Close);
             }
-            // A full buffer probably left more waiting: read again before polling.
+            // A full buffer probably left more waiting: read again before polling,
+            // into a larger buffer.
             poll_first = n < self.buf.len();
+            if !poll_first && self.buf.len() < BLOCKING_READ_MAX {
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
         }
     }
 

@@ -429,3 +429,39 @@ impl Report {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use c10k_proto::echo::EchoApp;
+
+    #[test]
+    fn forking_strategies_refuse_to_run_in_the_background() {
+        for strategy in [Strategy::Fork, Strategy::Prefork] {
+            let server = Server::builder()
+                .strategy(strategy)
+                .workers(4)
+                .listen("127.0.0.1:0".parse().unwrap())
+                .app(EchoApp)
+                .bind()
+                .unwrap();
+            // One shared listener, whatever --workers says.
+            assert_eq!(server.listeners.len(), 1);
+            let err = server.spawn().err().unwrap();
+            assert!(err.to_string().contains("foreground"), "{err}");
+        }
+    }
+
+    #[test]
+    fn stack_size_is_checked() {
+        let err = Server::builder()
+            .strategy(Strategy::Thread)
+            .stack_size(1024)
+            .listen("127.0.0.1:0".parse().unwrap())
+            .app(EchoApp)
+            .bind()
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("stack-size"), "{err}");
+    }
+}

@@ -302,8 +302,21 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// All descendants of `pid` (children, grandchildren...), from `/proc/*/stat`.
-fn descendants(pid: u32) -> Vec<u32> {
+/// The state letter (`R`, `S`, `Z`...) and start time (clock ticks after boot) of a
+/// process, from `/proc/PID/stat`; `None` once it is gone (reaped).
+pub fn proc_state(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may contain spaces and parentheses.
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let state = rest.first()?.chars().next()?;
+    // Field 22 of stat is the start time; `rest` begins at field 3.
+    let start = rest.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// All descendants of `pid` (children, grandchildren...), from `/proc/*/stat`;
+/// zombies included (a zombie is listed until its parent reaps it).
+pub fn descendants(pid: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
