@@ -167,6 +167,7 @@ mod suite {
         assert_eq!(read_exact_n(&mut stream, 7, "warm-up echo"), b"warm-up");
 
         let data = Arc::new(XorShift::new(16).bytes(TOTAL));
+        server.wait_tree_settled();
         let before = server.rss_kib();
         let writer = spawn_writer(stream.try_clone().unwrap(), Arc::clone(&data));
         thread::sleep(Duration::from_secs(2));

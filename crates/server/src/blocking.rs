@@ -106,6 +106,8 @@ enum Waited {
     Drain,
     /// The deadline passed.
     Timeout,
+    /// `poll` itself failed (it does not on valid fds): give the connection up.
+    Failed,
 }
 
 /// Why serving stopped early.
@@ -175,6 +177,7 @@ impl<S: Session> Driver<'_, S> {
                     Waited::Ready => {}
                     Waited::Drain => continue,
                     Waited::Timeout => return Err(Stop::Forced),
+                    Waited::Failed => return Err(Stop::Failed),
                 }
             }
             let n = match (&self.stream).read(&mut self.buf) {
@@ -282,8 +285,10 @@ impl<S: Session> Driver<'_, S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Unsent output is a request in flight: a drain lets it finish.
-                    if self.wait(PollFlags::OUT, None) == Waited::Timeout {
-                        return Err(Stop::Forced);
+                    match self.wait(PollFlags::OUT, None) {
+                        Waited::Ready | Waited::Drain => {}
+                        Waited::Timeout => return Err(Stop::Forced),
+                        Waited::Failed => return Err(Stop::Failed),
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -311,7 +316,10 @@ impl<S: Session> Driver<'_, S> {
                     discarded += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.wait(PollFlags::IN, Some(until)) == Waited::Timeout {
+                    if matches!(
+                        self.wait(PollFlags::IN, Some(until)),
+                        Waited::Timeout | Waited::Failed
+                    ) {
                         return;
                     }
                 }
@@ -356,9 +364,8 @@ impl<S: Session> Driver<'_, S> {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {
-                    // poll on a valid fd does not fail; if it does, try the socket.
                     tracing::debug!("poll failed: {e}");
-                    return Waited::Ready;
+                    return Waited::Failed;
                 }
             }
             if !fds[0].revents().is_empty() {

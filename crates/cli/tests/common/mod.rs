@@ -202,6 +202,21 @@ impl Server {
             .sum::<u64>()
     }
 
+    /// Waits (at most 10 s) until the server's process tree stops growing: a
+    /// `prefork` pool may still be forking right after `listening on`, which would
+    /// count as memory growth in [`rss_kib`](Self::rss_kib).
+    pub fn wait_tree_settled(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = usize::MAX;
+        let mut stable = 0;
+        while stable < 3 && Instant::now() < deadline {
+            let n = descendants(self.pid()).len();
+            stable = if n == last { stable + 1 } else { 0 };
+            last = n;
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Sends `sig` to the server process.
     pub fn signal(&self, sig: Signal) {
         let raw = i32::try_from(self.pid()).unwrap();
