@@ -21,8 +21,26 @@ import argparse, csv, io, os, re, shlex, signal, socket, statistics, subprocess,
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def proc_cpu(pid, rest):
+    """CPU seconds of one process: utime+stime from its stat (clock ticks, so a process
+    that ran under 10 ms shows 0, as each of 1,000 prefork workers may), or the exact
+    sum of its live threads' run time from schedstat (ns), whichever is larger (stat
+    also holds the time of threads that already exited)."""
+    ticks = (int(rest[11]) + int(rest[12])) / TICK
+    ns = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ns += int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return max(ticks, ns / 1e9)
+
+
 def tree_cpu(pid):
-    """utime+stime (seconds) of pid and all its descendants (threads included)."""
+    """CPU seconds of pid and all its descendants (threads included), plus the CPU of
+    pid's children already reaped (cutime+cstime: a fork server's connection
+    processes that ended during the window)."""
     kids = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -34,20 +52,20 @@ def tree_cpu(pid):
             continue
         rest = st[st.rindex(")") + 2:].split()
         kids.setdefault(int(rest[1]), []).append((int(d), rest))
-    total, todo = 0, [pid]
+    total, todo = 0.0, [pid]
     try:
         with open(f"/proc/{pid}/stat") as f:
             st = f.read()
         rest = st[st.rindex(")") + 2:].split()
-        total += int(rest[11]) + int(rest[12])
+        total += proc_cpu(pid, rest) + (int(rest[13]) + int(rest[14])) / TICK
     except OSError:
         pass
     while todo:
         p = todo.pop()
         for (c, rest) in kids.get(p, []):
-            total += int(rest[11]) + int(rest[12])
+            total += proc_cpu(c, rest)
             todo.append(c)
-    return total / TICK
+    return total
 
 
 def tree_rss_kib(pid):

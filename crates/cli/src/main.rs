@@ -55,7 +55,8 @@ struct ServeArgs {
     /// Address to listen on (port 0: the kernel picks one).
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: SocketAddr,
-    /// Event loops (threads) for the event-loop strategies.
+    /// Event loops (threads) for the event-loop strategies, accept loops for
+    /// `thread`, the process pool size for `prefork` (its concurrency).
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// How workers share the listener: reuseport (one SO_REUSEPORT listener each) or
@@ -78,6 +79,9 @@ struct ServeArgs {
     /// answers 408 first.
     #[arg(long, default_value = "10s", value_parser = units::parse_duration)]
     header_timeout: Duration,
+    /// Stack size of each connection thread (`thread` strategy), 16KiB..=1GiB.
+    #[arg(long, default_value = "64KiB", value_parser = units::parse_size)]
+    stack_size: usize,
     /// HTTP: largest request body accepted (larger gets 413).
     #[arg(long, default_value = "8MiB", value_parser = units::parse_size)]
     max_body: usize,
@@ -164,7 +168,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .output_cap(args.output_cap)
         .drain_timeout(args.drain_timeout)
         .idle_timeout(args.idle_timeout)
-        .header_timeout(args.header_timeout);
+        .header_timeout(args.header_timeout)
+        .stack_size(args.stack_size);
     match args.app {
         AppName::Echo => run(builder, EchoApp, "echo"),
         AppName::Http => run(

@@ -147,6 +147,11 @@ mod tests {
     }
 
     #[test]
+    fn answers_lines_on_thread() {
+        talk(Strategy::Thread);
+    }
+
+    #[test]
     fn overlong_line_gets_an_error_and_a_close() {
         let mut s = Lines.open(&Peer::unknown());
         let cx = Cx::new(std::time::UNIX_EPOCH);

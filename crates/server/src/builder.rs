@@ -10,10 +10,10 @@ use std::time::Duration;
 use c10k_proto::App;
 
 use crate::accept::bind_listeners;
-use crate::config::{AcceptMode, Config};
+use crate::config::{AcceptMode, Config, MAX_STACK_SIZE, MIN_STACK_SIZE};
 use crate::shutdown::Shutdown;
 use crate::stats::{OpenConns, WorkerStats};
-use crate::strategy::{Availability, Strategy, WorkerCtx, run_worker};
+use crate::strategy::{Availability, ProcessModel, Strategy, WorkerCtx, run_processes, run_worker};
 
 /// Why a server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +160,11 @@ impl<A> ServerBuilder<A> {
         self.config.header_timeout = d;
         self
     }
+    /// Stack size of each connection thread (`thread` strategy).
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.config.stack_size = bytes;
+        self
+    }
     /// Replace all settings at once.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -215,12 +220,27 @@ impl<A: App> ServerBuilder<A> {
                 c.workers
             )));
         }
-        // `loops` event loops, each its own thread, listener (or shared listener) and
-        // counters: `--workers` of them, except for a strategy that runs its own
-        // threads (`pool`: one loop, one listener; `--workers` is its pool size).
-        let loops = strategy.loops(c.workers);
+        if !(MIN_STACK_SIZE..=MAX_STACK_SIZE).contains(&c.stack_size) {
+            return Err(ServerError::Config(format!(
+                "stack-size must be {}KiB..={}MiB, not {} bytes",
+                MIN_STACK_SIZE >> 10,
+                MAX_STACK_SIZE >> 20,
+                c.stack_size
+            )));
+        }
+        // A forking strategy runs in one thread of the parent with one listener that
+        // its processes share; `--workers` is its pool size (prefork).
+        let forks = strategy.process_model() == ProcessModel::Processes;
+        // Otherwise `loops` event loops, each its own thread, listener (or shared
+        // listener) and counters: `--workers` of them, except for a strategy that runs
+        // its own threads (`pool`: one loop, one listener; `--workers` is its pool size).
+        let (loops, accept) = if forks {
+            (1, AcceptMode::Exclusive)
+        } else {
+            (strategy.loops(c.workers), c.accept)
+        };
         let listeners =
-            bind_listeners(self.listen, loops, c.accept, c.backlog).map_err(|source| {
+            bind_listeners(self.listen, loops, accept, c.backlog).map_err(|source| {
                 ServerError::Bind {
                     addr: self.listen,
                     source,
@@ -268,7 +288,17 @@ impl<A: App> Server<A> {
     }
 
     /// Serve on a background thread; the handle stops it.
+    ///
+    /// Strategies that fork ([`ProcessModel::Processes`]) cannot: a fork is sound only
+    /// while the process has one thread; use [`run`](Server::run) from the main thread.
     pub fn spawn(self) -> Result<ServerHandle, ServerError> {
+        if self.strategy.process_model() == ProcessModel::Processes {
+            return Err(ServerError::Config(format!(
+                "strategy {} forks processes and can only run in the foreground \
+                 (Server::run, from the main thread, before any thread is spawned)",
+                self.strategy
+            )));
+        }
         let shutdown = Arc::clone(&self.shutdown);
         let stats = self.stats.clone();
         let open = Arc::clone(&self.open);
@@ -286,6 +316,9 @@ impl<A: App> Server<A> {
     }
 
     fn serve(self) -> Result<Report, ServerError> {
+        if self.strategy.process_model() == ProcessModel::Processes {
+            return self.serve_processes();
+        }
         let loops = self.stats.len();
         let shared = self.listeners.len() == 1 && loops > 1;
         let listeners: Vec<Arc<TcpListener>> = self.listeners.into_iter().map(Arc::new).collect();
@@ -352,6 +385,44 @@ impl<A: App> Server<A> {
     }
 }
 
+impl<A: App> Server<A> {
+    /// Run a forking strategy in this thread. RULE: fork only while the process has a
+    /// single thread, so no worker thread is spawned here, and nothing before this
+    /// point (logging, signal handlers) may have spawned one; `c10k_sys` checks it
+    /// before every fork.
+    fn serve_processes(mut self) -> Result<Report, ServerError> {
+        let Some(listener) = self.listeners.pop() else {
+            return Err(ServerError::Config("no listener".into()));
+        };
+        let ctx = WorkerCtx {
+            id: 0,
+            app: Arc::clone(&self.app),
+            // The only reference: a forked child closes the listener by dropping it.
+            listener: Some(Arc::new(listener)),
+            local_addr: self.local_addr,
+            shared_listener: true,
+            config: Arc::clone(&self.config),
+            shutdown: Arc::clone(&self.shutdown),
+            stats: Arc::clone(&self.stats[0]),
+            open: Arc::clone(&self.open),
+        };
+        if let Err(source) = run_processes(self.strategy, ctx) {
+            return Err(ServerError::Worker { worker: 0, source });
+        }
+        let s = &self.stats[0];
+        tracing::info!(
+            "{}: accepted {} connection(s) in all, refused {}, accept pauses {}",
+            self.strategy,
+            WorkerStats::get(&s.accepted),
+            WorkerStats::get(&s.refused_max_conns) + WorkerStats::get(&s.refused_backend),
+            WorkerStats::get(&s.accept_pauses),
+        );
+        Ok(Report {
+            workers: self.stats,
+        })
+    }
+}
+
 impl ServerHandle {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
@@ -388,5 +459,41 @@ impl Report {
             .iter()
             .map(|s| WorkerStats::get(&s.accepted))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use c10k_proto::echo::EchoApp;
+
+    #[test]
+    fn forking_strategies_refuse_to_run_in_the_background() {
+        for strategy in [Strategy::Fork, Strategy::Prefork] {
+            let server = Server::builder()
+                .strategy(strategy)
+                .workers(4)
+                .listen("127.0.0.1:0".parse().unwrap())
+                .app(EchoApp)
+                .bind()
+                .unwrap();
+            // One shared listener, whatever --workers says.
+            assert_eq!(server.listeners.len(), 1);
+            let err = server.spawn().err().unwrap();
+            assert!(err.to_string().contains("foreground"), "{err}");
+        }
+    }
+
+    #[test]
+    fn stack_size_is_checked() {
+        let err = Server::builder()
+            .strategy(Strategy::Thread)
+            .stack_size(1024)
+            .listen("127.0.0.1:0".parse().unwrap())
+            .app(EchoApp)
+            .bind()
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("stack-size"), "{err}");
     }
 }

@@ -59,6 +59,14 @@ pub const MAX_PENDING_INPUT: usize = 16 * 1024 * 1024;
 /// Size of a worker's read buffer: one read takes at most this much.
 pub const READ_CHUNK: usize = 64 * 1024;
 
+/// Default stack size of a `thread` strategy connection thread (see the README for
+/// how small it can go).
+pub const DEFAULT_STACK_SIZE: usize = 64 * 1024;
+/// Smallest `--stack-size` accepted.
+pub const MIN_STACK_SIZE: usize = 16 * 1024;
+/// Largest `--stack-size` accepted.
+pub const MAX_STACK_SIZE: usize = 1024 * 1024 * 1024;
+
 /// Settings of one server.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -78,6 +86,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Close connections whose request stays incomplete this long (slowloris).
     pub header_timeout: Duration,
+    /// Stack size of each connection thread (`thread` strategy).
+    pub stack_size: usize,
 }
 
 impl Default for Config {
@@ -91,6 +101,7 @@ impl Default for Config {
             backlog: DEFAULT_BACKLOG,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
+            stack_size: DEFAULT_STACK_SIZE,
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::config::{MAX_PENDING_INPUT, READ_CHUNK};
 use crate::stats::WorkerStats;
 
 /// Input discarded while lingering before the driver gives up and closes hard.
-const LINGER_MAX_DISCARD: usize = 1024 * 1024;
+pub(crate) const LINGER_MAX_DISCARD: usize = 1024 * 1024;
 
 /// Buffers owned by a worker and lent to whichever connection it is serving.
 pub(crate) struct Bufs {

@@ -46,6 +46,7 @@
 //! ```
 
 mod accept;
+mod blocking;
 mod builder;
 mod config;
 mod conn;
@@ -58,12 +59,12 @@ pub use builder::{Report, Server, ServerBuilder, ServerError, ServerHandle};
 pub use c10k_proto::{App, Session};
 pub use config::{
     AcceptMode, Config, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNS, DEFAULT_OUTPUT_CAP, LINGER, MAX_PENDING_INPUT,
-    READ_CHUNK,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNS, DEFAULT_OUTPUT_CAP, DEFAULT_STACK_SIZE, LINGER,
+    MAX_PENDING_INPUT, MIN_STACK_SIZE, READ_CHUNK,
 };
 pub use shutdown::Shutdown;
 pub use stats::{OpenConns, WorkerStats};
-pub use strategy::{Availability, Strategy, StrategyInfo};
+pub use strategy::{Availability, ProcessModel, Strategy, StrategyInfo};
 
 /// Raise the soft limit on open files to the hard limit (a server holding ten thousand
 /// connections needs more than the usual 1,024). Returns the new soft limit.

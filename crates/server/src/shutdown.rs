@@ -8,8 +8,10 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use signal_hook::SigId;
 
 /// The shutdown trigger of one server.
 #[derive(Debug)]
@@ -17,6 +19,8 @@ pub struct Shutdown {
     requested: Arc<AtomicBool>,
     read: OwnedFd,
     write: OwnedFd,
+    /// The signal handlers installed for it, so that a forked child can remove them.
+    handlers: Mutex<Vec<SigId>>,
 }
 
 impl Shutdown {
@@ -29,6 +33,7 @@ impl Shutdown {
             requested: Arc::new(AtomicBool::new(false)),
             read,
             write,
+            handlers: Mutex::new(Vec::new()),
         }))
     }
 
@@ -52,13 +57,47 @@ impl Shutdown {
     /// Trigger on SIGTERM and SIGINT. A second signal while draining exits at once
     /// with status 1, so an impatient operator is never stuck.
     pub fn install_signal_handlers(&self) -> io::Result<()> {
+        self.install(true)
+    }
+
+    /// Trigger on SIGTERM and SIGINT, any number of times: the handlers of a forked
+    /// child, which may get the same signal twice (from the terminal's process group
+    /// and from its parent) and must still finish its request; its parent bounds it.
+    pub(crate) fn install_child_signal_handlers(&self) -> io::Result<()> {
+        self.install(false)
+    }
+
+    fn install(&self, exit_on_second: bool) -> io::Result<()> {
         use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut ids = self.handlers.lock().unwrap_or_else(|p| p.into_inner());
         for sig in [SIGTERM, SIGINT] {
-            signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&self.requested))?;
-            signal_hook::flag::register(sig, Arc::clone(&self.requested))?;
-            signal_hook::low_level::pipe::register(sig, self.write.try_clone()?)?;
+            if exit_on_second {
+                ids.push(signal_hook::flag::register_conditional_shutdown(
+                    sig,
+                    1,
+                    Arc::clone(&self.requested),
+                )?);
+            }
+            ids.push(signal_hook::flag::register(
+                sig,
+                Arc::clone(&self.requested),
+            )?);
+            ids.push(signal_hook::low_level::pipe::register(
+                sig,
+                self.write.try_clone()?,
+            )?);
         }
         Ok(())
+    }
+
+    /// Remove the signal handlers installed for this trigger. A forked child calls
+    /// this on the copy of its parent's trigger, so that a signal to the child does
+    /// not write into the pipe it shares with its parent (and drain the whole server).
+    pub(crate) fn uninstall_signal_handlers(&self) {
+        let mut ids = self.handlers.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
     }
 }
 

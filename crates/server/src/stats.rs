@@ -10,8 +10,8 @@ pub struct WorkerStats {
     pub accepted: AtomicU64,
     /// Connections accepted and closed at once because `--max-conns` was reached.
     pub refused_max_conns: AtomicU64,
-    /// Connections accepted and closed at once because the strategy could not watch
-    /// them (select's FD_SETSIZE).
+    /// Connections accepted and closed at once because the strategy could not serve
+    /// them (select's FD_SETSIZE, a thread or process that could not be created).
     pub refused_backend: AtomicU64,
     /// Connections closed (any reason).
     pub closed: AtomicU64,

@@ -1,19 +1,20 @@
-//! The only crate of c10k allowed `unsafe`: safe wrappers for the system calls that
-//! rustix cannot offer safely in the shape the strategies need.
+//! c10k-sys: the only crate of the workspace with `unsafe` code.
 //!
-//! - [`select`](select::select) over a fixed-size [`FdSet`] that refuses
-//!   any descriptor at or above [`FD_SETSIZE`] instead of writing
-//!   outside the set;
-//! - [`poll`](poll::poll) over a long-lived array of raw [`PollFd`]s, which
-//!   rustix's `poll` (whose `PollFd` borrows each descriptor) cannot hold across loop
-//!   iterations.
+//! Each module wraps a syscall that rustix does not offer safely in the shape the
+//! strategies need, and checks whatever makes the call sound before making it, so that
+//! callers stay in safe Rust. `unsafe` is allowed per file, never crate-wide; every
+//! `unsafe` block carries a `// SAFETY:` comment.
 //!
-//! Both calls only ask the kernel about descriptors; they never read, write or close
-//! them. A descriptor that is not open yields an error (`EBADF` for select) or a flag
-//! (`POLLNVAL` for poll), never memory unsafety, which is why the wrappers are safe
-//! functions. Each `unsafe` block carries a `// SAFETY:` comment.
+//! - [`select`](select::select) over a fixed-size [`FdSet`] that refuses any descriptor
+//!   at or above [`FD_SETSIZE`] instead of writing outside the set;
+//! - [`poll`](poll::poll) over a long-lived array of raw [`PollFd`]s, which rustix's
+//!   `poll` (whose `PollFd` borrows each descriptor) cannot hold across loop iterations.
+//!   Both only ask the kernel about descriptors: one that is not open yields `EBADF`
+//!   (select) or `POLLNVAL` (poll), never memory unsafety;
+//! - [`process`]: `fork`, refused unless the process is single-threaded.
 
 pub mod poll;
+pub mod process;
 pub mod select;
 
 pub use poll::{PollFd, poll};

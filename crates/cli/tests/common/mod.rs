@@ -202,6 +202,21 @@ impl Server {
             .sum::<u64>()
     }
 
+    /// Waits (at most 10 s) until the server's process tree stops growing: a
+    /// `prefork` pool may still be forking right after `listening on`, which would
+    /// count as memory growth in [`rss_kib`](Self::rss_kib).
+    pub fn wait_tree_settled(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = usize::MAX;
+        let mut stable = 0;
+        while stable < 3 && Instant::now() < deadline {
+            let n = descendants(self.pid()).len();
+            stable = if n == last { stable + 1 } else { 0 };
+            last = n;
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Sends `sig` to the server process.
     pub fn signal(&self, sig: Signal) {
         let raw = i32::try_from(self.pid()).unwrap();
@@ -302,8 +317,21 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// All descendants of `pid` (children, grandchildren...), from `/proc/*/stat`.
-fn descendants(pid: u32) -> Vec<u32> {
+/// The state letter (`R`, `S`, `Z`...) and start time (clock ticks after boot) of a
+/// process, from `/proc/PID/stat`; `None` once it is gone (reaped).
+pub fn proc_state(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may contain spaces and parentheses.
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let state = rest.first()?.chars().next()?;
+    // Field 22 of stat is the start time; `rest` begins at field 3.
+    let start = rest.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// All descendants of `pid` (children, grandchildren...), from `/proc/*/stat`;
+/// zombies included (a zombie is listed until its parent reaps it).
+pub fn descendants(pid: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
@@ -363,13 +391,31 @@ pub fn need_tool(name: &str) -> PathBuf {
 /// Runs `cmd` (stdin closed) to completion and returns its output; kills it and
 /// panics if it takes longer than `timeout`.
 pub fn run_tool(cmd: &mut Command, timeout: Duration) -> Output {
+    run_tool_with_input(cmd, None, timeout)
+}
+
+/// [`run_tool`], with `input` written to the tool's stdin (then closed).
+pub fn run_tool_with_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
     let shown = format!("{cmd:?}");
+    let stdin = if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|err| panic!("cannot run {shown}: {err}"));
+    if let (Some(input), Some(mut pipe)) = (input, child.stdin.take()) {
+        let input = input.to_vec();
+        // A thread, so that a tool that does not read cannot block the test; the
+        // pipe closes when it is done.
+        thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
     let mut out_pipe = child.stdout.take().unwrap();
     let mut err_pipe = child.stderr.take().unwrap();
     let out = thread::spawn(move || {

@@ -3,7 +3,8 @@
 //! Every strategy runs every [`App`]; which one runs is a value
 //! ([`Strategy`]), so the command line, the tests and `c10k compare` pick it by name.
 //! The registry ([`Strategy::ALL`]) is the one list of them: adding a strategy means
-//! adding a variant, its [`StrategyInfo`], and its arm in [`run_worker`].
+//! adding a variant, its [`StrategyInfo`], and its arm in [`run_worker`] (or, for a
+//! strategy that forks, [`run_processes`]; see [`ProcessModel`]).
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
@@ -16,10 +17,14 @@ use crate::shutdown::Shutdown;
 use crate::stats::{OpenConns, WorkerStats};
 
 pub(crate) mod epoll;
+pub(crate) mod fork;
 pub(crate) mod poll;
 pub(crate) mod pool;
+pub(crate) mod prefork;
+pub(crate) mod procs;
 pub(crate) mod reactor;
 pub(crate) mod select;
+pub(crate) mod thread;
 
 /// A server architecture from the C10K list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,6 +68,19 @@ pub enum Availability {
         /// Why not.
         reason: String,
     },
+}
+
+/// How a strategy uses threads and processes; the builder runs it accordingly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessModel {
+    /// One process: the builder spawns `--workers` worker threads, each running the
+    /// strategy (an event loop, or an accept loop that spawns connection threads).
+    Threads,
+    /// The strategy forks processes. `fork` is sound only in a single-threaded
+    /// process, so the builder spawns no thread for it: the strategy runs in the
+    /// thread that called [`Server::run`](crate::Server::run), which must be the only
+    /// thread of the process (`Server::spawn` refuses these strategies).
+    Processes,
 }
 
 /// What the registry knows about a strategy.
@@ -130,7 +148,7 @@ impl Strategy {
             "thread",
             "4",
             "one OS thread per connection, blocking I/O",
-            "a thread and its stack per connection",
+            "a thread and its stack (--stack-size) per connection, up to --max-conns",
             "epoll-et",
         ),
         info(
@@ -138,7 +156,7 @@ impl Strategy {
             "fork",
             "4",
             "one process per connection",
-            "a process per connection; RESP store per process",
+            "a process per connection, up to --max-conns; RESP store per process: a key SET on one connection is not seen by another",
             "prefork",
         ),
         info(
@@ -146,7 +164,7 @@ impl Strategy {
             "prefork",
             "4",
             "fixed pool of processes blocking in accept",
-            "concurrency = pool size; RESP store per process",
+            "concurrency = --workers processes, more connections wait in the backlog; RESP store per process: a key is seen only by connections served by the same worker",
             "thread",
         ),
         info(
@@ -196,14 +214,25 @@ impl Strategy {
             .map(|i| i.strategy)
     }
 
+    /// How it uses threads and processes.
+    pub fn process_model(self) -> ProcessModel {
+        match self {
+            Strategy::Fork | Strategy::Prefork => ProcessModel::Processes,
+            _ => ProcessModel::Threads,
+        }
+    }
+
     /// Whether it can run on this machine, and if not, why.
     pub fn availability(self) -> Availability {
         match self {
-            Strategy::EpollLt | Strategy::EpollEt | Strategy::Pool => Availability::Available,
-            Strategy::Select | Strategy::Poll => Availability::Available,
-            Strategy::Thread | Strategy::Fork | Strategy::Prefork => {
-                Availability::NotBuilt { planned: "issue 4" }
-            }
+            Strategy::Select
+            | Strategy::Poll
+            | Strategy::EpollLt
+            | Strategy::EpollEt
+            | Strategy::Pool
+            | Strategy::Thread
+            | Strategy::Fork
+            | Strategy::Prefork => Availability::Available,
             Strategy::Uring => Availability::NotBuilt { planned: "issue 5" },
             Strategy::Green => Availability::NotBuilt { planned: "issue 6" },
             Strategy::Kernel => Availability::NotBuilt {
@@ -303,8 +332,22 @@ pub(crate) fn run_worker<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> std::
         Strategy::Pool => pool::run(ctx),
         Strategy::Select => reactor::run(ctx, select::Select::new()),
         Strategy::Poll => reactor::run(ctx, poll::Poll::new()),
+        Strategy::Thread => thread::run(ctx),
         other => Err(std::io::Error::other(format!(
-            "strategy {other} is not built yet"
+            "strategy {other} does not run in worker threads"
+        ))),
+    }
+}
+
+/// Run a [`ProcessModel::Processes`] strategy in the calling thread until it has
+/// drained. The caller must be the only thread of the process, and `ctx` must hold
+/// the only reference to the listener (a forked child closes it).
+pub(crate) fn run_processes<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> std::io::Result<()> {
+    match strategy {
+        Strategy::Fork => fork::run(ctx),
+        Strategy::Prefork => prefork::run(ctx),
+        other => Err(std::io::Error::other(format!(
+            "strategy {other} does not fork processes"
         ))),
     }
 }

@@ -1,0 +1,459 @@
+//! The blocking connection driver: one connection served from start to end by the
+//! thread (or process) that calls [`serve_blocking`], as the `thread`, `fork` and
+//! `prefork` strategies do.
+//!
+//! The code reads like blocking I/O (read, hand the bytes to the session, write the
+//! reply out in full, repeat), and the thread does block, but always in `poll(2)` on
+//! the connection *and* the server's shutdown fds, never in a bare `read` or `write`
+//! (the socket itself is nonblocking). That is what lets an idle connection notice
+//! shutdown at once, and bounds every wait after it by `--drain-timeout`, without
+//! signals interrupting system calls. The price is one `poll` per read that finds
+//! nothing waiting; a read that fills the whole buffer is followed by another read
+//! without polling.
+//!
+//! - Backpressure is natural: the driver writes the whole reply before it reads again,
+//!   so a client that does not read stops being read once the kernel's buffers fill.
+//!   The session's `OUT_BATCH_LIMIT` bounds the reply produced by one call.
+//! - Half-close: EOF -> `handle_eof` -> flush -> close.
+//! - Protocol error or `wants_close`: flush the reply, `shutdown(SHUT_WR)`, read and
+//!   discard for at most [`LINGER`] (so the last reply is not destroyed by a reset),
+//!   close.
+//! - Drain (a shutdown fd became readable): a reply being written is finished and the
+//!   input already received is offered; then the session is told (`start_drain`); an
+//!   idle connection (no partial request) is closed gracefully; a busy one is served
+//!   until it is idle, at most `--drain-timeout` from the moment this connection saw
+//!   the shutdown, then closed.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant, SystemTime};
+
+use c10k_proto::{Cx, Session};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+
+use crate::config::{LINGER, MAX_PENDING_INPUT, READ_CHUNK};
+use crate::conn::LINGER_MAX_DISCARD;
+use crate::stats::WorkerStats;
+
+/// First size of a blocking connection's read buffer. Every connection owns one, so it
+/// starts small: an idle connection (or one exchanging small messages) keeps 4 KiB.
+pub(crate) const BLOCKING_READ_MIN: usize = 4 * 1024;
+/// A read that fills the buffer doubles it, up to this (the event loops' read size),
+/// so that bulk transfers take few reads.
+pub(crate) const BLOCKING_READ_MAX: usize = READ_CHUNK;
+
+/// Output capacity kept between replies; a larger buffer (a big `GET` reply) is freed
+/// once written.
+const OUT_KEEP: usize = 64 * 1024;
+
+/// At most this many shutdown fds are watched (a forked child watches its own and its
+/// parent's).
+pub(crate) const MAX_WAKE_FDS: usize = 3;
+
+/// What a blocking driver needs from its strategy.
+pub(crate) struct BlockingEnv<'a> {
+    /// Counters to update.
+    pub(crate) stats: &'a WorkerStats,
+    /// Fds that become readable, and stay readable, once the server drains.
+    pub(crate) wake: &'a [BorrowedFd<'a>],
+    /// How long a connection may stay busy once it has seen the shutdown.
+    pub(crate) drain_timeout: Duration,
+}
+
+/// How a connection served by [`serve_blocking`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    /// The driver saw the shutdown fds become readable.
+    pub(crate) drained: bool,
+}
+
+/// Serve one connection with `session` until it closes, fails or is drained. The
+/// stream is closed on return.
+pub(crate) fn serve_blocking<S: Session>(
+    stream: TcpStream,
+    session: S,
+    env: &BlockingEnv<'_>,
+) -> Outcome {
+    if let Err(e) = stream.set_nonblocking(true) {
+        tracing::debug!("cannot make a connection nonblocking: {e}");
+        WorkerStats::add(&env.stats.io_errors, 1);
+        return Outcome { drained: false };
+    }
+    let mut d = Driver {
+        stream,
+        session,
+        env,
+        cx: Cx::new(SystemTime::now()),
+        buf: vec![0; BLOCKING_READ_MIN],
+        pending: Vec::new(),
+        out: Vec::new(),
+        drain_deadline: None,
+        drain_told: false,
+    };
+    d.run();
+    Outcome {
+        drained: d.drain_deadline.is_some(),
+    }
+}
+
+/// Why a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waited {
+    /// The connection is ready (or hung up: the next read or write says which).
+    Ready,
+    /// Shutdown was just noticed; the drain deadline is set.
+    Drain,
+    /// The deadline passed.
+    Timeout,
+    /// `poll` itself failed (it does not on valid fds): give the connection up.
+    Failed,
+}
+
+/// Why serving stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// An I/O error: close now.
+    Failed,
+    /// The drain deadline passed while busy: close now.
+    Forced,
+}
+
+/// What to do after input was offered to the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Keep reading.
+    Read,
+    /// Flushed; close gracefully (shut, linger).
+    Close,
+}
+
+struct Driver<'a, S> {
+    stream: TcpStream,
+    session: S,
+    env: &'a BlockingEnv<'a>,
+    cx: Cx,
+    buf: Vec<u8>,
+    /// Received bytes the session has not consumed yet (an incomplete request).
+    pending: Vec<u8>,
+    /// Reply bytes being written; always empty between requests.
+    out: Vec<u8>,
+    drain_deadline: Option<Instant>,
+    /// The session was told about the drain.
+    drain_told: bool,
+}
+
+impl<S: Session> Driver<'_, S> {
+    fn run(&mut self) {
+        match self.serve() {
+            Ok(Next::Close) => self.linger(),
+            Ok(Next::Read) => {}
+            Err(Stop::Failed) => WorkerStats::add(&self.env.stats.io_errors, 1),
+            Err(Stop::Forced) => {
+                tracing::debug!("drain deadline passed; closing a busy connection");
+                WorkerStats::add(&self.env.stats.drain_forced, 1);
+            }
+        }
+    }
+
+    /// Serve until the connection should close. `Ok(Next::Read)` means the peer's EOF
+    /// was answered: close without lingering.
+    fn serve(&mut self) -> Result<Next, Stop> {
+        let mut poll_first = true;
+        loop {
+            if self.drain_deadline.is_some() {
+                // Told only now, with every byte received offered: input held back
+                // while a large reply was written is a request in flight too.
+                if !self.drain_told {
+                    self.drain_told = true;
+                    self.session.start_drain();
+                }
+                if self.is_idle() || self.session.wants_close() {
+                    return Ok(Next::Close);
+                }
+            }
+            if poll_first {
+                match self.wait(PollFlags::IN, None) {
+                    Waited::Ready => {}
+                    Waited::Drain => continue,
+                    Waited::Timeout => return Err(Stop::Forced),
+                    Waited::Failed => return Err(Stop::Failed),
+                }
+            }
+            let n = match (&self.stream).read(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    poll_first = true;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Err(Stop::Failed),
+            };
+            if n == 0 {
+                self.cx.set_now(SystemTime::now());
+                self.session.handle_eof(&self.cx, &mut self.out);
+                self.flush()?;
+                return Ok(Next::Read);
+            }
+            WorkerStats::add(&self.env.stats.bytes_in, n as u64);
+            if self.feed(n)? == Next::Close {
+                return Ok(Next::Close);
+            }
+            // A full buffer probably left more waiting: read again before polling,
+            // into a larger buffer.
+            poll_first = n < self.buf.len();
+            if !poll_first && self.buf.len() < BLOCKING_READ_MAX {
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+        }
+    }
+
+    /// Nothing in flight: no partial request (output is always flushed here).
+    fn is_idle(&self) -> bool {
+        self.pending.is_empty() && !self.session.mid_request()
+    }
+
+    /// Offer `buf[..n]` (after any pending bytes) to the session, writing each reply
+    /// out in full.
+    fn feed(&mut self, n: usize) -> Result<Next, Stop> {
+        self.cx.set_now(SystemTime::now());
+        let owned = !self.pending.is_empty();
+        if owned {
+            self.pending.extend_from_slice(&self.buf[..n]);
+        }
+        let len = if owned { self.pending.len() } else { n };
+        let mut consumed = 0;
+        let mut closing = false;
+        while consumed < len {
+            let used = {
+                let input = if owned {
+                    &self.pending[consumed..]
+                } else {
+                    &self.buf[consumed..n]
+                };
+                match self.session.handle_input(&self.cx, input, &mut self.out) {
+                    Ok(used) => used.min(input.len()),
+                    Err(e) => {
+                        tracing::debug!("protocol error: {e}");
+                        WorkerStats::add(&self.env.stats.proto_errors, 1);
+                        closing = true;
+                        input.len()
+                    }
+                }
+            };
+            consumed += used;
+            closing |= self.session.wants_close();
+            self.flush()?;
+            if closing || used == 0 {
+                break;
+            }
+        }
+        if closing {
+            self.pending = Vec::new();
+            return Ok(Next::Close);
+        }
+        if owned {
+            self.pending.drain(..consumed);
+            if self.pending.is_empty() {
+                self.pending = Vec::new();
+            }
+        } else {
+            self.pending.extend_from_slice(&self.buf[consumed..n]);
+        }
+        if self.pending.len() > MAX_PENDING_INPUT {
+            tracing::debug!(
+                "closing a connection with {} unconsumed input bytes",
+                self.pending.len()
+            );
+            WorkerStats::add(&self.env.stats.proto_errors, 1);
+            self.pending = Vec::new();
+            return Ok(Next::Close);
+        }
+        Ok(Next::Read)
+    }
+
+    /// Write all of `out`, waiting for the socket as long as it takes (until the
+    /// drain deadline, once draining).
+    fn flush(&mut self) -> Result<(), Stop> {
+        let mut pos = 0;
+        while pos < self.out.len() {
+            match (&self.stream).write(&self.out[pos..]) {
+                Ok(0) => return Err(Stop::Failed),
+                Ok(n) => {
+                    pos += n;
+                    WorkerStats::add(&self.env.stats.bytes_out, n as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Unsent output is a request in flight: a drain lets it finish.
+                    match self.wait(PollFlags::OUT, None) {
+                        Waited::Ready | Waited::Drain => {}
+                        Waited::Timeout => return Err(Stop::Forced),
+                        Waited::Failed => return Err(Stop::Failed),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(Stop::Failed),
+            }
+        }
+        self.out.clear();
+        if self.out.capacity() > OUT_KEEP {
+            self.out = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Shut our side (the peer sees EOF after our last reply), then read and discard
+    /// until the peer closes, for at most [`LINGER`] or 1 MiB.
+    fn linger(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let until = Instant::now() + LINGER;
+        let mut discarded = 0;
+        while discarded <= LINGER_MAX_DISCARD {
+            match (&self.stream).read(&mut self.buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    WorkerStats::add(&self.env.stats.bytes_in, n as u64);
+                    discarded += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if matches!(
+                        self.wait(PollFlags::IN, Some(until)),
+                        Waited::Timeout | Waited::Failed
+                    ) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Wait until the connection is ready for `flags`, shutdown is noticed (the first
+    /// time only), or `until` / the drain deadline passes.
+    fn wait(&mut self, flags: PollFlags, until: Option<Instant>) -> Waited {
+        loop {
+            let deadline = match (until, self.drain_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Waited::Timeout;
+                    }
+                    // Round up so that the wait does not end a hair early.
+                    Some(left + Duration::from_millis(1))
+                }
+                None => None,
+            };
+            let timeout = timeout.and_then(|t| Timespec::try_from(t).ok());
+            let watch_wake = self.drain_deadline.is_none();
+            let conn = self.stream.as_fd();
+            let mut fds: [PollFd<'_>; 1 + MAX_WAKE_FDS] =
+                std::array::from_fn(|_| PollFd::from_borrowed_fd(conn, flags));
+            let mut n = 1;
+            if watch_wake {
+                for (slot, fd) in fds[1..].iter_mut().zip(self.env.wake) {
+                    *slot = PollFd::from_borrowed_fd(*fd, PollFlags::IN);
+                    n += 1;
+                }
+            }
+            match poll(&mut fds[..n], timeout.as_ref()) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    tracing::debug!("poll failed: {e}");
+                    return Waited::Failed;
+                }
+            }
+            if !fds[0].revents().is_empty() {
+                return Waited::Ready;
+            }
+            if fds[1..n].iter().any(|f| !f.revents().is_empty()) {
+                self.begin_drain();
+                return Waited::Drain;
+            }
+            // Nothing ready: the timeout passed (checked at the top of the loop).
+        }
+    }
+
+    fn begin_drain(&mut self) {
+        if self.drain_deadline.is_none() {
+            self.drain_deadline = Some(Instant::now() + self.env.drain_timeout);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use c10k_proto::echo::EchoApp;
+    use c10k_proto::{App, Peer};
+    use std::net::{Shutdown as NetShutdown, TcpListener};
+
+    use crate::shutdown::Shutdown;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        (c, s)
+    }
+
+    fn serve_in_thread(
+        server: TcpStream,
+        shutdown: std::sync::Arc<Shutdown>,
+        stats: std::sync::Arc<WorkerStats>,
+    ) -> std::thread::JoinHandle<Outcome> {
+        std::thread::spawn(move || {
+            let wake = [shutdown.wake_fd()];
+            let env = BlockingEnv {
+                stats: &stats,
+                wake: &wake,
+                drain_timeout: Duration::from_secs(5),
+            };
+            serve_blocking(server, EchoApp.open(&Peer::unknown()), &env)
+        })
+    }
+
+    #[test]
+    fn echoes_a_large_payload_and_closes_after_half_close() {
+        let (mut client, server) = pair();
+        let shutdown = Shutdown::new().unwrap();
+        let stats = std::sync::Arc::new(WorkerStats::default());
+        let t = serve_in_thread(server, shutdown, std::sync::Arc::clone(&stats));
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let mut c = client.try_clone().unwrap();
+            let data = data.clone();
+            std::thread::spawn(move || {
+                c.write_all(&data).unwrap();
+                c.shutdown(NetShutdown::Write).unwrap();
+            })
+        };
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        writer.join().unwrap();
+        assert!(got == data, "echo differs");
+        assert_eq!(t.join().unwrap(), Outcome { drained: false });
+        assert_eq!(WorkerStats::get(&stats.bytes_out), 1_000_000);
+    }
+
+    #[test]
+    fn an_idle_connection_is_closed_as_soon_as_shutdown_is_triggered() {
+        let (mut client, server) = pair();
+        let shutdown = Shutdown::new().unwrap();
+        let stats = std::sync::Arc::new(WorkerStats::default());
+        let t = serve_in_thread(server, std::sync::Arc::clone(&shutdown), stats);
+        client.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        client.read_exact(&mut buf).unwrap();
+        shutdown.trigger();
+        assert_eq!(client.read(&mut buf).unwrap(), 0, "EOF after the drain");
+        drop(client);
+        assert_eq!(t.join().unwrap(), Outcome { drained: true });
+    }
+}

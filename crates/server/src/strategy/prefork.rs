@@ -1,0 +1,300 @@
+//! `prefork`: a fixed pool of `--workers` processes forked at start, each accepting on
+//! the shared listener and serving one connection at a time (Apache's prefork MPM).
+//!
+//! - **Accepting.** Each worker waits in its own epoll instance holding the listener
+//!   with `EPOLLEXCLUSIVE` and its shutdown pipes, then accepts one connection and
+//!   serves it with the blocking driver. `EPOLLEXCLUSIVE` gives what a blocking
+//!   `accept` would (the kernel wakes one idle worker per new connection, no
+//!   thundering herd, and a busy worker is skipped) while the wait still ends at
+//!   shutdown. Concurrency is the pool size: more connections wait in the backlog
+//!   until a worker is free.
+//! - **Fork happens before any thread is spawned**: the parent runs in the thread that
+//!   called `Server::run` and never spawns one (see `procs.rs`).
+//! - **A worker that dies is replaced**: the parent sleeps in `poll(2)` on the
+//!   shutdown pipe and a SIGCHLD self-pipe, reaps, and forks a replacement, unless it
+//!   is draining. A worker that dies within a second of starting delays the next
+//!   replacement (100 ms doubling to 5 s), so a crash loop does not fork-bomb.
+//! - **Drain**: the parent closes its listener and forwards SIGTERM to every worker;
+//!   each finishes its connection and exits; the parent exits once all are gone, or
+//!   kills the rest after `--drain-timeout`.
+//! - **The RESP store is per process**: a key is seen only by connections the same
+//!   worker serves.
+
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use c10k_proto::{App, Peer};
+use c10k_sys::process::{Fork, exit_immediately, fork};
+use rustix::event::epoll::{self, EventData, EventFlags};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::process::Pid;
+
+use super::WorkerCtx;
+use super::fork::drain_children;
+use super::procs::{Children, describe, enter_child, require_single_thread};
+use crate::accept::{AcceptGuard, Accepted, accept_one};
+use crate::blocking::{BlockingEnv, serve_blocking};
+use crate::config::Config;
+use crate::ratelog::RateLog;
+use crate::shutdown::Shutdown;
+use crate::stats::WorkerStats;
+
+/// A worker that lived less than this is a crash, and delays the next replacement.
+const SHORT_LIFE: Duration = Duration::from_secs(1);
+const RESPAWN_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const RESPAWN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Run the parent: fork the pool, replace workers that die, drain on shutdown.
+pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
+    require_single_thread("prefork")?;
+    let WorkerCtx {
+        app,
+        listener,
+        local_addr,
+        config,
+        shutdown,
+        stats,
+        ..
+    } = ctx;
+    let mut listener = listener;
+    let mut children = Children::new()?;
+    let parent = rustix::process::getpid();
+    let mut missing = config.workers;
+    let mut next_start = Instant::now();
+    let mut backoff = RESPAWN_BACKOFF_MIN;
+    let mut started = 0u64;
+    let mut fork_log = RateLog::new(Duration::from_secs(1));
+    let mut tally = Tally::new()?;
+    while !shutdown.is_requested() {
+        let now = Instant::now();
+        while missing > 0 && now >= next_start {
+            let Some(l) = listener.as_ref() else {
+                break;
+            };
+            match fork() {
+                Ok(Fork::Child) => {
+                    let l = Arc::clone(l);
+                    drop(listener.take());
+                    children.forget_in_child();
+                    let code = worker_main(&l, &app, &shutdown, parent, &config, local_addr);
+                    if let Ok(accepted) = code {
+                        tally.report(accepted);
+                    }
+                    exit_immediately(if code.is_ok() { 0 } else { 1 });
+                }
+                Ok(Fork::Parent(pid)) => {
+                    children.insert(pid);
+                    missing -= 1;
+                    started += 1;
+                }
+                Err(e) if e.raw_os_error().is_none() => return Err(e),
+                Err(e) => {
+                    if let Some(n) = fork_log.hit(now) {
+                        tracing::warn!(
+                            "cannot fork a prefork worker ({e}, {n} time(s)); {} alive, retrying in {backoff:?}",
+                            children.len()
+                        );
+                    }
+                    next_start = now + backoff;
+                    backoff = (backoff * 2).min(RESPAWN_BACKOFF_MAX);
+                }
+            }
+        }
+        let timeout = (missing > 0)
+            .then(|| next_start.saturating_duration_since(now) + Duration::from_millis(1))
+            .and_then(|t| Timespec::try_from(t).ok());
+        let mut fds = [
+            PollFd::from_borrowed_fd(shutdown.wake_fd(), PollFlags::IN),
+            PollFd::from_borrowed_fd(children.fd().unwrap_or(shutdown.wake_fd()), PollFlags::IN),
+        ];
+        match poll(&mut fds, timeout.as_ref()) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        if !fds[0].revents().is_empty() || shutdown.is_requested() {
+            break;
+        }
+        let reaped = children.reap();
+        tally.collect(&stats);
+        for r in reaped {
+            tracing::warn!(
+                "prefork worker {} {} after {:?}; replacing it",
+                r.pid.as_raw_nonzero(),
+                describe(r.status),
+                r.lived
+            );
+            missing += 1;
+            if r.lived < SHORT_LIFE {
+                next_start = next_start.max(Instant::now() + backoff);
+                backoff = (backoff * 2).min(RESPAWN_BACKOFF_MAX);
+            } else {
+                backoff = RESPAWN_BACKOFF_MIN;
+            }
+        }
+    }
+    drop(listener);
+    drain_children(
+        &mut children,
+        config.drain_timeout,
+        &stats,
+        "prefork worker",
+    );
+    tally.collect(&stats);
+    tracing::info!(
+        "prefork: {} worker(s), {started} started in all; they accepted {} connection(s)",
+        config.workers,
+        WorkerStats::get(&stats.accepted)
+    );
+    Ok(())
+}
+
+/// Workers report how many connections they accepted when they exit: 8 bytes each
+/// into a pipe the parent reads (writes of at most `PIPE_BUF` bytes are atomic).
+struct Tally {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Tally {
+    fn new() -> io::Result<Self> {
+        let (read, write) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )?;
+        Ok(Tally { read, write })
+    }
+
+    /// In a worker: report its count (lost if the pipe is full; the count is only
+    /// for the log).
+    fn report(&self, accepted: u64) {
+        let _ = rustix::io::write(&self.write, &accepted.to_le_bytes());
+    }
+
+    /// In the parent: add every count reported so far to `stats.accepted`.
+    fn collect(&mut self, stats: &WorkerStats) {
+        let mut buf = [0u8; 512];
+        // Bounded: the pipe holds at most 64 KiB.
+        for _ in 0..256 {
+            match rustix::io::read(&self.read, &mut buf) {
+                Ok(n) if n > 0 => {
+                    for record in buf[..n].chunks_exact(8) {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(record);
+                        WorkerStats::add(&stats.accepted, u64::from_le_bytes(b));
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+const LISTENER: u64 = 0;
+const WAKE: u64 = 1;
+
+/// A worker: accept and serve one connection at a time until shutdown. Returns how
+/// many connections it accepted, or `Err` after logging a failure.
+fn worker_main<A: App>(
+    listener: &Arc<TcpListener>,
+    app: &Arc<A>,
+    parent_shutdown: &Arc<Shutdown>,
+    parent: Pid,
+    config: &Config,
+    local_addr: std::net::SocketAddr,
+) -> Result<u64, ()> {
+    let own = enter_child(parent_shutdown, parent).map_err(|e| {
+        tracing::error!("prefork worker: set-up failed: {e}");
+    })?;
+    match serve_pool_slot(listener, app, &own, parent_shutdown, config, local_addr) {
+        Ok(accepted) => {
+            tracing::debug!(
+                "prefork worker {}: accepted {accepted} connection(s)",
+                rustix::process::getpid().as_raw_nonzero()
+            );
+            Ok(accepted)
+        }
+        Err(e) => {
+            tracing::error!("prefork worker: {e}");
+            Err(())
+        }
+    }
+}
+
+fn serve_pool_slot<A: App>(
+    listener: &TcpListener,
+    app: &A,
+    own: &Shutdown,
+    parent_shutdown: &Shutdown,
+    config: &Config,
+    local_addr: std::net::SocketAddr,
+) -> io::Result<u64> {
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    let listen = EventFlags::IN | EventFlags::EXCLUSIVE;
+    epoll::add(&ep, listener.as_fd(), EventData::new_u64(LISTENER), listen)?;
+    for fd in [own.wake_fd(), parent_shutdown.wake_fd()] {
+        epoll::add(&ep, fd, EventData::new_u64(WAKE), EventFlags::IN)?;
+    }
+    let stats = WorkerStats::default();
+    let open = crate::stats::OpenConns::default();
+    let mut guard = AcceptGuard::new();
+    let mut events: Vec<epoll::Event> = Vec::with_capacity(4);
+    let wake = [own.wake_fd(), parent_shutdown.wake_fd()];
+    let env = BlockingEnv {
+        stats: &stats,
+        wake: &wake,
+        drain_timeout: config.drain_timeout,
+    };
+    loop {
+        let now = Instant::now();
+        if guard.resume_due(now) {
+            epoll::add(&ep, listener.as_fd(), EventData::new_u64(LISTENER), listen)?;
+        }
+        let timeout = guard
+            .paused_until()
+            .map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
+            .and_then(|t| Timespec::try_from(t).ok());
+        events.clear();
+        match epoll::wait(
+            &ep,
+            rustix::buffer::spare_capacity(&mut events),
+            timeout.as_ref(),
+        ) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if events.iter().any(|e| e.data.u64() == WAKE) {
+            break;
+        }
+        if !events.iter().any(|e| e.data.u64() == LISTENER) {
+            continue;
+        }
+        match accept_one(listener) {
+            Accepted::Conn(stream, addr) => {
+                // One connection at a time: the slot is free again when it returns.
+                if !guard.admit(now, &open, 1, &stats) {
+                    continue;
+                }
+                let session = app.open(&Peer {
+                    addr,
+                    local: Some(local_addr),
+                });
+                let outcome = serve_blocking(stream, session, &env);
+                open.release();
+                if outcome.drained {
+                    break;
+                }
+            }
+            // Another worker took it.
+            Accepted::Empty | Accepted::Retry => {}
+            Accepted::Exhausted(e) => {
+                guard.exhausted(now, &e, &stats, &open);
+                epoll::delete(&ep, listener.as_fd())?;
+            }
+            Accepted::Failed(e) => guard.failed(now, &e, &stats),
+        }
+    }
+    Ok(WorkerStats::get(&stats.accepted))
+}
