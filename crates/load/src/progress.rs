@@ -3,8 +3,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
-/// The phase a run is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The phase a run is in (ordered: a run moves forward only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     /// Opening connections.
     Connecting,

@@ -193,6 +193,16 @@ impl Strategy {
             .map(|i| i.strategy)
     }
 
+    /// The most connections the strategy can hold at once by its design, when it has
+    /// such a limit (`select`: descriptors at or above FD_SETSIZE cannot be watched).
+    /// `c10k compare` shows the cells beyond it as "n/a" instead of running them.
+    pub fn conn_limit(self) -> Option<usize> {
+        match self {
+            Strategy::Select => Some(1024),
+            _ => None,
+        }
+    }
+
     /// Whether it can run on this machine, and if not, why.
     pub fn availability(self) -> Availability {
         match self {
