@@ -101,7 +101,7 @@ fn measure_load(
     cfg: &CompareConfig,
     server: &ServerProc,
     conns: usize,
-) -> Result<(LoadReport, f64, u64, crate::proctree::TreeMemory), String> {
+) -> Result<(LoadReport, f64, f64, u64, crate::proctree::TreeMemory), String> {
     let pid = server.pid();
     let lc = load_config(cfg, server, conns);
     let bound = lc.connect_budget() + lc.warmup + lc.duration + LOAD_SLACK;
@@ -123,7 +123,7 @@ fn measure_load(
         }
         if phase == Phase::Done {
             let r = progress.replies.load(Ordering::Relaxed);
-            closed = Some((tree_cpu(pid).total(), r));
+            closed = Some((tree_cpu(pid).total(), r, Instant::now()));
             break;
         }
         std::thread::sleep(POLL);
@@ -132,12 +132,16 @@ fn measure_load(
         progress.stop();
     }
     let report = join_load(handle)?;
-    let (cpu, requests) = match (opened, closed) {
-        (Some((_, c0, r0)), Some((c1, r1))) => ((c1 - c0).max(0.0), r1.saturating_sub(r0)),
-        _ => (0.0, 0),
+    let (cpu, wall, requests) = match (opened, closed) {
+        (Some((t0, c0, r0)), Some((c1, r1, t1))) => (
+            (c1 - c0).max(0.0),
+            t1.saturating_duration_since(t0).as_secs_f64(),
+            r1.saturating_sub(r0),
+        ),
+        _ => (0.0, 0.0, 0),
     };
     let memory = memory.unwrap_or_else(|| tree_memory(pid));
-    Ok((report, cpu, requests, memory))
+    Ok((report, cpu, wall, requests, memory))
 }
 
 /// Runs `target` at `conns` connections (the caller checked that it can).
@@ -162,7 +166,7 @@ pub fn run_cell(cfg: &CompareConfig, target: &Target, conns: usize) -> Cell {
     let measured = measure_load(cfg, &server, conns);
     let tail = server.stderr_tail();
     let clean_exit = server.stop();
-    let (report, cpu, requests, memory) = match measured {
+    let (report, cpu, wall, requests, memory) = match measured {
         Ok(m) => m,
         Err(why) => return Cell::na(&target.name, conns, format!("{why}; server: {tail}")),
     };
@@ -189,6 +193,7 @@ pub fn run_cell(cfg: &CompareConfig, target: &Target, conns: usize) -> Cell {
             errors: report.errors.total,
             connected: report.connected,
             server_cpu_s: cpu,
+            server_busy_percent: if wall > 0.0 { cpu / wall * 100.0 } else { 0.0 },
             server_cpu_requests: requests,
             server_cpu_per_request_us: (requests > 0).then(|| cpu / requests as f64 * 1e6),
             server_memory: memory,

@@ -176,13 +176,14 @@ impl Ticker {
 fn one_line(cell: &Cell) -> String {
     match &cell.metrics {
         Some(m) => format!(
-            "{} x {}: {:.0} req/s, p99 {:.0} us, server CPU {} us/req, {} errors{}",
+            "{} x {}: {:.0} req/s, p99 {:.0} us, server CPU {} us/req (busy {:.0}%), {} errors{}",
             cell.target,
             cell.conns,
             m.throughput_rps,
             m.p99_us,
             m.server_cpu_per_request_us
                 .map_or_else(|| "?".into(), |v| format!("{v:.2}")),
+            m.server_busy_percent,
             m.errors,
             if m.load_bound { " (load-bound)" } else { "" }
         ),
@@ -296,8 +297,10 @@ fn run_matrix(cfg: &CompareConfig, rows: &[Target], fd_limit: u64) -> (Vec<Cell>
     let ticker = Ticker::new(runnable);
     let mut k = 0;
     let mut cells = Vec::new();
-    for target in rows {
-        for &conns in &cfg.conns {
+    // Level by level, every row in turn: a burst of noise from a neighbour on a shared
+    // machine then lands on one column across rows rather than on one row.
+    for (li, &conns) in cfg.conns.iter().enumerate() {
+        for (ti, target) in rows.iter().enumerate() {
             let cell = match cannot_run(target, conns, fd_limit) {
                 Some(why) => Cell::na(&target.name, conns, why),
                 None => {
@@ -308,10 +311,12 @@ fn run_matrix(cfg: &CompareConfig, rows: &[Target], fd_limit: u64) -> (Vec<Cell>
                     cell
                 }
             };
-            cells.push(cell);
+            cells.push(((ti, li), cell));
         }
     }
     ticker.finish();
+    cells.sort_by_key(|(key, _)| *key);
+    let cells = cells.into_iter().map(|(_, c)| c).collect();
     (cells, start.elapsed())
 }
 

@@ -37,8 +37,8 @@ fn fmt_us(v: f64) -> String {
 }
 
 fn fmt_bytes(b: f64) -> String {
-    if b.abs() >= 10.0 * 1024.0 * 1024.0 {
-        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    if b.abs() >= 1024.0 * 1024.0 {
+        format!("{:.2} MiB", b / (1024.0 * 1024.0))
     } else if b.abs() >= 10.0 * 1024.0 {
         format!("{:.1} KiB", b / 1024.0)
     } else {
@@ -59,7 +59,7 @@ struct Figure {
     show: fn(f64) -> String,
 }
 
-const FIGURES: [Figure; 5] = [
+const FIGURES: [Figure; 6] = [
     Figure {
         title: "Throughput (requests/s, higher is better)",
         note: "Replies received in the measured window, divided by its length.",
@@ -84,11 +84,22 @@ const FIGURES: [Figure; 5] = [
         show: |v| format!("{v:.2}"),
     },
     Figure {
+        title: "Server busy (% of one core over the window)",
+        note: "The server tree's CPU time over the wall time of the window. Well under 100% \
+               (per server CPU) while the load is not load-bound means the server was not \
+               the bottleneck: round trips at low concurrency, or neighbours taking the CPU \
+               on a shared machine. Throughput is then a floor; CPU per request still holds.",
+        chart: None,
+        value: |m| Some(m.server_busy_percent),
+        show: |v| format!("{v:.0}%"),
+    },
+    Figure {
         title: "Server memory per idle connection (PSS, lower is better)",
         note: "Before the load, the connections are opened and left idle; the server tree's \
                PSS growth divided by the connections open. Small levels are noisy (a few \
                pages of allocator growth spread over few connections); the largest level \
-               is the one to read.",
+               is the one to read. User-space memory only: the kernel's socket buffers \
+               are not in a process's PSS.",
         chart: Some("memory_per_conn.svg"),
         value: |m| m.idle.as_ref().map(|i| i.pss_bytes_per_conn),
         show: fmt_bytes,
@@ -327,6 +338,21 @@ pub fn advice(results: &Results) -> String {
                 list(&tput_wins)
             );
         }
+        // Rows that are as good within the noise.
+        let close: Vec<String> = pool
+            .iter()
+            .filter(|n| **n != pick && score(n).1 <= pick_ratio * TIE)
+            .map(|n| format!("`{n}`"))
+            .collect();
+        if !close.is_empty() {
+            let _ = write!(
+                s,
+                " {} {} within the noise of it overall (under {:.0}% apart): either will do.",
+                list(&close),
+                if close.len() == 1 { "is" } else { "are" },
+                (TIE - 1.0) * 100.0
+            );
+        }
         // Where someone else was clearly faster.
         for (c, (who, v)) in &best_tput {
             if who == pick {
@@ -550,11 +576,7 @@ mod tests {
         assert_eq!(group(-1234.0), "-1,234");
         assert_eq!(fmt_bytes(512.0), "512 B");
         assert_eq!(fmt_bytes(65536.0), "64.0 KiB");
-        assert_eq!(
-            fmt_bytes(4.0 * 1024.0 * 1024.0),
-            "4,096.0 KiB".replace(",", "")
-        );
-        assert_eq!(fmt_bytes(40.0 * 1024.0 * 1024.0), "40.0 MiB");
+        assert_eq!(fmt_bytes(1.5 * 1024.0 * 1024.0), "1.50 MiB");
         assert_eq!(list(&["a".into(), "b".into(), "c".into()]), "a, b and c");
     }
 }

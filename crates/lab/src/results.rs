@@ -81,6 +81,10 @@ pub struct Metrics {
     pub connected: usize,
     /// Server CPU (user+sys of its whole process tree) over the window, seconds.
     pub server_cpu_s: f64,
+    /// `server_cpu_s` over the wall time it was measured in, percent of one core (below
+    /// 100% per server CPU with a load that is not load-bound: something else held the
+    /// server back, such as a neighbour on a shared CPU).
+    pub server_busy_percent: f64,
     /// Replies counted over the same interval as `server_cpu_s`.
     pub server_cpu_requests: u64,
     /// `server_cpu_s / server_cpu_requests`, microseconds (null without replies).
