@@ -299,7 +299,7 @@ pub fn advice(results: &Results) -> String {
              peers to the matrix."
         );
     } else {
-        if pick_ratio < 1.005 {
+        if cpu_wins.len() == best_cpu.len() {
             let _ = write!(
                 s,
                 "Of the {} that ran, it needed the least server CPU per request at every \
@@ -310,7 +310,7 @@ pub fn advice(results: &Results) -> String {
             let _ = write!(
                 s,
                 "Of the {} that ran, it needed the least server CPU per request overall \
-                 (on average {:.0}% above the best of each level)",
+                 (on average {:.1}% above the best of each level)",
                 ran.len(),
                 (pick_ratio - 1.0) * 100.0
             );
