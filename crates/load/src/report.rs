@@ -151,7 +151,7 @@ pub struct LoadReport {
     pub connect_phase_s: f64,
     /// The measured window as it ran, in seconds.
     pub window_s: f64,
-    /// Replies received in the window for requests sent (or due) in it.
+    /// Replies received in the window.
     pub requests: u64,
     /// `requests / window_s`.
     pub throughput_rps: f64,
