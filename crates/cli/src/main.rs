@@ -1,5 +1,8 @@
-//! `c10k`: serve any app on any C10K strategy, and list the strategies.
+//! `c10k`: serve any app on any C10K strategy, list the strategies, load a server, and
+//! compare the strategies.
 
+mod compare_cmd;
+mod load_cmd;
 mod units;
 
 use std::io::Write;
@@ -32,6 +35,10 @@ enum Command {
     Serve(ServeArgs),
     /// List the strategies: name, C10K item, and whether they run here.
     Strategies,
+    /// Load a server: closed or open loop, latency percentiles, errors, own CPU.
+    Load(load_cmd::LoadArgs),
+    /// Run every strategy x concurrency and write a report with charts.
+    Compare(compare_cmd::CompareArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -105,6 +112,8 @@ fn main() -> ExitCode {
             strategies();
             Ok(())
         }
+        Command::Load(args) => load_cmd::run(args),
+        Command::Compare(args) => compare_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -222,6 +222,19 @@ impl Strategy {
         }
     }
 
+    /// The most connections the strategy can hold at once by its design, when it has
+    /// such a limit (`select`: descriptors at or above FD_SETSIZE cannot be watched).
+    /// `c10k compare` shows the cells beyond it as "n/a" instead of running them.
+    pub fn conn_limit(self) -> Option<usize> {
+        match self {
+            Strategy::Select => Some(1024),
+            // Not a hard limit, a practical one: a process per connection past a few
+            // thousand takes longer to start than a compare cell lasts.
+            Strategy::Fork | Strategy::Prefork => Some(2000),
+            _ => None,
+        }
+    }
+
     /// Whether it can run on this machine, and if not, why.
     pub fn availability(self) -> Availability {
         match self {

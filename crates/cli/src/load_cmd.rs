@@ -1,0 +1,137 @@
+//! `c10k load`: the command line of the load generator (crate `c10k-load`).
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use c10k_load::{AppKind, LoadConfig, Phase, Progress};
+
+use crate::units;
+
+/// Arguments of `c10k load`.
+#[derive(clap::Args)]
+pub struct LoadArgs {
+    /// The server's address.
+    #[arg(long)]
+    connect: SocketAddr,
+    /// The protocol: echo, http (GET /, or POST /echo with --size) or resp (PING, or a
+    /// SET/GET mix with --keys).
+    #[arg(long, default_value = "echo")]
+    app: AppKind,
+    /// Connections to hold open.
+    #[arg(long, default_value_t = 100)]
+    conns: usize,
+    /// The measured window.
+    #[arg(long, default_value = "10s", value_parser = units::parse_duration)]
+    duration: Duration,
+    /// Load before the measured window, once every connection is up (not recorded).
+    #[arg(long, default_value = "1s", value_parser = units::parse_duration)]
+    warmup: Duration,
+    /// Open loop: requests per second in total, sent on schedule; latency counts from
+    /// the intended send time. Without it: closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Closed loop: requests outstanding per connection.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Echo: message bytes (default 64). HTTP: POST /echo with this body instead of
+    /// GET /. RESP: SET value bytes (default 16).
+    #[arg(long, value_parser = units::parse_size)]
+    size: Option<usize>,
+    /// RESP: a 50/50 SET/GET mix over this many keys instead of PING.
+    #[arg(long, default_value_t = 0)]
+    keys: usize,
+    /// Event-loop threads (each with its own epoll and share of the connections).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// New connections per second (default: as fast as they complete, 256 in flight
+    /// per thread).
+    #[arg(long)]
+    connect_rate: Option<f64>,
+    /// A connect or a reply slower than this is an error.
+    #[arg(long, default_value = "5s", value_parser = units::parse_duration)]
+    timeout: Duration,
+    /// Hold the connections open without sending (for memory measurements).
+    #[arg(long)]
+    idle: bool,
+    /// Write the report as JSON to this file (latencies in microseconds).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Runs `c10k load`.
+pub fn run(args: LoadArgs) -> anyhow::Result<()> {
+    let config = LoadConfig {
+        target: args.connect,
+        app: args.app,
+        conns: args.conns,
+        duration: args.duration,
+        warmup: args.warmup,
+        rate: args.rate,
+        pipeline: args.pipeline,
+        size: args.size,
+        keys: args.keys,
+        threads: args.threads,
+        connect_rate: args.connect_rate,
+        timeout: args.timeout,
+        idle: args.idle,
+    };
+    config.validate().map_err(anyhow::Error::msg)?;
+    let progress = Arc::new(Progress::new());
+    let bar = std::io::stderr()
+        .is_terminal()
+        .then(|| spawn_bar(&config, Arc::clone(&progress)));
+    let result = c10k_load::run(&config, Arc::clone(&progress));
+    progress.set_phase(Phase::Done);
+    if let Some(bar) = bar {
+        let _ = bar.join();
+    }
+    let report = result?;
+    for w in &report.warnings {
+        eprintln!("c10k load: warning: {w}");
+    }
+    print!("{}", report.summary());
+    if let Some(path) = args.json {
+        std::fs::write(&path, report.to_json() + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr: phase, open connections, replies per second, errors.
+fn spawn_bar(config: &LoadConfig, progress: Arc<Progress>) -> std::thread::JoinHandle<()> {
+    let total = config.connect_budget() + config.warmup + config.duration;
+    let conns = config.conns;
+    std::thread::spawn(move || {
+        let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {elapsed}/{duration} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let start = Instant::now();
+        let mut last = (Instant::now(), 0u64);
+        // Bounded: the run ends within `total` plus its thread joins.
+        while progress.phase() != Phase::Done && start.elapsed() < total * 2 {
+            std::thread::sleep(Duration::from_millis(200));
+            let replies = progress.replies.load(std::sync::atomic::Ordering::Relaxed);
+            let rate = (replies - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-3);
+            last = (Instant::now(), replies);
+            let phase = match progress.phase() {
+                Phase::Connecting => "connecting",
+                Phase::Warmup => "warm-up",
+                Phase::Measuring => "measuring",
+                Phase::Done => "done",
+            };
+            bar.set_position(start.elapsed().as_millis() as u64);
+            bar.set_message(format!(
+                "{phase}: {}/{conns} open, {rate:.0} req/s, {} errors",
+                progress.open.load(std::sync::atomic::Ordering::Relaxed),
+                progress.errors.load(std::sync::atomic::Ordering::Relaxed),
+            ));
+        }
+        bar.finish_and_clear();
+    })
+}

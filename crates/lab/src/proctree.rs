@@ -1,0 +1,175 @@
+//! A server's whole process tree, read from /proc: its CPU time and its memory.
+//!
+//! The fork and prefork strategies serve from child processes, so the root's own
+//! figures would miss most of the work. The tree is every process whose parent chain
+//! leads to the root. CPU time is `utime + stime` of each live process in it (all its
+//! threads), plus `cutime + cstime` (the children each one has already reaped), so a
+//! child that exits during the window is still counted. Memory is the sum of PSS
+//! (`/proc/PID/smaps_rollup`: shared pages divided among the processes that share
+//! them, so forked children are not counted many times over), and of RSS for
+//! comparison.
+
+use std::collections::HashMap;
+
+use c10k_load::cpu::{CpuTimes, stat_fields, ticks_per_second};
+
+/// One process of a tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proc {
+    /// Its id.
+    pub pid: u32,
+    /// Its start time (clock ticks after boot), to tell it from a later process that
+    /// reuses the id.
+    pub start: u64,
+}
+
+fn read_stat(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
+}
+
+/// `(ppid, cpu with reaped children, start time)` from a stat line.
+fn parse(stat: &str) -> Option<(u32, CpuTimes, u64)> {
+    let f = stat_fields(stat)?;
+    let num = |i: usize| -> Option<u64> { f.get(i)?.parse().ok() };
+    // Index 0 is field 3 (state): ppid is field 4, utime..cstime 14..17, start 22.
+    let ppid = u32::try_from(num(1)?).ok()?;
+    let tick = ticks_per_second();
+    let cpu = CpuTimes {
+        user: (num(11)? + num(13)?) as f64 / tick,
+        sys: (num(12)? + num(14)?) as f64 / tick,
+    };
+    Some((ppid, cpu, num(19)?))
+}
+
+/// The processes of the tree rooted at `root` (the root first), with their CPU time.
+pub fn tree(root: u32) -> Vec<(Proc, CpuTimes)> {
+    let mut children: HashMap<u32, Vec<(Proc, CpuTimes)>> = HashMap::new();
+    let mut root_entry = None;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some((ppid, cpu, start)) = read_stat(pid).as_deref().and_then(parse) else {
+                continue;
+            };
+            let p = (Proc { pid, start }, cpu);
+            if pid == root {
+                root_entry = Some(p);
+            } else {
+                children.entry(ppid).or_default().push(p);
+            }
+        }
+    }
+    let Some(root_entry) = root_entry else {
+        return Vec::new();
+    };
+    let mut out = vec![root_entry];
+    let mut at = 0;
+    // Bounded: every process is visited once (a pid has one parent).
+    while at < out.len() {
+        if let Some(kids) = children.remove(&out[at].0.pid) {
+            out.extend(kids);
+        }
+        at += 1;
+    }
+    out
+}
+
+/// User+system CPU seconds of the tree, reaped children included.
+pub fn tree_cpu(root: u32) -> CpuTimes {
+    tree(root)
+        .into_iter()
+        .fold(CpuTimes::default(), |acc, (_, c)| acc + c)
+}
+
+/// Memory of a tree, in KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TreeMemory {
+    /// Proportional set size: shared pages divided among their sharers.
+    pub pss_kib: u64,
+    /// Resident set size, summed (counts shared pages once per process).
+    pub rss_kib: u64,
+    /// Processes in the tree.
+    pub processes: usize,
+}
+
+fn field_kib(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(name))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// PSS and RSS of the tree rooted at `root`.
+pub fn tree_memory(root: u32) -> TreeMemory {
+    let mut m = TreeMemory::default();
+    for (p, _) in tree(root) {
+        let rss = std::fs::read_to_string(format!("/proc/{}/status", p.pid))
+            .ok()
+            .and_then(|s| field_kib(&s, "VmRSS:"))
+            .unwrap_or(0);
+        let pss = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", p.pid))
+            .ok()
+            .and_then(|s| field_kib(&s, "Pss:"))
+            .unwrap_or(rss);
+        m.rss_kib += rss;
+        m.pss_kib += pss;
+        m.processes += 1;
+    }
+    m
+}
+
+/// Whether `p` is still the same live process.
+pub fn alive(p: Proc) -> bool {
+    read_stat(p.pid)
+        .as_deref()
+        .and_then(parse)
+        .is_some_and(|(_, _, start)| start == p.start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn a_tree_counts_its_children() {
+        // sh forks a sleeping child and waits for it.
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 5 & wait"])
+            .spawn()
+            .unwrap();
+        let root = child.id();
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = tree(root);
+            if found.len() >= 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(found.len() >= 2, "sh and its sleep: {found:?}");
+        assert!(found.iter().all(|(p, _)| alive(*p)));
+        let mem = tree_memory(root);
+        assert!(
+            mem.processes >= 2 && mem.rss_kib > 0 && mem.pss_kib > 0,
+            "{mem:?}"
+        );
+        for (p, _) in &found[1..] {
+            let pid = rustix::process::Pid::from_raw(p.pid as i32).unwrap();
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!alive(found[0].0));
+        assert!(tree(root).is_empty());
+        assert!(tree_cpu(std::process::id()).total() >= 0.0);
+    }
+}

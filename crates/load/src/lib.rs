@@ -1,0 +1,217 @@
+//! c10k-load: a load generator worth trusting, for echo, HTTP/1.1 and RESP servers.
+//!
+//! - **Closed loop** (`pipeline` requests outstanding per connection) or **open loop**
+//!   (`rate` requests per second in total, sent on schedule; latency from the intended
+//!   send time, so a stalled server cannot hide its stall: no coordinated omission).
+//! - **HdrHistogram** latencies (p50, p90, p99, p99.9, max), throughput, errors by kind,
+//!   connect times.
+//! - **Thousands of connections from one thread**: one edge-triggered epoll loop per
+//!   thread (one thread by default, so that it does not take the server's core), paced
+//!   connects, source addresses 127.0.0.2 and up once one address runs out of ports.
+//! - **It measures itself**: its own CPU time from /proc, and a flag when a load thread
+//!   saturated its core (the figures then describe the load generator, not the server).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use c10k_load::{AppKind, LoadConfig, Progress, run};
+//!
+//! let mut config = LoadConfig::new(
+//!     "127.0.0.1:7000".parse().unwrap(),
+//!     AppKind::Echo,
+//!     100,
+//!     Duration::from_secs(5),
+//! );
+//! config.pipeline = 4;
+//! let report = run(&config, Arc::new(Progress::new())).unwrap();
+//! println!("{} req/s, p99 {} us", report.throughput_rps, report.p99_us);
+//! ```
+
+pub mod config;
+pub mod cpu;
+mod engine;
+pub mod http_reply;
+pub mod limits;
+pub mod progress;
+pub mod report;
+pub mod workload;
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+pub use config::{AppKind, LoadConfig};
+pub use engine::{HIST_MAX_NS, RETRY_DELAY, new_histogram};
+pub use progress::{Phase, Progress};
+pub use report::{ErrorCounts, ErrorKind, LoadReport};
+
+use engine::{Shared, ThreadResult};
+use limits::{SourcePlan, check_fd_limit, port_range};
+use workload::Workload;
+
+/// A load run that could not start (bad configuration, no threads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError(pub String);
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// A thread at or above this share of one core is saturated (the run is load-bound).
+pub const SATURATED: f64 = 0.9;
+
+/// Runs the load `config` describes and reports what it measured. Blocks for the
+/// connect phase (at most [`LoadConfig::connect_budget`]), the warm-up and the
+/// duration; [`Progress::stop`] ends it early.
+pub fn run(config: &LoadConfig, progress: Arc<Progress>) -> Result<LoadReport, LoadError> {
+    config.validate().map_err(LoadError)?;
+    let mut warnings = Vec::new();
+    if let Err(w) = check_fd_limit(config.conns) {
+        warnings.push(w);
+    }
+    let (lo, hi) = port_range();
+    let ports = usize::from(hi - lo) + 1;
+    let plan = SourcePlan::new(config.conns, config.target, ports).map_err(LoadError)?;
+    let threads = config.threads;
+    let shared = Shared {
+        config: config.clone(),
+        workload: Workload::new(config),
+        progress: Arc::clone(&progress),
+        barrier: Barrier::new(threads),
+    };
+    // Connection i goes to thread i % threads.
+    let per_thread: Vec<Vec<_>> = (0..threads)
+        .map(|t| {
+            (t..config.conns)
+                .step_by(threads)
+                .map(|i| plan.source(i))
+                .collect()
+        })
+        .collect();
+    let results: Vec<Result<ThreadResult, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = per_thread
+            .into_iter()
+            .enumerate()
+            .map(|(t, sources)| {
+                let shared = &shared;
+                std::thread::Builder::new()
+                    .name(format!("c10k-load-{t}"))
+                    .spawn_scoped(scope, move || engine::run_thread(shared, sources))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => match h.join() {
+                    Ok(Ok(r)) => Ok(r),
+                    Ok(Err(e)) => Err(format!("load thread failed: {e}")),
+                    Err(_) => Err("a load thread panicked".to_string()),
+                },
+                Err(e) => Err(format!("cannot start a load thread: {e}")),
+            })
+            .collect()
+    });
+    progress.set_phase(Phase::Done);
+    let mut ok = Vec::new();
+    for r in results {
+        ok.push(r.map_err(LoadError)?);
+    }
+    Ok(merge(config, &plan, ok, warnings))
+}
+
+fn merge(
+    config: &LoadConfig,
+    plan: &SourcePlan,
+    results: Vec<ThreadResult>,
+    mut warnings: Vec<String>,
+) -> LoadReport {
+    let mut latency = new_histogram();
+    let mut connect = new_histogram();
+    let mut errors = ErrorCounts::default();
+    let (mut requests, mut scheduled, mut connected) = (0, 0, 0);
+    let mut connect_phase = Duration::ZERO;
+    let mut window = Duration::ZERO;
+    let mut cpu = cpu::CpuTimes::default();
+    let mut busiest: f64 = 0.0;
+    let mut first_error = None;
+    for r in results {
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = latency.add(&r.latency);
+        let _ = connect.add(&r.connect);
+        errors.merge(&r.errors);
+        requests += r.requests;
+        scheduled += r.scheduled;
+        connected += r.connected;
+        connect_phase = connect_phase.max(r.connect_phase);
+        window = window.max(r.window);
+        cpu = cpu + r.cpu;
+        if !r.window.is_zero() {
+            busiest = busiest.max(r.cpu.total() / r.window.as_secs_f64());
+        }
+        if first_error.is_none() {
+            first_error = r.first_error;
+        }
+    }
+    let load_bound = busiest >= SATURATED;
+    if load_bound {
+        warnings.push(format!(
+            "a load thread used {:.0}% of its core: the figures may measure the load \
+             generator, not the server (add --threads, or pin the load to its own core)",
+            busiest * 100.0
+        ));
+    }
+    if connected < config.conns {
+        warnings.push(format!(
+            "only {connected} of {} connections were open when the connect phase ended",
+            config.conns
+        ));
+    }
+    if let Some(e) = first_error {
+        warnings.push(format!("first error: {e}"));
+    }
+    let window_s = window.as_secs_f64();
+    let [p50, p90, p99, p999, max, mean] = report::percentiles(&latency);
+    let [c50, _, c99, _, cmax, _] = report::percentiles(&connect);
+    LoadReport {
+        app: config.app.name().into(),
+        target: config.target.to_string(),
+        mode: config.mode().into(),
+        conns: config.conns,
+        connected,
+        threads: config.threads,
+        pipeline: config.pipeline,
+        rate_rps: config.rate,
+        size_bytes: config.size,
+        source_addresses: plan.sources.iter().map(|a| a.to_string()).collect(),
+        duration_s: config.duration.as_secs_f64(),
+        warmup_s: config.warmup.as_secs_f64(),
+        connect_phase_s: connect_phase.as_secs_f64(),
+        window_s,
+        requests,
+        throughput_rps: if window_s > 0.0 {
+            requests as f64 / window_s
+        } else {
+            0.0
+        },
+        scheduled,
+        p50_us: p50,
+        p90_us: p90,
+        p99_us: p99,
+        p999_us: p999,
+        max_us: max,
+        mean_us: mean,
+        connects: connect.len(),
+        connect_p50_us: c50,
+        connect_p99_us: c99,
+        connect_max_us: cmax,
+        errors,
+        cpu_user_s: cpu.user,
+        cpu_sys_s: cpu.sys,
+        cpu_busiest_thread_percent: busiest * 100.0,
+        load_bound,
+        warnings,
+    }
+}

@@ -1,0 +1,307 @@
+//! What a load run measured: the JSON a machine reads and the text a person reads.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// The kinds of error a run counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The server refused the connection (RST to the SYN: nothing listening, or a full
+    /// accept queue with `tcp_abort_on_overflow`).
+    ConnectRefused,
+    /// A connect took longer than the timeout.
+    ConnectTimeout,
+    /// Any other connect failure.
+    ConnectOther,
+    /// The server reset an open connection.
+    Reset,
+    /// The server closed an open connection (EOF) it was expected to keep.
+    Closed,
+    /// A reply took longer than the timeout.
+    Timeout,
+    /// A reply that is not what the request expects.
+    BadReply,
+    /// The load generator ran out of file descriptors.
+    FdLimit,
+    /// Open loop: a request was due while no connection was open.
+    NoConnection,
+    /// Any other I/O error.
+    Other,
+}
+
+/// Error counts by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ErrorCounts {
+    /// See [`ErrorKind::ConnectRefused`].
+    pub connect_refused: u64,
+    /// See [`ErrorKind::ConnectTimeout`].
+    pub connect_timeout: u64,
+    /// See [`ErrorKind::ConnectOther`].
+    pub connect_other: u64,
+    /// See [`ErrorKind::Reset`].
+    pub reset: u64,
+    /// See [`ErrorKind::Closed`].
+    pub closed: u64,
+    /// See [`ErrorKind::Timeout`].
+    pub timeout: u64,
+    /// See [`ErrorKind::BadReply`].
+    pub bad_reply: u64,
+    /// See [`ErrorKind::FdLimit`].
+    pub fd_limit: u64,
+    /// See [`ErrorKind::NoConnection`].
+    pub no_connection: u64,
+    /// See [`ErrorKind::Other`].
+    pub other: u64,
+    /// All of the above.
+    pub total: u64,
+}
+
+impl ErrorCounts {
+    /// Counts one error.
+    pub fn add(&mut self, kind: ErrorKind) {
+        let slot = match kind {
+            ErrorKind::ConnectRefused => &mut self.connect_refused,
+            ErrorKind::ConnectTimeout => &mut self.connect_timeout,
+            ErrorKind::ConnectOther => &mut self.connect_other,
+            ErrorKind::Reset => &mut self.reset,
+            ErrorKind::Closed => &mut self.closed,
+            ErrorKind::Timeout => &mut self.timeout,
+            ErrorKind::BadReply => &mut self.bad_reply,
+            ErrorKind::FdLimit => &mut self.fd_limit,
+            ErrorKind::NoConnection => &mut self.no_connection,
+            ErrorKind::Other => &mut self.other,
+        };
+        *slot += 1;
+        self.total += 1;
+    }
+
+    /// Adds another set of counts.
+    pub fn merge(&mut self, o: &ErrorCounts) {
+        self.connect_refused += o.connect_refused;
+        self.connect_timeout += o.connect_timeout;
+        self.connect_other += o.connect_other;
+        self.reset += o.reset;
+        self.closed += o.closed;
+        self.timeout += o.timeout;
+        self.bad_reply += o.bad_reply;
+        self.fd_limit += o.fd_limit;
+        self.no_connection += o.no_connection;
+        self.other += o.other;
+        self.total += o.total;
+    }
+
+    /// The non-zero counts as `kind=n` words.
+    pub fn describe(&self) -> String {
+        let all = [
+            ("connect_refused", self.connect_refused),
+            ("connect_timeout", self.connect_timeout),
+            ("connect_other", self.connect_other),
+            ("reset", self.reset),
+            ("closed", self.closed),
+            ("timeout", self.timeout),
+            ("bad_reply", self.bad_reply),
+            ("fd_limit", self.fd_limit),
+            ("no_connection", self.no_connection),
+            ("other", self.other),
+        ];
+        let parts: Vec<String> = all
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+/// Everything a run measured. Latencies are in microseconds, CPU in seconds; the keys
+/// name their unit.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    /// echo, http or resp.
+    pub app: String,
+    /// The server's address.
+    pub target: String,
+    /// closed, open or idle.
+    pub mode: String,
+    /// Connections asked for.
+    pub conns: usize,
+    /// Connections open when the connect phase ended.
+    pub connected: usize,
+    /// Event-loop threads.
+    pub threads: usize,
+    /// Closed loop: requests outstanding per connection.
+    pub pipeline: usize,
+    /// Open loop: the requests per second asked for (null in a closed loop).
+    pub rate_rps: Option<f64>,
+    /// The request size parameter (`--size`), if given.
+    pub size_bytes: Option<usize>,
+    /// Source addresses bound explicitly (empty: the kernel's choice).
+    pub source_addresses: Vec<String>,
+    /// The measured window asked for, in seconds.
+    pub duration_s: f64,
+    /// The warm-up, in seconds.
+    pub warmup_s: f64,
+    /// The connect phase's length, in seconds.
+    pub connect_phase_s: f64,
+    /// The measured window as it ran, in seconds.
+    pub window_s: f64,
+    /// Replies received in the window.
+    pub requests: u64,
+    /// `requests / window_s`.
+    pub throughput_rps: f64,
+    /// Open loop: requests due in the window.
+    pub scheduled: u64,
+    /// Latency percentiles, microseconds (from the intended send time in an open loop).
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// The largest latency.
+    pub max_us: f64,
+    /// The mean latency.
+    pub mean_us: f64,
+    /// Connects that completed, over the whole run.
+    pub connects: u64,
+    /// Connect time percentiles, microseconds.
+    pub connect_p50_us: f64,
+    /// 99th percentile connect time.
+    pub connect_p99_us: f64,
+    /// The longest connect.
+    pub connect_max_us: f64,
+    /// Errors by kind, over the whole run (connect phase included).
+    pub errors: ErrorCounts,
+    /// The load generator's own user CPU over the window, all its threads.
+    pub cpu_user_s: f64,
+    /// The load generator's own system CPU over the window.
+    pub cpu_sys_s: f64,
+    /// The busiest load thread's CPU use over the window, percent of one core.
+    pub cpu_busiest_thread_percent: f64,
+    /// True when a load thread was at 90% of a core or more: the figures may measure
+    /// the load generator rather than the server.
+    pub load_bound: bool,
+    /// Things that make the figures less trustworthy, in words.
+    pub warnings: Vec<String>,
+}
+
+/// Microseconds from a nanosecond histogram's value.
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+/// `(p50, p90, p99, p99.9, max, mean)` in microseconds; zeros when empty.
+pub fn percentiles(h: &Histogram<u64>) -> [f64; 6] {
+    if h.is_empty() {
+        return [0.0; 6];
+    }
+    [
+        us(h.value_at_quantile(0.50)),
+        us(h.value_at_quantile(0.90)),
+        us(h.value_at_quantile(0.99)),
+        us(h.value_at_quantile(0.999)),
+        us(h.max()),
+        h.mean() / 1000.0,
+    ]
+}
+
+impl LoadReport {
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// A few lines for a person.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let rate = self
+            .rate_rps
+            .map_or_else(String::new, |r| format!(", open loop at {r:.0} req/s"));
+        let _ = writeln!(
+            s,
+            "{} load on {}: {} connections ({} open), {} thread(s), pipeline {}{rate}, {:.1} s window",
+            self.app,
+            self.target,
+            self.conns,
+            self.connected,
+            self.threads,
+            self.pipeline,
+            self.window_s
+        );
+        if self.mode != "idle" {
+            let _ = writeln!(
+                s,
+                "  throughput   {:.0} req/s ({} requests)",
+                self.throughput_rps, self.requests
+            );
+            let _ = writeln!(
+                s,
+                "  latency us   p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+                self.p50_us, self.p90_us, self.p99_us, self.p999_us, self.max_us
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  connect us   p50 {:.1}  p99 {:.1}  max {:.1} ({} connects)",
+            self.connect_p50_us, self.connect_p99_us, self.connect_max_us, self.connects
+        );
+        let _ = writeln!(s, "  errors       {}", self.errors.describe());
+        let _ = writeln!(
+            s,
+            "  load CPU     user {:.2} s  sys {:.2} s  busiest thread {:.0}%{}",
+            self.cpu_user_s,
+            self.cpu_sys_s,
+            self.cpu_busiest_thread_percent,
+            if self.load_bound {
+                "  LOAD-BOUND: the load generator saturated its core"
+            } else {
+                ""
+            }
+        );
+        for w in &self.warnings {
+            let _ = writeln!(s, "  warning: {w}");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_describes_errors() {
+        let mut e = ErrorCounts::default();
+        assert_eq!(e.describe(), "none");
+        e.add(ErrorKind::Reset);
+        e.add(ErrorKind::Reset);
+        e.add(ErrorKind::BadReply);
+        let mut all = ErrorCounts::default();
+        all.merge(&e);
+        all.merge(&e);
+        assert_eq!(all.total, 6);
+        assert_eq!(all.describe(), "reset=4 bad_reply=2");
+    }
+
+    #[test]
+    fn percentiles_in_microseconds() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        for v in 1..=1000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        let [p50, p90, p99, p999, max, mean] = percentiles(&h);
+        assert!((p50 - 500.0).abs() < 1.0, "{p50}");
+        assert!((p90 - 900.0).abs() < 1.0, "{p90}");
+        assert!((p99 - 990.0).abs() < 1.0, "{p99}");
+        assert!((p999 - 999.0).abs() < 1.0, "{p999}");
+        assert!((max - 1000.0).abs() < 1.0, "{max}");
+        assert!((mean - 500.5).abs() < 1.0, "{mean}");
+    }
+}
