@@ -12,7 +12,7 @@ use c10k_proto::App;
 use c10k_proto::echo::EchoApp;
 use c10k_proto::http::{HttpApp, HttpConfig};
 use c10k_proto::resp::RespApp;
-use c10k_server::{AcceptMode, Availability, Server, ServerBuilder, Strategy};
+use c10k_server::{AcceptMode, Availability, Server, ServerBuilder, Strategy, UringConfig};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -78,6 +78,18 @@ struct ServeArgs {
     /// answers 408 first.
     #[arg(long, default_value = "10s", value_parser = units::parse_duration)]
     header_timeout: Duration,
+    /// uring: submission queue entries per worker, i.e. operations one io_uring_enter
+    /// can submit (costs about 128 B of kernel memory each).
+    #[arg(long, default_value_t = 1024)]
+    uring_entries: u32,
+    /// uring: a kernel thread polls each worker's submission queue, so submitting
+    /// needs no syscall (costs a CPU kept busy while the ring is busy and 10 ms after).
+    #[arg(long)]
+    sqpoll: bool,
+    /// uring: receive buffers per worker, COUNTxSIZE (COUNT a power of two up to
+    /// 32768); costs COUNT x SIZE of memory per worker.
+    #[arg(long, default_value = "1024x4KiB", value_parser = units::parse_count_x_size)]
+    uring_buffers: (u16, u32),
     /// HTTP: largest request body accepted (larger gets 413).
     #[arg(long, default_value = "8MiB", value_parser = units::parse_size)]
     max_body: usize,
@@ -164,7 +176,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .output_cap(args.output_cap)
         .drain_timeout(args.drain_timeout)
         .idle_timeout(args.idle_timeout)
-        .header_timeout(args.header_timeout);
+        .header_timeout(args.header_timeout)
+        .uring(UringConfig {
+            entries: args.uring_entries,
+            sqpoll: args.sqpoll,
+            buf_count: args.uring_buffers.0,
+            buf_size: args.uring_buffers.1,
+        });
     match args.app {
         AppName::Echo => run(builder, EchoApp, "echo"),
         AppName::Http => run(

@@ -59,6 +59,10 @@ conformance!(
     &["--workers", "2", "--accept", "reuseport"]
 );
 
+conformance!(uring_1w, "uring", &["--workers", "1"]);
+conformance!(uring_2w, "uring", &["--workers", "2"]);
+conformance!(uring_sqpoll, "uring", &["--sqpoll"]);
+
 mod suite {
     use std::collections::HashMap;
     use std::io::{BufReader, Read, Write};

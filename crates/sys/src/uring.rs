@@ -575,6 +575,9 @@ impl Ring {
         }
         let left = self.ops.len();
         self.stats.leaked_ops = left as u64;
+        if let Some(pool) = &self.pool {
+            (self.stats.bufs_out, self.stats.bufs_in) = pool.counts();
+        }
         if left == 0 && self.ring.submitter().unregister_buf_ring(BUF_GROUP).is_ok() {
             // The kernel no longer knows the memory: the pool is freed when the
             // last RecvBuf is dropped.

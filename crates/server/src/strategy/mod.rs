@@ -17,6 +17,7 @@ use crate::stats::{OpenConns, WorkerStats};
 
 pub(crate) mod epoll;
 pub(crate) mod reactor;
+pub(crate) mod uring;
 
 /// A server architecture from the C10K list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -203,7 +204,7 @@ impl Strategy {
             Strategy::Thread | Strategy::Fork | Strategy::Prefork => {
                 Availability::NotBuilt { planned: "issue 4" }
             }
-            Strategy::Uring => Availability::NotBuilt { planned: "issue 5" },
+            Strategy::Uring => uring::availability(),
             Strategy::Green => Availability::NotBuilt { planned: "issue 6" },
             Strategy::Kernel => Availability::NotBuilt {
                 planned: "a later issue",
@@ -266,6 +267,7 @@ pub(crate) fn run_worker<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> std::
     match strategy {
         Strategy::EpollLt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Level)?),
         Strategy::EpollEt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Edge)?),
+        Strategy::Uring => uring::run(ctx),
         other => Err(std::io::Error::other(format!(
             "strategy {other} is not built yet"
         ))),
