@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{Server, connect, read_http_response, read_to_eof};
 
-const STRATEGIES: [&str; 2] = ["epoll-lt", "epoll-et"];
+const STRATEGIES: [&str; 3] = ["epoll-lt", "epoll-et", "uring"];
 
 fn start(strategy: &str, app: &str) -> Server {
     Server::start(

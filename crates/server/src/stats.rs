@@ -62,6 +62,9 @@ pub struct UringStats {
     pub sends_out: AtomicU64,
     /// Send buffers that came back.
     pub sends_in: AtomicU64,
+    /// Operations in flight when their connection was closed (cancelled; their
+    /// buffers came back with the completions).
+    pub parked_at_close: AtomicU64,
     /// Operations in flight.
     pub in_flight: AtomicU64,
     /// Operations still in flight when the ring was torn down (memory leaked on

@@ -155,6 +155,9 @@ pub struct RingStats {
     pub sends_in: u64,
     /// Sockets closed through the ring.
     pub closes: u64,
+    /// Operations that were still in flight when their socket was closed (cancelled
+    /// by the close; their buffers waited in the ring for the completions).
+    pub parked_at_close: u64,
     /// Operations in flight right now.
     pub in_flight: u64,
     /// Operations the kernel had not completed when the ring was torn down (their
@@ -171,6 +174,8 @@ enum Kind {
         pos: usize,
     },
     Poll(#[allow(dead_code)] Box<dyn AsFd>),
+    /// The cancel in front of a close (its result counts what it cancelled).
+    CloseCancel,
     /// A cancel or close: nothing to own, nothing to report.
     Internal,
 }
@@ -182,6 +187,7 @@ enum What {
     Recv,
     Send,
     Poll,
+    CloseCancel,
     Internal,
 }
 
@@ -192,6 +198,7 @@ impl What {
             Kind::Recv => What::Recv,
             Kind::Send { .. } => What::Send,
             Kind::Poll(_) => What::Poll,
+            Kind::CloseCancel => What::CloseCancel,
             Kind::Internal => What::Internal,
         }
     }
@@ -351,7 +358,7 @@ impl Ring {
             .flags(squeue::Flags::IO_HARDLINK);
         let close = opcode::Close::new(types::Fd(raw)).build();
         self.stats.closes += 1;
-        match self.start(0, Kind::Internal, cancel, Some(close)) {
+        match self.start(0, Kind::CloseCancel, cancel, Some(close)) {
             Ok(_) => Ok(()),
             Err((e, _)) => {
                 // Could not queue it: nothing references the descriptor in a way
@@ -533,6 +540,11 @@ impl Ring {
             } else {
                 Ok(res as u32)
             }),
+            What::CloseCancel => {
+                // With IORING_ASYNC_CANCEL_ALL the result is how many were cancelled.
+                self.stats.parked_at_close += u64::try_from(res).unwrap_or(0);
+                return None;
+            }
             What::Internal => return None,
         };
         Some(Completion { tag, more, event })

@@ -174,6 +174,7 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
     if w.ctx.shutdown.is_requested() {
         w.begin_drain();
     }
+    w.publish();
     let result = w.run();
     for key in w.conns.iter().map(|(k, _)| k).collect::<Vec<_>>() {
         w.close(key);
@@ -587,6 +588,7 @@ impl<A: App> Worker<A> {
             (&u.bufs_in, s.bufs_in),
             (&u.sends_out, s.sends_out),
             (&u.sends_in, s.sends_in),
+            (&u.parked_at_close, s.parked_at_close),
             (&u.in_flight, s.in_flight),
             (&u.leaked_ops, s.leaked_ops),
         ] {
@@ -600,7 +602,7 @@ impl<A: App> Worker<A> {
         tracing::debug!(
             "worker {}: io_uring: {} enter(s), {} sqe(s), {} cqe(s) ({} recv, {} send), \
              {} ENOBUFS, receive buffers out/in {}/{}, send buffers out/in {}/{}, \
-             {} close(s), {} leaked op(s)",
+             {} close(s) ({} op(s) parked), {} leaked op(s)",
             self.ctx.id,
             s.enters,
             s.sqes,
@@ -613,6 +615,7 @@ impl<A: App> Worker<A> {
             s.sends_out,
             s.sends_in,
             s.closes,
+            s.parked_at_close,
             s.leaked_ops
         );
     }
