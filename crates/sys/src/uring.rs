@@ -350,7 +350,8 @@ impl Ring {
 
     /// Cancel every operation on `socket`, then close it, both through the ring (the
     /// close is hard-linked behind the cancel). Operations cancelled this way still
-    /// complete, and their buffers come back with the completions.
+    /// complete, and their buffers come back with the completions. If the ring cannot
+    /// take the close, the descriptor is leaked (and the error returned).
     pub fn close(&mut self, socket: Socket) -> io::Result<()> {
         let raw = socket.into_raw();
         let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(raw)).all())
@@ -361,13 +362,10 @@ impl Ring {
         match self.start(0, Kind::CloseCancel, cancel, Some(close)) {
             Ok(_) => Ok(()),
             Err((e, _)) => {
-                // Could not queue it: nothing references the descriptor in a way
-                // that survives this call... except operations already queued, so
-                // submit those first, then close directly.
-                let _ = self.ring.submit();
-                // SAFETY: `raw` came from the `Socket`, which owned it; ownership
-                // was given up by `into_raw` and is taken back here exactly once.
-                drop(unsafe { OwnedFd::from_raw_fd(raw) });
+                // Could not queue it (the ring is failing). Submissions naming the
+                // descriptor may still be queued, so closing the number directly could
+                // let them reach whatever reuses it: leak it instead.
+                self.stats.closes -= 1;
                 Err(e)
             }
         }

@@ -145,6 +145,9 @@ struct Worker<A: App> {
     next_serial: u32,
     dirty: Vec<usize>,
     spare: Spare,
+    /// Failed polls of the shutdown pipe; after a few, the flag is checked on a timer.
+    wake_failures: u32,
+    check_flag_at: Option<Instant>,
 }
 
 /// Run one worker until it has drained after shutdown.
@@ -168,6 +171,8 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
         next_serial: 0,
         dirty: Vec::new(),
         spare: Spare::default(),
+        wake_failures: 0,
+        check_flag_at: None,
         ctx,
     };
     w.arm_accept()?;
@@ -236,7 +241,25 @@ impl<A: App> Worker<A> {
     fn dispatch(&mut self, c: Completion) {
         match c.tag {
             LISTENER => self.on_accept(c),
-            WAKE => self.begin_drain(),
+            WAKE => match c.event {
+                Event::Polled(Err(e)) if !self.ctx.shutdown.is_requested() => {
+                    // Not a shutdown: watch the pipe again (a few times), else check
+                    // the flag on a timer.
+                    tracing::warn!("worker {}: shutdown poll failed: {e}", self.ctx.id);
+                    self.wake_failures += 1;
+                    let rearmed = self.wake_failures <= 3
+                        && self
+                            .ctx
+                            .shutdown
+                            .wake_fd()
+                            .try_clone_to_owned()
+                            .is_ok_and(|fd| self.ring.poll_readable(fd, WAKE).is_ok());
+                    if !rearmed {
+                        self.check_flag_at = Some(self.now + SWEEP_EVERY);
+                    }
+                }
+                _ => self.begin_drain(),
+            },
             tag => self.on_conn(c, (tag >> 32) as usize, tag as u32),
         }
     }
@@ -460,7 +483,7 @@ impl<A: App> Worker<A> {
                 self.spare.put(buf);
             }
             if let Err(e) = self.ring.close(socket) {
-                tracing::debug!("closing through the ring failed ({e}); closed directly");
+                tracing::warn!("cannot close a socket through the ring ({e}); leaking it");
             }
             self.ctx.open.release();
             WorkerStats::add(&self.ctx.stats.closed, 1);
@@ -536,6 +559,7 @@ impl<A: App> Worker<A> {
             self.lingering.front().map(|l| l.0),
             self.drain_deadline,
             self.next_sweep,
+            self.check_flag_at,
         ]
         .into_iter()
         .flatten()
@@ -556,6 +580,15 @@ impl<A: App> Worker<A> {
         }
         // The accept is re-armed by the loop once the pause is over.
         let _ = self.guard.resume_due(now);
+        if let Some(t) = self.check_flag_at {
+            if now >= t {
+                self.check_flag_at = Some(now + SWEEP_EVERY);
+                if self.ctx.shutdown.is_requested() {
+                    self.check_flag_at = None;
+                    self.begin_drain();
+                }
+            }
+        }
         if let Some(deadline) = self.drain_deadline {
             if now >= deadline && !self.conns.is_empty() {
                 let n = self.conns.len();
