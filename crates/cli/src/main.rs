@@ -15,7 +15,7 @@ use c10k_proto::App;
 use c10k_proto::echo::EchoApp;
 use c10k_proto::http::{HttpApp, HttpConfig};
 use c10k_proto::resp::RespApp;
-use c10k_server::{AcceptMode, Availability, Server, ServerBuilder, Strategy};
+use c10k_server::{AcceptMode, Availability, Server, ServerBuilder, Strategy, UringConfig};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -89,6 +89,18 @@ struct ServeArgs {
     /// Stack size of each connection thread (`thread` strategy), 16KiB..=1GiB.
     #[arg(long, default_value = "64KiB", value_parser = units::parse_size)]
     stack_size: usize,
+    /// uring: submission queue entries per worker, i.e. operations one io_uring_enter
+    /// can submit (costs about 128 B of kernel memory each).
+    #[arg(long, default_value_t = 1024)]
+    uring_entries: u32,
+    /// uring: a kernel thread polls each worker's submission queue, so submitting
+    /// needs no syscall (costs a CPU kept busy while the ring is busy and 10 ms after).
+    #[arg(long)]
+    sqpoll: bool,
+    /// uring: receive buffers per worker, COUNTxSIZE (COUNT a power of two up to
+    /// 32768); costs COUNT x SIZE of memory per worker.
+    #[arg(long, default_value = "1024x4KiB", value_parser = units::parse_count_x_size)]
+    uring_buffers: (u16, u32),
     /// HTTP: largest request body accepted (larger gets 413).
     #[arg(long, default_value = "8MiB", value_parser = units::parse_size)]
     max_body: usize,
@@ -178,7 +190,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .drain_timeout(args.drain_timeout)
         .idle_timeout(args.idle_timeout)
         .header_timeout(args.header_timeout)
-        .stack_size(args.stack_size);
+        .stack_size(args.stack_size)
+        .uring(UringConfig {
+            entries: args.uring_entries,
+            sqpoll: args.sqpoll,
+            buf_count: args.uring_buffers.0,
+            buf_size: args.uring_buffers.1,
+        });
     match args.app {
         AppName::Echo => run(builder, EchoApp, "echo"),
         AppName::Http => run(

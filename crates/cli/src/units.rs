@@ -50,6 +50,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("duration '{s}' is out of range"))
 }
 
+/// Parse `COUNTxSIZE` (`1024x4KiB`): a number of buffers and the size of each.
+pub fn parse_count_x_size(s: &str) -> Result<(u16, u32), String> {
+    let bad = || format!("'{s}' is not COUNTxSIZE: use e.g. 1024x4KiB");
+    let (count, size) = s.trim().split_once(['x', 'X']).ok_or_else(bad)?;
+    let count: u16 = count.trim().parse().map_err(|_| bad())?;
+    let size = parse_size(size)?;
+    let size = u32::try_from(size).map_err(|_| format!("buffer size '{s}' is too large"))?;
+    Ok((count, size))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +73,15 @@ mod tests {
         assert!(parse_size("1XB").is_err());
         assert!(parse_size("lots").is_err());
         assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn counts_times_sizes() {
+        assert_eq!(parse_count_x_size("1024x4KiB"), Ok((1024, 4096)));
+        assert_eq!(parse_count_x_size("16X64"), Ok((16, 64)));
+        assert!(parse_count_x_size("1024").is_err());
+        assert!(parse_count_x_size("99999x4KiB").is_err());
+        assert!(parse_count_x_size("4x8GiB").is_err());
     }
 
     #[test]

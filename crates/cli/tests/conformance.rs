@@ -82,6 +82,10 @@ conformance!(fork, "fork", &[]);
 // 1,000 workers, as an Apache prefork server sized for the load would.
 conformance!(prefork, "prefork", &["--workers", "1000"]);
 
+conformance!(uring_1w, "uring", &["--workers", "1"]);
+conformance!(uring_2w, "uring", &["--workers", "2"]);
+conformance!(uring_sqpoll, "uring", &["--sqpoll"]);
+
 mod suite {
     use std::collections::HashMap;
     use std::io::{BufReader, Read, Write};

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{Server, connect, read_http_response, read_to_eof};
 
-const STRATEGIES: [&str; 4] = ["epoll-lt", "epoll-et", "poll", "select"];
+const STRATEGIES: [&str; 5] = ["epoll-lt", "epoll-et", "poll", "select", "uring"];
 
 fn start(strategy: &str, app: &str) -> Server {
     Server::start(

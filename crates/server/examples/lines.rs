@@ -152,6 +152,14 @@ mod tests {
     }
 
     #[test]
+    fn answers_lines_on_uring() {
+        if let c10k_server::Availability::Unavailable { reason } = Strategy::Uring.availability() {
+            panic!("io_uring is not usable here, so this test cannot run: {reason}");
+        }
+        talk(Strategy::Uring);
+    }
+
+    #[test]
     fn overlong_line_gets_an_error_and_a_close() {
         let mut s = Lines.open(&Peer::unknown());
         let cx = Cx::new(std::time::UNIX_EPOCH);

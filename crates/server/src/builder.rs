@@ -165,6 +165,11 @@ impl<A> ServerBuilder<A> {
         self.config.stack_size = bytes;
         self
     }
+    /// io_uring settings (the `uring` strategy).
+    pub fn uring(mut self, uring: crate::config::UringConfig) -> Self {
+        self.config.uring = uring;
+        self
+    }
     /// Replace all settings at once.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -208,6 +213,9 @@ impl<A: App> ServerBuilder<A> {
         }
         if c.max_conns == 0 {
             return Err(ServerError::Config("max-conns must be at least 1".into()));
+        }
+        if strategy == Strategy::Uring {
+            crate::strategy::uring::check_config(&c.uring).map_err(ServerError::Config)?;
         }
         if c.accept == AcceptMode::Exclusive
             && c.workers > 1

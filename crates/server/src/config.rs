@@ -88,6 +88,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Stack size of each connection thread (`thread` strategy).
     pub stack_size: usize,
+    /// io_uring settings (the `uring` strategy only).
+    pub uring: UringConfig,
 }
 
 impl Default for Config {
@@ -102,6 +104,37 @@ impl Default for Config {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             stack_size: DEFAULT_STACK_SIZE,
+            uring: UringConfig::default(),
+        }
+    }
+}
+
+/// Settings of the `uring` strategy, per worker (each worker has its own ring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UringConfig {
+    /// Submission queue entries (`--uring-entries`): how many operations one
+    /// `io_uring_enter` can submit; the completion queue gets four times as many.
+    /// Costs about 128 bytes of kernel memory per entry (a 64-byte submission slot
+    /// and four 16-byte completion slots).
+    pub entries: u32,
+    /// A kernel thread polls the submission queue (`--sqpoll`): submitting needs no
+    /// syscall while it is awake, but it keeps a CPU busy while the ring is busy and
+    /// for 10 ms after.
+    pub sqpoll: bool,
+    /// Receive buffers in the provided-buffer ring (`--uring-buffers COUNTxSIZE`): a
+    /// power of two, at most 32768. Costs `count x size` bytes of memory.
+    pub buf_count: u16,
+    /// Bytes per receive buffer.
+    pub buf_size: u32,
+}
+
+impl Default for UringConfig {
+    fn default() -> Self {
+        UringConfig {
+            entries: 1024,
+            sqpoll: false,
+            buf_count: 1024,
+            buf_size: 4096,
         }
     }
 }

@@ -60,10 +60,10 @@ pub use c10k_proto::{App, Session};
 pub use config::{
     AcceptMode, Config, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNS, DEFAULT_OUTPUT_CAP, DEFAULT_STACK_SIZE, LINGER,
-    MAX_PENDING_INPUT, MIN_STACK_SIZE, READ_CHUNK,
+    MAX_PENDING_INPUT, MIN_STACK_SIZE, READ_CHUNK, UringConfig,
 };
 pub use shutdown::Shutdown;
-pub use stats::{OpenConns, WorkerStats};
+pub use stats::{OpenConns, UringStats, WorkerStats};
 pub use strategy::{Availability, ProcessModel, Strategy, StrategyInfo};
 
 /// Raise the soft limit on open files to the hard limit (a server holding ten thousand

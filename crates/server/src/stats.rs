@@ -33,6 +33,43 @@ pub struct WorkerStats {
     pub bytes_in: AtomicU64,
     /// Bytes written to clients.
     pub bytes_out: AtomicU64,
+    /// io_uring counters (the `uring` strategy only).
+    pub uring: UringStats,
+}
+
+/// Counters of one worker's io_uring, refreshed on every loop iteration: what the
+/// integrator reads to see syscalls and completions per message, and what the leak
+/// tests check (every buffer handed out came home).
+#[derive(Debug, Default)]
+pub struct UringStats {
+    /// Submit-and-wait calls (at most one `io_uring_enter` each).
+    pub enters: AtomicU64,
+    /// Submission entries queued.
+    pub sqes: AtomicU64,
+    /// Completions reaped.
+    pub cqes: AtomicU64,
+    /// Receive completions.
+    pub recv_cqes: AtomicU64,
+    /// Send completions.
+    pub send_cqes: AtomicU64,
+    /// Multishot receives ended by an empty buffer ring (re-armed).
+    pub enobufs: AtomicU64,
+    /// Receive buffers handed out by completions.
+    pub bufs_out: AtomicU64,
+    /// Receive buffers given back to the kernel.
+    pub bufs_in: AtomicU64,
+    /// Send buffers handed to the kernel.
+    pub sends_out: AtomicU64,
+    /// Send buffers that came back.
+    pub sends_in: AtomicU64,
+    /// Operations in flight when their connection was closed (cancelled; their
+    /// buffers came back with the completions).
+    pub parked_at_close: AtomicU64,
+    /// Operations in flight.
+    pub in_flight: AtomicU64,
+    /// Operations still in flight when the ring was torn down (memory leaked on
+    /// purpose; should stay 0).
+    pub leaked_ops: AtomicU64,
 }
 
 impl WorkerStats {

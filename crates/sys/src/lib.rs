@@ -11,11 +11,15 @@
 //!   `poll` (whose `PollFd` borrows each descriptor) cannot hold across loop iterations.
 //!   Both only ask the kernel about descriptors: one that is not open yields `EBADF`
 //!   (select) or `POLLNVAL` (poll), never memory unsafety;
-//! - [`process`]: `fork`, refused unless the process is single-threaded.
+//! - [`process`]: `fork`, refused unless the process is single-threaded;
+//! - [`uring`]: an io_uring whose operations own their buffers until their completions
+//!   return (provided-buffer ring, multishot accept/recv, sends that hand their `Vec`
+//!   back, closes through the ring).
 
 pub mod poll;
 pub mod process;
 pub mod select;
+pub mod uring;
 
 pub use poll::{PollFd, poll};
 pub use select::{FD_SETSIZE, FdSet, select};

@@ -73,9 +73,24 @@ impl Server {
     /// Spawns `c10k serve --strategy S --app A --listen 127.0.0.1:0 EXTRA...` and
     /// waits (at most [`START_TIMEOUT`]) for its `listening on IP:PORT` line.
     pub fn start(strategy: &str, app: &str, extra: &[&str]) -> Server {
+        Server::start_under(&[], strategy, app, extra)
+    }
+
+    /// Like [`start`](Server::start), run under a wrapper command (`wrapper[0]`
+    /// with arguments `wrapper[1..]`, then the c10k command line), e.g.
+    /// `["prlimit", "--nofile=64:64", "--"]`.
+    pub fn start_under(wrapper: &[&str], strategy: &str, app: &str, extra: &[&str]) -> Server {
         raise_nofile_limit();
         let label = format!("--strategy {strategy} --app {app} {}", extra.join(" "));
-        let mut child = Command::new(c10k_bin())
+        let mut command = match wrapper.split_first() {
+            None => Command::new(c10k_bin()),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(c10k_bin());
+                c
+            }
+        };
+        let mut child = command
             .args([
                 "serve",
                 "--strategy",

@@ -25,6 +25,7 @@ pub(crate) mod procs;
 pub(crate) mod reactor;
 pub(crate) mod select;
 pub(crate) mod thread;
+pub(crate) mod uring;
 
 /// A server architecture from the C10K list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -246,7 +247,7 @@ impl Strategy {
             | Strategy::Thread
             | Strategy::Fork
             | Strategy::Prefork => Availability::Available,
-            Strategy::Uring => Availability::NotBuilt { planned: "issue 5" },
+            Strategy::Uring => uring::availability(),
             Strategy::Green => Availability::NotBuilt { planned: "issue 6" },
             Strategy::Kernel => Availability::NotBuilt {
                 planned: "a later issue",
@@ -346,6 +347,7 @@ pub(crate) fn run_worker<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> std::
         Strategy::Select => reactor::run(ctx, select::Select::new()),
         Strategy::Poll => reactor::run(ctx, poll::Poll::new()),
         Strategy::Thread => thread::run(ctx),
+        Strategy::Uring => uring::run(ctx),
         other => Err(std::io::Error::other(format!(
             "strategy {other} does not run in worker threads"
         ))),
