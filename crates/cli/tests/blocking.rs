@@ -28,7 +28,7 @@ fn expect_refused(addr: SocketAddr, what: &str) {
     let mut stream = connect(addr);
     let _ = stream.write_all(b"hello");
     let mut buf = [0u8; 16];
-    match stream.read(&mut buf) {
+    match common::read_some(&mut stream, &mut buf) {
         Ok(0) => {}
         Err(err) if is_reset(&err) => {}
         Ok(n) => panic!("{what}: the connection was served ({n} bytes)"),

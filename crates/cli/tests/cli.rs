@@ -288,7 +288,7 @@ fn max_conns_refuses_the_extra_connection() {
     let mut c = connect(server.addr());
     let _ = c.write_all(b"c"); // may fail if the server already reset it
     let mut buf = [0u8; 16];
-    match c.read(&mut buf) {
+    match common::read_some(&mut c, &mut buf) {
         Ok(0) => {}
         Err(err) if is_reset(&err) => {}
         Ok(n) => panic!("connection over --max-conns 2 was served: {:?}", &buf[..n]),
@@ -302,7 +302,7 @@ fn max_conns_refuses_the_extra_connection() {
     for _ in 0..100 {
         let mut d = connect(server.addr());
         let _ = d.write_all(b"d");
-        match d.read(&mut buf) {
+        match common::read_some(&mut d, &mut buf) {
             Ok(1) if buf[0] == b'd' => {
                 served = true;
                 break;

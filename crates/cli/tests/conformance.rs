@@ -88,7 +88,7 @@ conformance!(uring_sqpoll, "uring", &["--sqpoll"]);
 
 mod suite {
     use std::collections::HashMap;
-    use std::io::{BufReader, Read, Write};
+    use std::io::{BufReader, Write};
     use std::net::{Shutdown, TcpStream};
     use std::process::Command;
     use std::sync::Arc;
@@ -202,7 +202,7 @@ mod suite {
         let mut buf = vec![0u8; 256 * KIB];
         while got.len() < TOTAL {
             let want = (TOTAL - got.len()).min(buf.len());
-            match stream.read(&mut buf[..want]) {
+            match read_some(&mut stream, &mut buf[..want]) {
                 Ok(0) => panic!("EOF after {} of {TOTAL} echoed bytes", got.len()),
                 Ok(n) => got.extend_from_slice(&buf[..n]),
                 Err(err) => panic!("read failed after {} of {TOTAL} bytes: {err}", got.len()),

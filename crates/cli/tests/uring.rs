@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -128,7 +128,7 @@ fn max_conns_refuses_the_extra_connection() {
     let mut c = connect(server.addr());
     let _ = c.write_all(b"c");
     let mut buf = [0u8; 8];
-    match c.read(&mut buf) {
+    match common::read_some(&mut c, &mut buf) {
         Ok(0) => {}
         Err(e) if is_reset(&e) => {}
         other => panic!("connection over --max-conns 2: {other:?}"),
@@ -138,7 +138,7 @@ fn max_conns_refuses_the_extra_connection() {
     for _ in 0..100 {
         let mut d = connect(server.addr());
         let _ = d.write_all(b"d");
-        match d.read(&mut buf) {
+        match common::read_some(&mut d, &mut buf) {
             Ok(1) if buf[0] == b'd' => {
                 served = true;
                 break;

@@ -499,6 +499,17 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     try_connect(addr).unwrap_or_else(|err| panic!("connect to {addr}: {err}"))
 }
 
+/// One `read`, retried when a signal interrupts it (EINTR is not an answer from the
+/// server).
+pub fn read_some(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 /// Reads exactly `n` bytes.
 pub fn read_exact_n(r: &mut impl Read, n: usize, what: &str) -> Vec<u8> {
     let mut buf = vec![0; n];
@@ -593,7 +604,7 @@ pub fn expect_new_connections_rejected(
         // The write may fail if the server already reset the connection.
         let _ = stream.write_all(probe);
         let mut buf = [0u8; 256];
-        match stream.read(&mut buf) {
+        match read_some(&mut stream, &mut buf) {
             Ok(0) => return "closed",
             Err(err) if is_reset(&err) => return "reset",
             Err(err) => {
