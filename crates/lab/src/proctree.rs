@@ -2,8 +2,9 @@
 //!
 //! The fork and prefork strategies serve from child processes, so the root's own
 //! figures would miss most of the work. The tree is every process whose parent chain
-//! leads to the root. CPU time is `utime + stime` of each live process in it (all its
-//! threads), plus `cutime + cstime` (the children each one has already reaped), so a
+//! leads to the root. CPU time is the run time of each live process in it (all its
+//! threads: the scheduler's nanosecond counters, since `utime + stime` round each
+//! process down to whole clock ticks), plus `cutime + cstime` (the children each one has already reaped), so a
 //! child that exits during the window is still counted. Memory is the sum of PSS
 //! (`/proc/PID/smaps_rollup`: shared pages divided among the processes that share
 //! them, so forked children are not counted many times over), and of RSS for
@@ -27,18 +28,64 @@ fn read_stat(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
 }
 
-/// `(ppid, cpu with reaped children, start time)` from a stat line.
-fn parse(stat: &str) -> Option<(u32, CpuTimes, u64)> {
+/// `(ppid, cpu with reaped children, start time)` from a stat line, with the live
+/// part taken from the scheduler's nanosecond counters when they say more.
+fn parse(pid: u32, stat: &str) -> Option<(u32, CpuTimes, u64)> {
     let f = stat_fields(stat)?;
     let num = |i: usize| -> Option<u64> { f.get(i)?.parse().ok() };
     // Index 0 is field 3 (state): ppid is field 4, utime..cstime 14..17, start 22.
     let ppid = u32::try_from(num(1)?).ok()?;
     let tick = ticks_per_second();
-    let cpu = CpuTimes {
-        user: (num(11)? + num(13)?) as f64 / tick,
-        sys: (num(12)? + num(14)?) as f64 / tick,
+    let live = CpuTimes {
+        user: num(11)? as f64 / tick,
+        sys: num(12)? as f64 / tick,
     };
-    Some((ppid, cpu, num(19)?))
+    let reaped = CpuTimes {
+        user: num(13)? as f64 / tick,
+        sys: num(14)? as f64 / tick,
+    };
+    let live = match precise_runtime(pid) {
+        Some(precise) => rescale(live, precise),
+        None => live,
+    };
+    Some((ppid, live + reaped, num(19)?))
+}
+
+/// CPU seconds of all threads of a live process, from `/proc/PID/task/*/schedstat`
+/// (nanoseconds). `utime`/`stime` are whole clock ticks per process, so a thousand
+/// prefork workers that each ran 5 ms read as zero: the sum of the precise counters
+/// does not lose them.
+fn precise_runtime(pid: u32) -> Option<f64> {
+    let mut ns: u64 = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 / 1e9)
+}
+
+/// `ticks` with its total replaced by `total`, keeping its user/system split (all
+/// user when the ticks saw nothing). Never less than the ticks said.
+fn rescale(ticks: CpuTimes, total: f64) -> CpuTimes {
+    let sum = ticks.user + ticks.sys;
+    if total <= sum {
+        return ticks;
+    }
+    if sum <= 0.0 {
+        return CpuTimes {
+            user: total,
+            sys: 0.0,
+        };
+    }
+    CpuTimes {
+        user: total * ticks.user / sum,
+        sys: total * ticks.sys / sum,
+    }
 }
 
 /// The processes of the tree rooted at `root` (the root first), with their CPU time.
@@ -54,7 +101,8 @@ pub fn tree(root: u32) -> Vec<(Proc, CpuTimes)> {
             else {
                 continue;
             };
-            let Some((ppid, cpu, start)) = read_stat(pid).as_deref().and_then(parse) else {
+            let Some((ppid, cpu, start)) = read_stat(pid).as_deref().and_then(|st| parse(pid, st))
+            else {
                 continue;
             };
             let p = (Proc { pid, start }, cpu);
@@ -130,7 +178,7 @@ pub fn tree_memory(root: u32) -> TreeMemory {
 pub fn alive(p: Proc) -> bool {
     read_stat(p.pid)
         .as_deref()
-        .and_then(parse)
+        .and_then(|st| parse(p.pid, st))
         .is_some_and(|(_, _, start)| start == p.start)
 }
 
@@ -138,6 +186,36 @@ pub fn alive(p: Proc) -> bool {
 mod tests {
     use super::*;
     use std::process::Command;
+
+    /// A thousand prefork workers that each ran a few milliseconds read as zero CPU
+    /// when only whole clock ticks were summed (`prefork x 1,000` showed 0 us/request).
+    #[test]
+    fn regression_sub_tick_processes_are_counted() {
+        let zero = CpuTimes {
+            user: 0.0,
+            sys: 0.0,
+        };
+        let r = rescale(zero, 0.005);
+        assert!((r.user + r.sys - 0.005).abs() < 1e-12);
+        let split = rescale(
+            CpuTimes {
+                user: 0.01,
+                sys: 0.03,
+            },
+            0.08,
+        );
+        assert!((split.user - 0.02).abs() < 1e-12 && (split.sys - 0.06).abs() < 1e-12);
+        let never_less = rescale(
+            CpuTimes {
+                user: 0.02,
+                sys: 0.0,
+            },
+            0.01,
+        );
+        assert_eq!(never_less.user, 0.02);
+        // This test process has run: its precise counter says so.
+        assert!(precise_runtime(std::process::id()).is_some_and(|s| s > 0.0));
+    }
 
     #[test]
     fn a_tree_counts_its_children() {
