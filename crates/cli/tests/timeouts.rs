@@ -1,4 +1,5 @@
-//! Idle and request (header) timeouts, on every event-loop strategy: a stalled
+//! Idle and request (header) timeouts, on every strategy that has them (not `pool`
+//! yet): a stalled
 //! request is answered (HTTP 408) and closed, an idle connection is closed, and slow
 //! clients (slowloris) do not keep a normal client from being served.
 #![allow(clippy::unwrap_used)]
@@ -10,14 +11,21 @@ use std::time::Duration;
 
 use common::{Server, connect, read_http_response, read_to_eof};
 
-const STRATEGIES: [&str; 5] = ["epoll-lt", "epoll-et", "poll", "select", "uring"];
+const STRATEGIES: [&str; 8] = [
+    "epoll-lt", "epoll-et", "poll", "select", "uring", "thread", "fork", "prefork",
+];
 
 fn start(strategy: &str, app: &str) -> Server {
-    Server::start(
-        strategy,
-        app,
-        &["--header-timeout", "1s", "--idle-timeout", "2s"],
-    )
+    // prefork serves one connection per process: size its pool to the slowloris test
+    // (200 slow clients and one normal one at a time).
+    let workers: &[&str] = if strategy == "prefork" {
+        &["--workers", "260"]
+    } else {
+        &[]
+    };
+    let mut args = vec!["--header-timeout", "1s", "--idle-timeout", "2s"];
+    args.extend_from_slice(workers);
+    Server::start(strategy, app, &args)
 }
 
 #[test]

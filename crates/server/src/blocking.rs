@@ -59,6 +59,10 @@ pub(crate) struct BlockingEnv<'a> {
     pub(crate) wake: &'a [BorrowedFd<'a>],
     /// How long a connection may stay busy once it has seen the shutdown.
     pub(crate) drain_timeout: Duration,
+    /// Close a connection where no byte moved for this long.
+    pub(crate) idle_timeout: Duration,
+    /// Answer (HTTP 408) and close a request that stays incomplete this long.
+    pub(crate) header_timeout: Duration,
 }
 
 /// How a connection served by [`serve_blocking`] ended.
@@ -90,6 +94,8 @@ pub(crate) fn serve_blocking<S: Session>(
         out: Vec::new(),
         drain_deadline: None,
         drain_told: false,
+        active_at: Instant::now(),
+        request_since: None,
     };
     d.run();
     Outcome {
@@ -141,6 +147,10 @@ struct Driver<'a, S> {
     drain_deadline: Option<Instant>,
     /// The session was told about the drain.
     drain_told: bool,
+    /// Last time bytes moved either way.
+    active_at: Instant,
+    /// When the request in progress started (cleared when a reply is written).
+    request_since: Option<Instant>,
 }
 
 impl<S: Session> Driver<'_, S> {
@@ -173,10 +183,17 @@ impl<S: Session> Driver<'_, S> {
                 }
             }
             if poll_first {
-                match self.wait(PollFlags::IN, None) {
+                let timers = self.timer_deadline();
+                match self.wait(PollFlags::IN, Some(timers)) {
                     Waited::Ready => {}
                     Waited::Drain => continue,
-                    Waited::Timeout => return Err(Stop::Forced),
+                    Waited::Timeout if self.drain_passed() => return Err(Stop::Forced),
+                    Waited::Timeout => {
+                        if let Some(next) = self.timer_fired() {
+                            return next;
+                        }
+                        continue;
+                    }
                     Waited::Failed => return Err(Stop::Failed),
                 }
             }
@@ -196,8 +213,14 @@ impl<S: Session> Driver<'_, S> {
                 return Ok(Next::Read);
             }
             WorkerStats::add(&self.env.stats.bytes_in, n as u64);
+            self.active_at = Instant::now();
             if self.feed(n)? == Next::Close {
                 return Ok(Next::Close);
+            }
+            if self.is_idle() {
+                self.request_since = None;
+            } else if self.request_since.is_none() {
+                self.request_since = Some(Instant::now());
             }
             // A full buffer probably left more waiting: read again before polling,
             // into a larger buffer.
@@ -275,19 +298,30 @@ impl<S: Session> Driver<'_, S> {
     /// Write all of `out`, waiting for the socket as long as it takes (until the
     /// drain deadline, once draining).
     fn flush(&mut self) -> Result<(), Stop> {
+        if !self.out.is_empty() {
+            // A reply is progress: the request timer restarts with the next request.
+            self.request_since = None;
+        }
         let mut pos = 0;
         while pos < self.out.len() {
             match (&self.stream).write(&self.out[pos..]) {
                 Ok(0) => return Err(Stop::Failed),
                 Ok(n) => {
                     pos += n;
+                    self.active_at = Instant::now();
                     WorkerStats::add(&self.env.stats.bytes_out, n as u64);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Unsent output is a request in flight: a drain lets it finish.
-                    match self.wait(PollFlags::OUT, None) {
+                    // Unsent output is a request in flight: a drain lets it finish. A
+                    // peer that stops reading it for the idle timeout is given up.
+                    let stalled = self.active_at + self.env.idle_timeout;
+                    match self.wait(PollFlags::OUT, Some(stalled)) {
                         Waited::Ready | Waited::Drain => {}
-                        Waited::Timeout => return Err(Stop::Forced),
+                        Waited::Timeout if self.drain_passed() => return Err(Stop::Forced),
+                        Waited::Timeout => {
+                            WorkerStats::add(&self.env.stats.timeouts_idle, 1);
+                            return Err(Stop::Failed);
+                        }
                         Waited::Failed => return Err(Stop::Failed),
                     }
                 }
@@ -379,6 +413,39 @@ impl<S: Session> Driver<'_, S> {
         }
     }
 
+    /// When the idle or request timer fires next.
+    fn timer_deadline(&self) -> Instant {
+        let idle = self.active_at + self.env.idle_timeout;
+        match self.request_since {
+            Some(since) => idle.min(since + self.env.header_timeout),
+            None => idle,
+        }
+    }
+
+    /// The drain deadline has passed.
+    fn drain_passed(&self) -> bool {
+        self.drain_deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// A timer's deadline passed: what to do, or `None` when none has fired yet.
+    fn timer_fired(&mut self) -> Option<Result<Next, Stop>> {
+        let now = Instant::now();
+        if let Some(since) = self.request_since {
+            if now >= since + self.env.header_timeout {
+                WorkerStats::add(&self.env.stats.timeouts_request, 1);
+                self.cx.set_now(SystemTime::now());
+                self.session.handle_timeout(&self.cx, &mut self.out);
+                self.pending = Vec::new();
+                return Some(self.flush().map(|()| Next::Close));
+            }
+        }
+        if now >= self.active_at + self.env.idle_timeout {
+            WorkerStats::add(&self.env.stats.timeouts_idle, 1);
+            return Some(Ok(Next::Close));
+        }
+        None
+    }
+
     fn begin_drain(&mut self) {
         if self.drain_deadline.is_none() {
             self.drain_deadline = Some(Instant::now() + self.env.drain_timeout);
@@ -414,6 +481,8 @@ mod tests {
                 stats: &stats,
                 wake: &wake,
                 drain_timeout: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(60),
+                header_timeout: Duration::from_secs(10),
             };
             serve_blocking(server, EchoApp.open(&Peer::unknown()), &env)
         })

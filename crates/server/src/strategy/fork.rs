@@ -35,6 +35,7 @@ use super::WorkerCtx;
 use super::procs::{CHILD_MARGIN, Children, describe, enter_child, require_single_thread};
 use crate::accept::{AcceptGuard, Accepted, accept_one};
 use crate::blocking::{BlockingEnv, serve_blocking};
+use crate::config::Config;
 use crate::ratelog::RateLog;
 use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;
@@ -123,13 +124,7 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
                             drop(listener.take());
                             children.forget_in_child();
                             let session = app.open(&peer);
-                            let code = child_main(
-                                stream,
-                                session,
-                                &shutdown,
-                                parent,
-                                config.drain_timeout,
-                            );
+                            let code = child_main(stream, session, &shutdown, parent, &config);
                             exit_immediately(code);
                         }
                         Ok(Fork::Parent(pid)) => {
@@ -201,7 +196,7 @@ fn child_main<S: Session>(
     session: S,
     parent_shutdown: &Arc<Shutdown>,
     parent: Pid,
-    drain_timeout: Duration,
+    config: &Config,
 ) -> i32 {
     let own = match enter_child(parent_shutdown, parent) {
         Ok(own) => own,
@@ -215,7 +210,9 @@ fn child_main<S: Session>(
     let env = BlockingEnv {
         stats: &stats,
         wake: &wake,
-        drain_timeout,
+        drain_timeout: config.drain_timeout,
+        idle_timeout: config.idle_timeout,
+        header_timeout: config.header_timeout,
     };
     serve_blocking(stream, session, &env);
     0

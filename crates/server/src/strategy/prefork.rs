@@ -246,6 +246,8 @@ fn serve_pool_slot<A: App>(
         stats: &stats,
         wake: &wake,
         drain_timeout: config.drain_timeout,
+        idle_timeout: config.idle_timeout,
+        header_timeout: config.header_timeout,
     };
     loop {
         let now = Instant::now();

@@ -146,6 +146,8 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
                     let app = Arc::clone(&app);
                     let shutdown = Arc::clone(&shutdown);
                     let drain_timeout = config.drain_timeout;
+                    let idle_timeout = config.idle_timeout;
+                    let header_timeout = config.header_timeout;
                     let spawned = std::thread::Builder::new()
                         .stack_size(config.stack_size)
                         .spawn(move || {
@@ -158,6 +160,8 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
                                 stats: &slot.stats,
                                 wake: &wake,
                                 drain_timeout,
+                                idle_timeout,
+                                header_timeout,
                             };
                             serve_blocking(stream, session, &env);
                             drop(slot);
