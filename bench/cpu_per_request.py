@@ -130,12 +130,20 @@ def parse(kind, out):
     raise ValueError(kind)
 
 
+BACKGROUND = None
+
+
 def one(name, server_cmd, load_cmd, kind, requests_hint):
     port = free_port()
     scmd = ["taskset", "-c", "0"] + shlex.split(server_cmd.format(port=port))
     srv = subprocess.Popen(scmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    bg = None
     try:
         wait_port(port)
+        if BACKGROUND:
+            bg = subprocess.Popen(["taskset", "-c", "1"] + shlex.split(BACKGROUND.format(port=port)),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(3)
         time.sleep(0.2)
         c0 = tree_cpu(srv.pid)
         t0 = time.time()
@@ -145,6 +153,9 @@ def one(name, server_cmd, load_cmd, kind, requests_hint):
         c1 = tree_cpu(srv.pid)
         rss = tree_rss_kib(srv.pid)
     finally:
+        if bg:
+            bg.kill()
+            bg.wait()
         try:
             os.killpg(srv.pid, signal.SIGTERM)
             srv.wait(timeout=10)
@@ -169,7 +180,10 @@ def main():
     ap.add_argument("--kind", required=True, choices=["echo", "wrk", "redis"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=0, help="redis-benchmark -n (requests per test)")
+    ap.add_argument("--background", help="a command with {port} run beside the load (e.g. idle connections)")
     a = ap.parse_args()
+    global BACKGROUND
+    BACKGROUND = a.background
     servers = [a.ref] + a.cand
     results = {s.split("=", 1)[0]: [] for s in servers}
     for rnd in range(a.rounds):
