@@ -1,5 +1,4 @@
-//! Idle and request (header) timeouts, on every strategy that has them (not `pool`
-//! yet): a stalled
+//! Idle and request (header) timeouts, on every strategy: a stalled
 //! request is answered (HTTP 408) and closed, an idle connection is closed, and slow
 //! clients (slowloris) do not keep a normal client from being served.
 #![allow(clippy::unwrap_used)]
@@ -11,8 +10,8 @@ use std::time::Duration;
 
 use common::{Server, connect, read_http_response, read_to_eof};
 
-const STRATEGIES: [&str; 8] = [
-    "epoll-lt", "epoll-et", "poll", "select", "uring", "thread", "fork", "prefork",
+const STRATEGIES: [&str; 9] = [
+    "epoll-lt", "epoll-et", "poll", "select", "uring", "thread", "fork", "prefork", "pool",
 ];
 
 fn start(strategy: &str, app: &str) -> Server {

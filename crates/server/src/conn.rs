@@ -416,6 +416,25 @@ impl<S: Session> Conn<S> {
         Some(Timeout::Idle)
     }
 
+    /// Whether [`check_timers`](Self::check_timers) would act now (a read-only look
+    /// for a strategy that must first take the connection out of a shared table; it
+    /// starts the idle clock of a connection that has none yet).
+    pub(crate) fn timers_due(
+        &mut self,
+        now: Instant,
+        idle_timeout: Duration,
+        request_timeout: Duration,
+    ) -> bool {
+        let active_at = *self.active_at.get_or_insert(now);
+        let request_due = self.phase == Phase::Open
+            && self
+                .request_since
+                .is_some_and(|since| now.duration_since(since) >= request_timeout);
+        let idle_due = matches!(self.phase, Phase::Open | Phase::Closing)
+            && now.duration_since(active_at) >= idle_timeout;
+        request_due || idle_due
+    }
+
     /// An I/O error: the connection is beyond saving.
     fn fail(&mut self, env: &Env<'_>) {
         if self.phase != Phase::Done {

@@ -70,8 +70,10 @@
 //! parked ones and dooms the rest. The reactor exits when the table is empty, then
 //! closes the queue and joins the workers.
 //!
-//! **Timers** (linger deadlines, the EMFILE back-off, the drain deadline) belong to
-//! the reactor. A worker that starts a connection's linger appends it to the table's
+//! **Timers** (linger deadlines, the EMFILE back-off, the drain deadline, and a sweep
+//! of the parked connections' idle and request timers once a second) belong to the
+//! reactor; a connection whose idle or request timer is due is taken out of its slot
+//! exactly like the drain sweep takes it, and a worker checks its timers and settles it. A worker that starts a connection's linger appends it to the table's
 //! FIFO (every linger is equally long) and, if the FIFO was empty, wakes the reactor
 //! through an eventfd so its `epoll_wait` timeout is recomputed. The eventfd also wakes
 //! it when a draining table becomes empty.
@@ -164,6 +166,8 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
         }),
         work: Condvar::new(),
         output_cap: config.output_cap,
+        idle_timeout: config.idle_timeout,
+        header_timeout: config.header_timeout,
         stats,
         open,
     });
@@ -213,6 +217,7 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
             refused_log: RateLog::new(Duration::from_secs(1)),
             drain_deadline: None,
             forced: false,
+            next_sweep: None,
             now: Instant::now(),
             jobs: Vec::new(),
             pending: Vec::new(),
@@ -249,6 +254,8 @@ struct Reactor<A: App> {
     drain_deadline: Option<Instant>,
     /// The drain deadline has been enforced.
     forced: bool,
+    /// When parked connections' idle and request timers are checked next.
+    next_sweep: Option<Instant>,
     now: Instant,
     /// Jobs gathered in one loop iteration, queued together.
     jobs: Vec<Job<A::Session>>,
@@ -280,6 +287,7 @@ impl<A: App> Reactor<A> {
                     .filter(|_| self.listener.is_some()),
                 linger_front,
                 self.drain_deadline.filter(|_| !self.forced),
+                self.next_sweep.filter(|_| !empty),
             ]
             .into_iter()
             .flatten()
@@ -323,6 +331,7 @@ impl<A: App> Reactor<A> {
                 }
             }
             self.take_ready();
+            self.sweep_timers(empty);
             self.dispatch();
             (empty, linger_front) = self.run_timers();
         }
@@ -350,6 +359,7 @@ impl<A: App> Reactor<A> {
                     generation,
                     entry,
                     ready,
+                    timers: false,
                 });
             }
         }
@@ -500,11 +510,56 @@ impl<A: App> Reactor<A> {
                     generation: slot.generation,
                     entry,
                     ready: Ready::default(),
+                    timers: false,
                 });
             }
         }
         drop(table);
         tracing::debug!("pool {}: draining {open} connection(s)", self.id);
+    }
+
+    /// About once a second, hand every parked connection whose idle or request timer is
+    /// due to a worker (as for a readiness report: taken out of its slot while its
+    /// one-shot registration may still be armed, which `take_ready` tolerates; the
+    /// worker checks the timers, then settles it as usual).
+    fn sweep_timers(&mut self, empty: bool) {
+        let now = Instant::now();
+        let every = Duration::from_secs(1)
+            .min(self.shared.idle_timeout / 4)
+            .min(self.shared.header_timeout / 4)
+            .max(Duration::from_millis(10));
+        match self.next_sweep {
+            _ if empty => {
+                self.next_sweep = Some(now + every);
+                return;
+            }
+            Some(t) if t > now => return,
+            _ => self.next_sweep = Some(now + every),
+        }
+        let (idle, request) = (self.shared.idle_timeout, self.shared.header_timeout);
+        let mut table = lock(&self.shared.table);
+        let keys: Vec<(usize, u32)> = table
+            .slots
+            .iter_mut()
+            .filter_map(|(k, slot)| {
+                let due = slot
+                    .entry
+                    .as_mut()
+                    .is_some_and(|e| e.conn.timers_due(now, idle, request));
+                due.then_some((k, slot.generation))
+            })
+            .collect();
+        for (key, generation) in keys {
+            if let Some(entry) = table.slots.get_mut(key).and_then(|s| s.entry.take()) {
+                self.jobs.push(Job {
+                    key,
+                    generation,
+                    entry,
+                    ready: Ready::default(),
+                    timers: true,
+                });
+            }
+        }
     }
 
     /// Close what is due, resume accepting after a back-off; returns whether the

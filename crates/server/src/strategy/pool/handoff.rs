@@ -6,14 +6,14 @@ use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use c10k_proto::{Cx, Session};
 use rustix::event::epoll::{self, EventData, EventFlags};
 use slab::Slab;
 
 use crate::config::LINGER;
-use crate::conn::{Bufs, Conn, Env, Phase};
+use crate::conn::{Bufs, Conn, Env, Phase, Timeout};
 use crate::stats::{OpenConns, WorkerStats};
 
 /// Generations use 31 bits, so a connection's token never has the top bit set and
@@ -82,6 +82,9 @@ pub(super) struct Job<S> {
     pub(super) generation: u32,
     pub(super) entry: Box<Entry<S>>,
     pub(super) ready: Ready,
+    /// Taken out by the reactor's timer sweep, not by a readiness report: check the
+    /// idle and request timers instead of reading or writing.
+    pub(super) timers: bool,
 }
 
 /// The run queue.
@@ -102,6 +105,9 @@ pub(super) struct Shared<S> {
     pub(super) queue: Mutex<Queue<S>>,
     pub(super) work: Condvar,
     pub(super) output_cap: usize,
+    /// `--idle-timeout` and `--header-timeout`.
+    pub(super) idle_timeout: Duration,
+    pub(super) header_timeout: Duration,
     /// The pool's counters, shared by the reactor and every worker.
     pub(super) stats: Arc<WorkerStats>,
     pub(super) open: Arc<OpenConns>,
@@ -148,6 +154,7 @@ impl<S: Session> Shared<S> {
             generation,
             mut entry,
             ready,
+            timers,
         } = job;
         let env = Env {
             cx,
@@ -156,11 +163,19 @@ impl<S: Session> Shared<S> {
             output_cap: self.output_cap,
         };
         let conn = &mut entry.conn;
-        if (ready.writable || ready.hup) && conn.wants_write() {
-            conn.on_writable(bufs, &env, false);
-        }
-        if ready.readable || ready.hup {
-            conn.on_readable(bufs, &env, false, ready.hup);
+        if timers {
+            match conn.check_timers(bufs, &env, self.idle_timeout, self.header_timeout) {
+                Some(Timeout::Idle) => WorkerStats::add(&self.stats.timeouts_idle, 1),
+                Some(Timeout::Request) => WorkerStats::add(&self.stats.timeouts_request, 1),
+                None => {}
+            }
+        } else {
+            if (ready.writable || ready.hup) && conn.wants_write() {
+                conn.on_writable(bufs, &env, false);
+            }
+            if ready.readable || ready.hup {
+                conn.on_readable(bufs, &env, false, ready.hup);
+            }
         }
         self.settle(key, generation, entry);
     }
