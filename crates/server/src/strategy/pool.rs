@@ -73,8 +73,9 @@
 //! **Timers** (linger deadlines, the EMFILE back-off, the drain deadline, and a sweep
 //! of the parked connections' idle and request timers once a second) belong to the
 //! reactor; a connection whose idle or request timer is due is taken out of its slot
-//! exactly like the drain sweep takes it, and a worker checks its timers and settles it. A worker that starts a connection's linger appends it to the table's
-//! FIFO (every linger is equally long) and, if the FIFO was empty, wakes the reactor
+//! exactly like the drain sweep takes it, and a worker checks its timers and settles
+//! it. A worker that starts a connection's linger appends it to the table's FIFO
+//! (every linger is equally long) and, if the FIFO was empty, wakes the reactor
 //! through an eventfd so its `epoll_wait` timeout is recomputed. The eventfd also wakes
 //! it when a draining table becomes empty.
 //!
