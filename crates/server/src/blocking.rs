@@ -35,6 +35,7 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use crate::config::{LINGER, MAX_PENDING_INPUT, READ_CHUNK};
 use crate::conn::LINGER_MAX_DISCARD;
 use crate::stats::WorkerStats;
+use crate::timers::{Timeout, Timers};
 
 /// First size of a blocking connection's read buffer. Every connection owns one, so it
 /// starts small: an idle connection (or one exchanging small messages) keeps 4 KiB.
@@ -94,8 +95,7 @@ pub(crate) fn serve_blocking<S: Session>(
         out: Vec::new(),
         drain_deadline: None,
         drain_told: false,
-        active_at: Instant::now(),
-        request_since: None,
+        timers: Timers::started(Instant::now()),
     };
     d.run();
     Outcome {
@@ -147,10 +147,8 @@ struct Driver<'a, S> {
     drain_deadline: Option<Instant>,
     /// The session was told about the drain.
     drain_told: bool,
-    /// Last time bytes moved either way.
-    active_at: Instant,
-    /// When the request in progress started (cleared when a reply is written).
-    request_since: Option<Instant>,
+    /// Idle and request clocks.
+    timers: Timers,
 }
 
 impl<S: Session> Driver<'_, S> {
@@ -213,15 +211,12 @@ impl<S: Session> Driver<'_, S> {
                 return Ok(Next::Read);
             }
             WorkerStats::add(&self.env.stats.bytes_in, n as u64);
-            self.active_at = Instant::now();
+            self.timers.active(Instant::now());
             if self.feed(n)? == Next::Close {
                 return Ok(Next::Close);
             }
-            if self.is_idle() {
-                self.request_since = None;
-            } else if self.request_since.is_none() {
-                self.request_since = Some(Instant::now());
-            }
+            let in_request = !self.is_idle();
+            self.timers.track(Instant::now(), in_request);
             // A full buffer probably left more waiting: read again before polling,
             // into a larger buffer.
             poll_first = n < self.buf.len();
@@ -300,7 +295,7 @@ impl<S: Session> Driver<'_, S> {
     fn flush(&mut self) -> Result<(), Stop> {
         if !self.out.is_empty() {
             // A reply is progress: the request timer restarts with the next request.
-            self.request_since = None;
+            self.timers.replied();
         }
         let mut pos = 0;
         while pos < self.out.len() {
@@ -308,13 +303,15 @@ impl<S: Session> Driver<'_, S> {
                 Ok(0) => return Err(Stop::Failed),
                 Ok(n) => {
                     pos += n;
-                    self.active_at = Instant::now();
+                    self.timers.active(Instant::now());
                     WorkerStats::add(&self.env.stats.bytes_out, n as u64);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Unsent output is a request in flight: a drain lets it finish. A
                     // peer that stops reading it for the idle timeout is given up.
-                    let stalled = self.active_at + self.env.idle_timeout;
+                    let stalled = self
+                        .timers
+                        .idle_deadline(Instant::now(), self.env.idle_timeout);
                     match self.wait(PollFlags::OUT, Some(stalled)) {
                         Waited::Ready | Waited::Drain => {}
                         Waited::Timeout if self.drain_passed() => return Err(Stop::Forced),
@@ -415,11 +412,9 @@ impl<S: Session> Driver<'_, S> {
 
     /// When the idle or request timer fires next.
     fn timer_deadline(&self) -> Instant {
-        let idle = self.active_at + self.env.idle_timeout;
-        match self.request_since {
-            Some(since) => idle.min(since + self.env.header_timeout),
-            None => idle,
-        }
+        let env = self.env;
+        self.timers
+            .deadline(Instant::now(), env.idle_timeout, env.header_timeout)
     }
 
     /// The drain deadline has passed.
@@ -429,21 +424,23 @@ impl<S: Session> Driver<'_, S> {
 
     /// A timer's deadline passed: what to do, or `None` when none has fired yet.
     fn timer_fired(&mut self) -> Option<Result<Next, Stop>> {
-        let now = Instant::now();
-        if let Some(since) = self.request_since {
-            if now >= since + self.env.header_timeout {
-                WorkerStats::add(&self.env.stats.timeouts_request, 1);
+        let env = self.env;
+        let due = self
+            .timers
+            .due(Instant::now(), env.idle_timeout, env.header_timeout, true)?;
+        match due {
+            Timeout::Request => {
+                WorkerStats::add(&env.stats.timeouts_request, 1);
                 self.cx.set_now(SystemTime::now());
                 self.session.handle_timeout(&self.cx, &mut self.out);
                 self.pending = Vec::new();
-                return Some(self.flush().map(|()| Next::Close));
+                Some(self.flush().map(|()| Next::Close))
+            }
+            Timeout::Idle => {
+                WorkerStats::add(&env.stats.timeouts_idle, 1);
+                Some(Ok(Next::Close))
             }
         }
-        if now >= self.active_at + self.env.idle_timeout {
-            WorkerStats::add(&self.env.stats.timeouts_idle, 1);
-            return Some(Ok(Next::Close));
-        }
-        None
     }
 
     fn begin_drain(&mut self) {

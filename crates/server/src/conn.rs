@@ -16,6 +16,8 @@ use c10k_proto::{Cx, Session};
 
 use crate::config::{MAX_PENDING_INPUT, READ_CHUNK};
 use crate::stats::WorkerStats;
+pub(crate) use crate::timers::Timeout;
+use crate::timers::Timers;
 
 /// Input discarded while lingering before the driver gives up and closes hard.
 pub(crate) const LINGER_MAX_DISCARD: usize = 1024 * 1024;
@@ -73,20 +75,8 @@ pub(crate) struct Conn<S> {
     /// Reading stopped because pending output was over the cap.
     read_blocked: bool,
     discarded: usize,
-    /// Last time bytes moved either way (None until the first event or sweep).
-    active_at: Option<Instant>,
-    /// When the request in progress started; cleared when a reply is produced or
-    /// nothing is in progress.
-    request_since: Option<Instant>,
-}
-
-/// Which timer closed a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Timeout {
-    /// No bytes moved for the idle timeout.
-    Idle,
-    /// A request stayed incomplete (no reply produced) for the request timeout.
-    Request,
+    /// Idle and request clocks.
+    timers: Timers,
 }
 
 impl<S: Session> Conn<S> {
@@ -101,8 +91,7 @@ impl<S: Session> Conn<S> {
             phase: Phase::Open,
             read_blocked: false,
             discarded: 0,
-            active_at: None,
-            request_since: None,
+            timers: Timers::default(),
         }
     }
 
@@ -183,7 +172,7 @@ impl<S: Session> Conn<S> {
                 break;
             }
             WorkerStats::add(&env.stats.bytes_in, n as u64);
-            self.active_at = Some(env.now);
+            self.timers.active(env.now);
             if self.phase == Phase::Lingering {
                 self.discarded += n;
                 if self.discarded > LINGER_MAX_DISCARD {
@@ -316,7 +305,7 @@ impl<S: Session> Conn<S> {
             return;
         }
         // A reply is progress: the request timer restarts with the next request.
-        self.request_since = None;
+        self.timers.replied();
         if self.phase == Phase::Done {
             data.clear();
             return;
@@ -332,7 +321,7 @@ impl<S: Session> Conn<S> {
         } else {
             let (sent, failed) = write_nonblocking(&self.stream, data);
             WorkerStats::add(&env.stats.bytes_out, sent as u64);
-            self.active_at = Some(env.now);
+            self.timers.active(env.now);
             if failed {
                 self.fail(env);
             } else if sent < data.len() {
@@ -351,7 +340,7 @@ impl<S: Session> Conn<S> {
         let (sent, failed) = write_nonblocking(&self.stream, &self.out[self.out_pos..]);
         WorkerStats::add(&env.stats.bytes_out, sent as u64);
         if sent > 0 {
-            self.active_at = Some(env.now);
+            self.timers.active(env.now);
         }
         self.out_pos += sent;
         if failed {
@@ -366,11 +355,7 @@ impl<S: Session> Conn<S> {
     fn track_request(&mut self, now: Instant) {
         let in_request = self.phase == Phase::Open
             && (!self.pending_in.is_empty() || self.session.mid_request());
-        if !in_request {
-            self.request_since = None;
-        } else if self.request_since.is_none() {
-            self.request_since = Some(now);
-        }
+        self.timers.track(now, in_request);
     }
 
     /// Check the connection's timers (called by a periodic sweep). A request that has
@@ -385,21 +370,20 @@ impl<S: Session> Conn<S> {
         idle_timeout: Duration,
         request_timeout: Duration,
     ) -> Option<Timeout> {
-        let active_at = *self.active_at.get_or_insert(env.now);
-        if self.phase == Phase::Open {
-            if let Some(since) = self.request_since {
-                if env.now.duration_since(since) >= request_timeout {
-                    self.session.handle_timeout(env.cx, &mut bufs.write);
-                    self.phase = Phase::Closing;
-                    self.pending_in = Vec::new();
-                    self.send(bufs, env);
-                    self.advance();
-                    return Some(Timeout::Request);
-                }
+        let open = self.phase == Phase::Open;
+        match self
+            .timers
+            .due(env.now, idle_timeout, request_timeout, open)?
+        {
+            Timeout::Request => {
+                self.session.handle_timeout(env.cx, &mut bufs.write);
+                self.phase = Phase::Closing;
+                self.pending_in = Vec::new();
+                self.send(bufs, env);
+                self.advance();
+                return Some(Timeout::Request);
             }
-        }
-        if env.now.duration_since(active_at) < idle_timeout {
-            return None;
+            Timeout::Idle => {}
         }
         match self.phase {
             Phase::Open if self.is_idle() => {
@@ -425,14 +409,12 @@ impl<S: Session> Conn<S> {
         idle_timeout: Duration,
         request_timeout: Duration,
     ) -> bool {
-        let active_at = *self.active_at.get_or_insert(now);
-        let request_due = self.phase == Phase::Open
-            && self
-                .request_since
-                .is_some_and(|since| now.duration_since(since) >= request_timeout);
-        let idle_due = matches!(self.phase, Phase::Open | Phase::Closing)
-            && now.duration_since(active_at) >= idle_timeout;
-        request_due || idle_due
+        let open = self.phase == Phase::Open;
+        match self.timers.due(now, idle_timeout, request_timeout, open) {
+            Some(Timeout::Request) => true,
+            Some(Timeout::Idle) => matches!(self.phase, Phase::Open | Phase::Closing),
+            None => false,
+        }
     }
 
     /// An I/O error: the connection is beyond saving.

@@ -54,6 +54,7 @@ mod ratelog;
 mod shutdown;
 mod stats;
 mod strategy;
+mod timers;
 
 pub use builder::{Report, Server, ServerBuilder, ServerError, ServerHandle};
 pub use c10k_proto::{App, Session};

@@ -20,6 +20,7 @@ use c10k_sys::uring::{OpId, Socket};
 use crate::config::MAX_PENDING_INPUT;
 use crate::conn::{Env, Phase, Timeout};
 use crate::stats::WorkerStats;
+use crate::timers::Timers;
 
 /// Input discarded while closing before the driver gives up and closes hard.
 const LINGER_MAX_DISCARD: usize = 1024 * 1024;
@@ -65,8 +66,7 @@ pub(super) struct UConn<S> {
     eof: bool,
     phase: Phase,
     discarded: usize,
-    active_at: Option<Instant>,
-    request_since: Option<Instant>,
+    timers: Timers,
 }
 
 impl<S: Session> UConn<S> {
@@ -85,8 +85,7 @@ impl<S: Session> UConn<S> {
             eof: false,
             phase: Phase::Open,
             discarded: 0,
-            active_at: None,
-            request_since: None,
+            timers: Timers::default(),
         }
     }
 
@@ -169,7 +168,7 @@ impl<S: Session> UConn<S> {
     /// Bytes arrived.
     pub(super) fn on_data(&mut self, data: &[u8], spare: &mut Spare, env: &Env<'_>) {
         WorkerStats::add(&env.stats.bytes_in, data.len() as u64);
-        self.active_at = Some(env.now);
+        self.timers.active(env.now);
         match self.phase {
             Phase::Open => self.feed(data, spare, env),
             Phase::Closing | Phase::Lingering => {
@@ -217,7 +216,7 @@ impl<S: Session> UConn<S> {
             }
         };
         WorkerStats::add(&env.stats.bytes_out, sent as u64);
-        self.active_at = Some(env.now);
+        self.timers.active(env.now);
         let done = (pos + sent).min(buf.len());
         let reuse = if done < buf.len() && self.phase != Phase::Done {
             // A partial send: the rest goes next, before what was queued behind it.
@@ -248,7 +247,7 @@ impl<S: Session> UConn<S> {
     /// Output was produced: a reply is progress, the request timer restarts.
     fn replied(&mut self, before: usize) {
         if self.out.len() > before {
-            self.request_since = None;
+            self.timers.replied();
         }
     }
 
@@ -319,11 +318,7 @@ impl<S: Session> UConn<S> {
     fn track_request(&mut self, now: Instant) {
         let in_request = self.phase == Phase::Open
             && (!self.pending_in.is_empty() || self.session.mid_request());
-        if !in_request {
-            self.request_since = None;
-        } else if self.request_since.is_none() {
-            self.request_since = Some(now);
-        }
+        self.timers.track(now, in_request);
     }
 
     /// Check the idle and request timers (the same rules as the readiness driver's
@@ -335,22 +330,21 @@ impl<S: Session> UConn<S> {
         idle_timeout: Duration,
         request_timeout: Duration,
     ) -> Option<Timeout> {
-        let active_at = *self.active_at.get_or_insert(env.now);
-        if self.phase == Phase::Open {
-            if let Some(since) = self.request_since {
-                if env.now.duration_since(since) >= request_timeout {
-                    self.ensure_out(spare);
-                    self.session.handle_timeout(env.cx, &mut self.out);
-                    self.request_since = None;
-                    self.phase = Phase::Closing;
-                    self.pending_in = Vec::new();
-                    self.advance();
-                    return Some(Timeout::Request);
-                }
+        let open = self.phase == Phase::Open;
+        match self
+            .timers
+            .due(env.now, idle_timeout, request_timeout, open)?
+        {
+            Timeout::Request => {
+                self.ensure_out(spare);
+                self.session.handle_timeout(env.cx, &mut self.out);
+                self.timers.replied();
+                self.phase = Phase::Closing;
+                self.pending_in = Vec::new();
+                self.advance();
+                return Some(Timeout::Request);
             }
-        }
-        if env.now.duration_since(active_at) < idle_timeout {
-            return None;
+            Timeout::Idle => {}
         }
         match self.phase {
             Phase::Open if self.is_idle() => {
