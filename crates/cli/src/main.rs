@@ -107,6 +107,10 @@ struct ServeArgs {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Serve Prometheus metrics (text format 0.0.4) at http://ADDR/metrics, e.g.
+    /// 127.0.0.1:9100 (port 0: the kernel picks one; the address is logged).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
 }
 
 fn parse_strategy(s: &str) -> Result<Strategy, String> {
@@ -180,6 +184,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Ok(n) => tracing::debug!("open files limit: {n}"),
         Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
     }
+    // Socket activation (LISTEN_FDS): taken before any thread exists.
+    let inherited = c10k_server::activation::inherited_listener()
+        .context("taking the inherited listening socket (LISTEN_FDS)")?;
     let builder = Server::builder()
         .strategy(args.strategy)
         .listen(args.listen)
@@ -197,6 +204,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             buf_count: args.uring_buffers.0,
             buf_size: args.uring_buffers.1,
         });
+    let builder = match args.metrics {
+        Some(addr) => builder.metrics(addr),
+        None => builder,
+    };
+    let builder = match inherited {
+        Some(listener) => {
+            tracing::info!(
+                "serving the inherited socket; --listen {} is not used",
+                args.listen
+            );
+            builder.listener(listener)
+        }
+        None => builder,
+    };
     match args.app {
         AppName::Echo => run(builder, EchoApp, "echo"),
         AppName::Http => run(
@@ -219,6 +240,9 @@ fn run<A: App>(builder: ServerBuilder, app: A, app_name: &str) -> anyhow::Result
         out.flush().context("writing to stdout")?;
     }
     tracing::info!("serving {app_name} on {addr}");
+    if let Some(m) = server.metrics_addr() {
+        tracing::info!("metrics on http://{m}/metrics");
+    }
     let report = server.run()?;
     tracing::info!(
         "drained; accepted per worker: {:?}",

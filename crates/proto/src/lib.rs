@@ -118,6 +118,14 @@ pub trait Session: Send {
     /// slow or stalled client, slowloris). Append a final reply if the protocol has one
     /// (HTTP: `408 Request Timeout`); the driver then flushes `out` and closes.
     fn handle_timeout(&mut self, _cx: &Cx, _out: &mut Vec<u8>) {}
+
+    /// Requests answered since the last call, for the server's request counter
+    /// (`c10k_requests_total`). The driver calls it after each
+    /// [`handle_input`](Session::handle_input). A protocol without request boundaries
+    /// (echo) keeps the default, 0.
+    fn take_requests(&mut self) -> u64 {
+        0
+    }
 }
 
 /// A protocol: opens one [`Session`] per connection and owns what they share.

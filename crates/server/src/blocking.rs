@@ -259,6 +259,7 @@ impl<S: Session> Driver<'_, S> {
                     }
                 }
             };
+            WorkerStats::add(&self.env.stats.requests, self.session.take_requests());
             consumed += used;
             closing |= self.session.wants_close();
             self.flush()?;

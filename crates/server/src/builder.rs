@@ -5,12 +5,14 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use c10k_proto::App;
 
-use crate::accept::bind_listeners;
+use crate::accept::{bind_listeners, bind_one};
 use crate::config::{AcceptMode, Config, MAX_STACK_SIZE, MIN_STACK_SIZE};
+use crate::metrics::{Metrics, MetricsEndpoint};
+use crate::shared_stats::SharedStats;
 use crate::shutdown::Shutdown;
 use crate::stats::{OpenConns, WorkerStats};
 use crate::strategy::{Availability, ProcessModel, Strategy, WorkerCtx, run_processes, run_worker};
@@ -62,6 +64,8 @@ pub struct ServerBuilder<A = ()> {
     config: Config,
     listen: SocketAddr,
     app: A,
+    /// A listening socket to serve instead of binding `listen` (socket activation).
+    inherited: Option<Arc<TcpListener>>,
 }
 
 /// A bound server: listening (the kernel already queues connections), not yet serving.
@@ -74,6 +78,10 @@ pub struct Server<A = ()> {
     shutdown: Arc<Shutdown>,
     stats: Vec<Arc<WorkerStats>>,
     open: Arc<OpenConns>,
+    /// The `/metrics` endpoint, if asked for.
+    metrics: Option<MetricsEndpoint>,
+    /// Forking strategies: the counters their children publish.
+    shared_stats: Option<Arc<SharedStats>>,
 }
 
 /// What a server did, returned when it has stopped.
@@ -101,6 +109,7 @@ impl Server<()> {
             config: Config::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
             app: (),
+            inherited: None,
         }
     }
 }
@@ -113,6 +122,7 @@ impl<A> ServerBuilder<A> {
             config: self.config,
             listen: self.listen,
             app,
+            inherited: self.inherited,
         }
     }
     /// The strategy.
@@ -173,6 +183,19 @@ impl<A> ServerBuilder<A> {
     /// Replace all settings at once.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
+        self
+    }
+    /// Serve Prometheus metrics (`GET /metrics`) on this address (port 0: the kernel
+    /// picks one; see [`Server::metrics_addr`]).
+    pub fn metrics(mut self, addr: SocketAddr) -> Self {
+        self.config.metrics = Some(addr);
+        self
+    }
+    /// Serve on this already-listening socket instead of binding the `listen` address
+    /// (socket activation, see [`crate::activation`]). Every worker shares it,
+    /// whatever the accept mode.
+    pub fn listener(mut self, listener: TcpListener) -> Self {
+        self.inherited = Some(Arc::new(listener));
         self
     }
 }
@@ -247,17 +270,71 @@ impl<A: App> ServerBuilder<A> {
         } else {
             (strategy.loops(c.workers), c.accept)
         };
-        let listeners =
-            bind_listeners(self.listen, loops, accept, c.backlog).map_err(|source| {
+        let was_inherited = self.inherited.is_some();
+        let inherited = self.inherited.map(|l| match Arc::try_unwrap(l) {
+            Ok(l) => Ok(l),
+            Err(shared) => shared.try_clone(),
+        });
+        let listeners = match inherited {
+            Some(l) => {
+                if loops > 1 && matches!(strategy, Strategy::Select | Strategy::Poll) {
+                    return Err(ServerError::Config(format!(
+                        "an inherited listening socket is shared by every worker, which needs \
+                         epoll's EPOLLEXCLUSIVE; {strategy} can serve it with --workers 1 only"
+                    )));
+                }
+                let l = l?;
+                l.set_nonblocking(true)?;
+                vec![l]
+            }
+            None => bind_listeners(self.listen, loops, accept, c.backlog).map_err(|source| {
                 ServerError::Bind {
                     addr: self.listen,
                     source,
                 }
-            })?;
+            })?,
+        };
+        let accept_label = if was_inherited {
+            "inherited"
+        } else {
+            accept.name()
+        };
         let local_addr = listeners[0].local_addr()?;
-        let stats = (0..loops)
+        let stats: Vec<Arc<WorkerStats>> = (0..loops)
             .map(|_| Arc::new(WorkerStats::default()))
             .collect();
+        let open = Arc::new(OpenConns::default());
+        // Forked children count in copies of memory: they publish into a shared
+        // mapping, one block per prefork pool slot (one for all fork children).
+        let shared_stats = if forks {
+            let blocks = if strategy == Strategy::Prefork {
+                c.workers
+            } else {
+                1
+            };
+            Some(Arc::new(SharedStats::new(blocks)?))
+        } else {
+            None
+        };
+        let metrics = match c.metrics {
+            None => None,
+            Some(addr) => {
+                let listener = bind_one(addr, false, 64)
+                    .map_err(|source| ServerError::Bind { addr, source })?;
+                Some(MetricsEndpoint {
+                    listener,
+                    metrics: Metrics {
+                        strategy,
+                        accept: accept_label,
+                        max_conns: c.max_conns,
+                        stats: stats.clone(),
+                        open: Arc::clone(&open),
+                        shared: shared_stats.clone(),
+                        started: SystemTime::now(),
+                    },
+                })
+            }
+        };
         Ok(Server {
             strategy,
             config: Arc::new(self.config),
@@ -266,7 +343,9 @@ impl<A: App> ServerBuilder<A> {
             local_addr,
             shutdown: Shutdown::new()?,
             stats,
-            open: Arc::new(OpenConns::default()),
+            open,
+            metrics,
+            shared_stats,
         })
     }
 
@@ -286,6 +365,11 @@ impl<A: App> Server<A> {
     /// by its reactor and its worker threads).
     pub fn stats(&self) -> &[Arc<WorkerStats>] {
         &self.stats
+    }
+
+    /// The address of the `/metrics` endpoint, if one was asked for.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.local_addr().ok())
     }
 
     /// Serve until SIGTERM or SIGINT, then drain: stop accepting, finish in-flight
@@ -323,10 +407,14 @@ impl<A: App> Server<A> {
         })
     }
 
-    fn serve(self) -> Result<Report, ServerError> {
+    fn serve(mut self) -> Result<Report, ServerError> {
         if self.strategy.process_model() == ProcessModel::Processes {
             return self.serve_processes();
         }
+        let metrics_thread = match self.metrics.take() {
+            Some(m) => Some(m.spawn(Arc::clone(&self.shutdown))?),
+            None => None,
+        };
         let loops = self.stats.len();
         let shared = self.listeners.len() == 1 && loops > 1;
         let listeners: Vec<Arc<TcpListener>> = self.listeners.into_iter().map(Arc::new).collect();
@@ -342,6 +430,8 @@ impl<A: App> Server<A> {
                 shutdown: Arc::clone(&self.shutdown),
                 stats: Arc::clone(&self.stats[id]),
                 open: Arc::clone(&self.open),
+                shared_stats: None,
+                metrics: None,
             };
             let strategy = self.strategy;
             let t = std::thread::Builder::new()
@@ -352,6 +442,9 @@ impl<A: App> Server<A> {
                 Err(e) => {
                     self.shutdown.trigger();
                     for t in threads {
+                        let _ = t.join();
+                    }
+                    if let Some(t) = metrics_thread {
                         let _ = t.join();
                     }
                     return Err(ServerError::Worker {
@@ -374,6 +467,11 @@ impl<A: App> Server<A> {
             tracing::error!("{result}");
             self.shutdown.trigger();
             first_error.get_or_insert(result);
+        }
+        if let Some(t) = metrics_thread {
+            // It stops at the shutdown trigger, like the workers.
+            self.shutdown.trigger();
+            let _ = t.join();
         }
         for (id, s) in self.stats.iter().enumerate() {
             tracing::info!(
@@ -413,11 +511,17 @@ impl<A: App> Server<A> {
             shutdown: Arc::clone(&self.shutdown),
             stats: Arc::clone(&self.stats[0]),
             open: Arc::clone(&self.open),
+            shared_stats: self.shared_stats.clone(),
+            metrics: self.metrics.take(),
         };
         if let Err(source) = run_processes(self.strategy, ctx) {
             return Err(ServerError::Worker { worker: 0, source });
         }
         let s = &self.stats[0];
+        // The children are gone: their published counters join the parent's.
+        if let Some(shared) = &self.shared_stats {
+            shared.fold_into(s);
+        }
         tracing::info!(
             "{}: accepted {} connection(s) in all, refused {}, accept pauses {}",
             self.strategy,

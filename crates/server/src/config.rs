@@ -90,6 +90,8 @@ pub struct Config {
     pub stack_size: usize,
     /// io_uring settings (the `uring` strategy only).
     pub uring: UringConfig,
+    /// Serve Prometheus metrics on this address (`GET /metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -105,6 +107,7 @@ impl Default for Config {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             stack_size: DEFAULT_STACK_SIZE,
             uring: UringConfig::default(),
+            metrics: None,
         }
     }
 }

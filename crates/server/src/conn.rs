@@ -291,6 +291,7 @@ impl<S: Session> Conn<S> {
                 input.len()
             }
         };
+        WorkerStats::add(&env.stats.requests, session.take_requests());
         if session.wants_close() {
             *phase = Phase::Closing;
         }

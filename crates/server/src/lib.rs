@@ -46,11 +46,14 @@
 //! ```
 
 mod accept;
+pub mod activation;
 mod blocking;
 mod builder;
 mod config;
 mod conn;
+mod metrics;
 mod ratelog;
+mod shared_stats;
 mod shutdown;
 mod stats;
 mod strategy;

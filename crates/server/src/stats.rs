@@ -33,6 +33,8 @@ pub struct WorkerStats {
     pub bytes_in: AtomicU64,
     /// Bytes written to clients.
     pub bytes_out: AtomicU64,
+    /// Requests answered (HTTP requests, RESP commands; echo has none).
+    pub requests: AtomicU64,
     /// io_uring counters (the `uring` strategy only).
     pub uring: UringStats,
 }
@@ -74,7 +76,9 @@ pub struct UringStats {
 
 impl WorkerStats {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
+        if n != 0 {
+            counter.fetch_add(n, Relaxed);
+        }
     }
 
     /// A counter's current value.

@@ -14,11 +14,17 @@
 //! - [`process`]: `fork`, refused unless the process is single-threaded;
 //! - [`uring`]: an io_uring whose operations own their buffers until their completions
 //!   return (provided-buffer ring, multishot accept/recv, sends that hand their `Vec`
-//!   back, closes through the ring).
+//!   back, closes through the ring);
+//! - [`shm`]: counters in a `MAP_SHARED` mapping that forked children share with
+//!   their parent;
+//! - [`activation`]: taking the listening sockets a service manager passed
+//!   (`LISTEN_FDS`, systemd's socket activation).
 
+pub mod activation;
 pub mod poll;
 pub mod process;
 pub mod select;
+pub mod shm;
 pub mod uring;
 
 pub use poll::{PollFd, poll};

@@ -205,6 +205,8 @@ pub struct HttpSession {
     /// The request being handled is a `HEAD` request: its responses, error responses
     /// included, carry no body.
     head_only: bool,
+    /// Requests answered since the last [`Session::take_requests`].
+    answered: u64,
     /// Bytes examined looking for the end of heads (to check scanning is linear).
     #[cfg(test)]
     scan_work: usize,
@@ -295,6 +297,7 @@ impl HttpSession {
             draining: false,
             head_pending: false,
             head_only: false,
+            answered: 0,
             #[cfg(test)]
             scan_work: 0,
         }
@@ -522,6 +525,7 @@ impl HttpSession {
 
     /// The request is answered: get ready for the next one, or close.
     fn finish_request(&mut self, close: bool) {
+        self.answered += 1;
         self.state = State::Head { scanned: 0 };
         self.head_only = false;
         if close {
@@ -634,6 +638,10 @@ impl Session for HttpSession {
         if !self.mid_request() {
             self.close_now();
         }
+    }
+
+    fn take_requests(&mut self) -> u64 {
+        std::mem::take(&mut self.answered)
     }
 
     fn handle_timeout(&mut self, cx: &Cx, out: &mut Vec<u8>) {

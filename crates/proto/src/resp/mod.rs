@@ -146,6 +146,7 @@ impl App for RespApp {
             parser: RequestParser::new(),
             close: false,
             draining: false,
+            answered: 0,
         }
     }
 }
@@ -159,6 +160,8 @@ pub struct RespSession {
     close: bool,
     /// The server is shutting down: close after the request in progress.
     draining: bool,
+    /// Commands answered since the last [`Session::take_requests`].
+    answered: u64,
 }
 
 impl Session for RespSession {
@@ -175,8 +178,10 @@ impl Session for RespSession {
         let store = &self.store;
         let close = &mut self.close;
         let draining = self.draining;
+        let answered = &mut self.answered;
         let fed = self.parser.feed(input, |args| {
             let outcome = commands::execute(store, now, args, out);
+            *answered += 1;
             if outcome == Outcome::Close || draining {
                 *close = true;
                 Flow::Stop
@@ -213,5 +218,9 @@ impl Session for RespSession {
         if !self.parser.mid_request() {
             self.close = true;
         }
+    }
+
+    fn take_requests(&mut self) -> u64 {
+        std::mem::take(&mut self.answered)
     }
 }

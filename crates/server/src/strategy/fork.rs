@@ -36,7 +36,9 @@ use super::procs::{CHILD_MARGIN, Children, describe, enter_child, require_single
 use crate::accept::{AcceptGuard, Accepted, accept_one};
 use crate::blocking::{BlockingEnv, serve_blocking};
 use crate::config::Config;
+use crate::metrics::PARENT_BUDGET;
 use crate::ratelog::RateLog;
+use crate::shared_stats::SharedStats;
 use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;
 
@@ -54,9 +56,12 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
         shutdown,
         stats,
         open,
+        shared_stats,
+        metrics,
         ..
     } = ctx;
     let mut listener = listener;
+    let mut metrics = metrics;
     let mut children = Children::new()?;
     let parent = rustix::process::getpid();
     let mut guard = AcceptGuard::new();
@@ -87,10 +92,15 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
         } else {
             PollFlags::IN
         };
+        let (metrics_fd, metrics_flags) = match &metrics {
+            Some(m) => (m.listener.as_fd(), PollFlags::IN),
+            None => (shutdown.wake_fd(), PollFlags::empty()),
+        };
         let mut fds = [
             PollFd::from_borrowed_fd(shutdown.wake_fd(), PollFlags::IN),
             PollFd::from_borrowed_fd(l.as_fd(), listen_flags),
             PollFd::from_borrowed_fd(children.fd().unwrap_or(shutdown.wake_fd()), PollFlags::IN),
+            PollFd::from_borrowed_fd(metrics_fd, metrics_flags),
         ];
         match poll(&mut fds, timeout.as_ref()) {
             Ok(_) => {}
@@ -99,6 +109,11 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
         }
         if !fds[0].revents().is_empty() {
             break;
+        }
+        if !fds[3].revents().is_empty() {
+            if let Some(m) = &metrics {
+                m.serve_ready(PARENT_BUDGET);
+            }
         }
         if fds[1].revents().is_empty() {
             continue; // SIGCHLD or the end of a pause: handled at the top
@@ -122,9 +137,17 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
                             // The child: it must not keep the listener open (the
                             // socket would outlive the parent's close on drain).
                             drop(listener.take());
+                            drop(metrics.take());
                             children.forget_in_child();
                             let session = app.open(&peer);
-                            let code = child_main(stream, session, &shutdown, parent, &config);
+                            let code = child_main(
+                                stream,
+                                session,
+                                &shutdown,
+                                parent,
+                                &config,
+                                shared_stats.as_deref(),
+                            );
                             exit_immediately(code);
                         }
                         Ok(Fork::Parent(pid)) => {
@@ -197,6 +220,7 @@ fn child_main<S: Session>(
     parent_shutdown: &Arc<Shutdown>,
     parent: Pid,
     config: &Config,
+    shared_stats: Option<&SharedStats>,
 ) -> i32 {
     let own = match enter_child(parent_shutdown, parent) {
         Ok(own) => own,
@@ -215,5 +239,10 @@ fn child_main<S: Session>(
         header_timeout: config.header_timeout,
     };
     serve_blocking(stream, session, &env);
+    // What this connection counted (bytes, requests, errors, timeouts) goes to the
+    // parent's `/metrics`; accepting and closing the parent counted itself.
+    if let Some(shared) = shared_stats {
+        shared.publish(0, &stats, &mut Vec::new());
+    }
     0
 }

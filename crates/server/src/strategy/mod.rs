@@ -335,6 +335,10 @@ pub(crate) struct WorkerCtx<A> {
     pub(crate) shutdown: Arc<Shutdown>,
     pub(crate) stats: Arc<WorkerStats>,
     pub(crate) open: Arc<OpenConns>,
+    /// Forking strategies: where children publish their counters.
+    pub(crate) shared_stats: Option<Arc<crate::shared_stats::SharedStats>>,
+    /// Forking strategies: the metrics endpoint, served by the parent's own loop.
+    pub(crate) metrics: Option<crate::metrics::MetricsEndpoint>,
 }
 
 /// Run one worker of `strategy` until it has drained after shutdown. For a

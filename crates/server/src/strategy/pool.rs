@@ -150,6 +150,7 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
         shutdown,
         stats,
         open,
+        ..
     } = ctx;
     let shared = Arc::new(Shared {
         epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,

@@ -20,9 +20,10 @@
 //! - **The RESP store is per process**: a key is seen only by connections the same
 //!   worker serves.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,9 @@ use super::procs::{Children, describe, enter_child, require_single_thread};
 use crate::accept::{AcceptGuard, Accepted, accept_one};
 use crate::blocking::{BlockingEnv, serve_blocking};
 use crate::config::Config;
+use crate::metrics::PARENT_BUDGET;
 use crate::ratelog::RateLog;
+use crate::shared_stats::SharedStats;
 use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;
 
@@ -57,41 +60,56 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
         config,
         shutdown,
         stats,
+        shared_stats,
+        metrics,
         ..
     } = ctx;
+    let shared_stats = match shared_stats {
+        Some(s) => s,
+        None => Arc::new(SharedStats::new(config.workers)?),
+    };
     let mut listener = listener;
+    let mut metrics = metrics;
     let mut children = Children::new()?;
     let parent = rustix::process::getpid();
     let mut missing = config.workers;
+    // Pool slots (the `worker` label of /metrics): which child serves which.
+    let mut free_slots: Vec<usize> = (0..config.workers).rev().collect();
+    let mut slot_of: HashMap<Pid, usize> = HashMap::new();
     let mut next_start = Instant::now();
     let mut backoff = RESPAWN_BACKOFF_MIN;
     let mut started = 0u64;
     let mut fork_log = RateLog::new(Duration::from_secs(1));
-    let mut tally = Tally::new()?;
     while !shutdown.is_requested() {
         let now = Instant::now();
         while missing > 0 && now >= next_start {
             let Some(l) = listener.as_ref() else {
                 break;
             };
+            let slot = free_slots.pop().unwrap_or(0);
             match fork() {
                 Ok(Fork::Child) => {
                     let l = Arc::clone(l);
                     drop(listener.take());
+                    drop(metrics.take());
                     children.forget_in_child();
-                    let code = worker_main(&l, &app, &shutdown, parent, &config, local_addr);
-                    if let Ok(accepted) = code {
-                        tally.report(accepted);
-                    }
+                    let publish = Publish {
+                        shared: &shared_stats,
+                        slot,
+                    };
+                    let code =
+                        worker_main(&l, &app, &shutdown, parent, &config, local_addr, &publish);
                     exit_immediately(if code.is_ok() { 0 } else { 1 });
                 }
                 Ok(Fork::Parent(pid)) => {
                     children.insert(pid);
+                    slot_of.insert(pid, slot);
                     missing -= 1;
                     started += 1;
                 }
                 Err(e) if e.raw_os_error().is_none() => return Err(e),
                 Err(e) => {
+                    free_slots.push(slot);
                     if let Some(n) = fork_log.hit(now) {
                         tracing::warn!(
                             "cannot fork a prefork worker ({e}, {n} time(s)); {} alive, retrying in {backoff:?}",
@@ -106,9 +124,14 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
         let timeout = (missing > 0)
             .then(|| next_start.saturating_duration_since(now) + Duration::from_millis(1))
             .and_then(|t| Timespec::try_from(t).ok());
+        let (metrics_fd, metrics_flags) = match &metrics {
+            Some(m) => (m.listener.as_fd(), PollFlags::IN),
+            None => (shutdown.wake_fd(), PollFlags::empty()),
+        };
         let mut fds = [
             PollFd::from_borrowed_fd(shutdown.wake_fd(), PollFlags::IN),
             PollFd::from_borrowed_fd(children.fd().unwrap_or(shutdown.wake_fd()), PollFlags::IN),
+            PollFd::from_borrowed_fd(metrics_fd, metrics_flags),
         ];
         match poll(&mut fds, timeout.as_ref()) {
             Ok(_) => {}
@@ -118,9 +141,18 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
         if !fds[0].revents().is_empty() || shutdown.is_requested() {
             break;
         }
+        if !fds[2].revents().is_empty() {
+            if let Some(m) = &metrics {
+                m.serve_ready(PARENT_BUDGET);
+            }
+        }
         let reaped = children.reap();
-        tally.collect(&stats);
         for r in reaped {
+            if let Some(slot) = slot_of.remove(&r.pid) {
+                // A worker killed mid-connection cannot clear its own gauge.
+                shared_stats.set_open(slot, 0);
+                free_slots.push(slot);
+            }
             tracing::warn!(
                 "prefork worker {} {} after {:?}; replacing it",
                 r.pid.as_raw_nonzero(),
@@ -137,59 +169,37 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
         }
     }
     drop(listener);
+    drop(metrics);
     drain_children(
         &mut children,
         config.drain_timeout,
         &stats,
         "prefork worker",
     );
-    tally.collect(&stats);
+    let accepted = (0..shared_stats.blocks())
+        .map(|b| accepted_in(&shared_stats, b))
+        .sum::<u64>();
     tracing::info!(
-        "prefork: {} worker(s), {started} started in all; they accepted {} connection(s)",
+        "prefork: {} worker(s), {started} started in all; they accepted {accepted} connection(s)",
         config.workers,
-        WorkerStats::get(&stats.accepted)
     );
     Ok(())
 }
 
-/// Workers report how many connections they accepted when they exit: 8 bytes each
-/// into a pipe the parent reads (writes of at most `PIPE_BUF` bytes are atomic).
-struct Tally {
-    read: OwnedFd,
-    write: OwnedFd,
+/// Connections accepted by pool slot `b`, as its workers published.
+fn accepted_in(shared: &SharedStats, b: usize) -> u64 {
+    let i = crate::metrics::SERIES
+        .iter()
+        .position(|s| s.name == "c10k_connections_accepted_total")
+        .unwrap_or(0);
+    shared.snapshot(b).get(i).copied().unwrap_or(0)
 }
 
-impl Tally {
-    fn new() -> io::Result<Self> {
-        let (read, write) = rustix::pipe::pipe_with(
-            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
-        )?;
-        Ok(Tally { read, write })
-    }
-
-    /// In a worker: report its count (lost if the pipe is full; the count is only
-    /// for the log).
-    fn report(&self, accepted: u64) {
-        let _ = rustix::io::write(&self.write, &accepted.to_le_bytes());
-    }
-
-    /// In the parent: add every count reported so far to `stats.accepted`.
-    fn collect(&mut self, stats: &WorkerStats) {
-        let mut buf = [0u8; 512];
-        // Bounded: the pipe holds at most 64 KiB.
-        for _ in 0..256 {
-            match rustix::io::read(&self.read, &mut buf) {
-                Ok(n) if n > 0 => {
-                    for record in buf[..n].chunks_exact(8) {
-                        let mut b = [0u8; 8];
-                        b.copy_from_slice(record);
-                        WorkerStats::add(&stats.accepted, u64::from_le_bytes(b));
-                    }
-                }
-                _ => return,
-            }
-        }
-    }
+/// Where a worker publishes its counters: its pool slot's block of the mapping the
+/// parent reads for `/metrics`.
+struct Publish<'a> {
+    shared: &'a SharedStats,
+    slot: usize,
 }
 
 const LISTENER: u64 = 0;
@@ -204,11 +214,20 @@ fn worker_main<A: App>(
     parent: Pid,
     config: &Config,
     local_addr: std::net::SocketAddr,
+    publish: &Publish<'_>,
 ) -> Result<u64, ()> {
     let own = enter_child(parent_shutdown, parent).map_err(|e| {
         tracing::error!("prefork worker: set-up failed: {e}");
     })?;
-    match serve_pool_slot(listener, app, &own, parent_shutdown, config, local_addr) {
+    match serve_pool_slot(
+        listener,
+        app,
+        &own,
+        parent_shutdown,
+        config,
+        local_addr,
+        publish,
+    ) {
         Ok(accepted) => {
             tracing::debug!(
                 "prefork worker {}: accepted {accepted} connection(s)",
@@ -230,6 +249,7 @@ fn serve_pool_slot<A: App>(
     parent_shutdown: &Shutdown,
     config: &Config,
     local_addr: std::net::SocketAddr,
+    publish: &Publish<'_>,
 ) -> io::Result<u64> {
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
     let listen = EventFlags::IN | EventFlags::EXCLUSIVE;
@@ -238,6 +258,7 @@ fn serve_pool_slot<A: App>(
         epoll::add(&ep, fd, EventData::new_u64(WAKE), EventFlags::IN)?;
     }
     let stats = WorkerStats::default();
+    let mut published = Vec::new();
     let open = crate::stats::OpenConns::default();
     let mut guard = AcceptGuard::new();
     let mut events: Vec<epoll::Event> = Vec::with_capacity(4);
@@ -267,6 +288,8 @@ fn serve_pool_slot<A: App>(
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
+        // What the last round counted goes to the parent's /metrics.
+        publish.shared.publish(publish.slot, &stats, &mut published);
         if events.iter().any(|e| e.data.u64() == WAKE) {
             break;
         }
@@ -279,12 +302,17 @@ fn serve_pool_slot<A: App>(
                 if !guard.admit(now, &open, 1, &stats) {
                     continue;
                 }
+                publish.shared.set_open(publish.slot, 1);
+                publish.shared.publish(publish.slot, &stats, &mut published);
                 let session = app.open(&Peer {
                     addr,
                     local: Some(local_addr),
                 });
                 let outcome = serve_blocking(stream, session, &env);
                 open.release();
+                WorkerStats::add(&stats.closed, 1);
+                publish.shared.publish(publish.slot, &stats, &mut published);
+                publish.shared.set_open(publish.slot, 0);
                 if outcome.drained {
                     break;
                 }
@@ -298,5 +326,6 @@ fn serve_pool_slot<A: App>(
             Accepted::Failed(e) => guard.failed(now, &e, &stats),
         }
     }
+    publish.shared.publish(publish.slot, &stats, &mut published);
     Ok(WorkerStats::get(&stats.accepted))
 }

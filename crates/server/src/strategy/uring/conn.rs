@@ -415,6 +415,7 @@ fn call<S: Session>(
             input.len()
         }
     };
+    WorkerStats::add(&env.stats.requests, session.take_requests());
     if session.wants_close() {
         *phase = Phase::Closing;
     }

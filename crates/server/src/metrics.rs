@@ -1,0 +1,571 @@
+//! `/metrics`: the counters of [`WorkerStats`] in the Prometheus text exposition format
+//! (version 0.0.4), served over HTTP by a small endpoint that never runs on a worker.
+//!
+//! - **Where it runs.** For the thread-based strategies, a dedicated thread
+//!   (`c10k-metrics`) blocks in `poll(2)` on the metrics listener and the shutdown pipe.
+//!   The forking strategies must stay single-threaded (see `strategy/procs.rs`), so
+//!   their parent polls the metrics listener beside its own fds and answers a scrape
+//!   itself, each one bounded by [`PARENT_BUDGET`]; the parent only accepts (`fork`)
+//!   or supervises (`prefork`), so the workers never wait for a scrape.
+//! - **Where the numbers come from.** Every series is one row of [`SERIES`]: a name,
+//!   help text, optional `kind` label, and the [`WorkerStats`] field it reads. Adding
+//!   a counter to `WorkerStats` and one row here exposes it (and makes forked children
+//!   share it, see [`crate::shared_stats`]).
+//! - **Forked workers.** A child's memory is a copy, so its counters are invisible to
+//!   the parent. Children therefore publish what they counted into a `MAP_SHARED`
+//!   mapping created before the first fork ([`SharedStats`]): `prefork` workers after
+//!   every accept and every connection (one block per pool slot, so `worker` is the
+//!   slot), `fork` children when their connection ends. The parent adds its own
+//!   counters (fork: accepts and refusals; prefork: drain kills) to worker 0.
+//! - Anything but `GET /metrics` (or `HEAD`) is answered 400, 404 or 405, and the
+//!   connection is closed after every answer.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustix::event::{PollFd, PollFlags, poll};
+
+use crate::accept::{Accepted, accept_one};
+use crate::shared_stats::SharedStats;
+use crate::shutdown::Shutdown;
+use crate::stats::{OpenConns, WorkerStats};
+use crate::strategy::Strategy;
+
+/// Longest time the single-threaded parent of `fork`/`prefork` spends on one scrape
+/// (a client that sends its request slowly gets a 400 or nothing).
+pub(crate) const PARENT_BUDGET: Duration = Duration::from_millis(200);
+/// Longest time the metrics thread spends on one scrape.
+const THREAD_BUDGET: Duration = Duration::from_secs(2);
+/// Largest request head read.
+const MAX_HEAD: usize = 8 * 1024;
+/// The content type of the text format.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// One time series per worker: a row of the exposition.
+pub(crate) struct Series {
+    /// Metric family name (`*_total` for counters).
+    pub(crate) name: &'static str,
+    /// `# HELP` text (the same for every row of a family).
+    pub(crate) help: &'static str,
+    /// `counter` or `gauge`.
+    pub(crate) kind: &'static str,
+    /// An extra label, e.g. `("kind", "idle")`.
+    pub(crate) label: Option<(&'static str, &'static str)>,
+    /// Only meaningful for the `uring` strategy (hidden otherwise).
+    pub(crate) uring_only: bool,
+    /// The counter it reads.
+    pub(crate) get: fn(&WorkerStats) -> &AtomicU64,
+}
+
+const fn counter(
+    name: &'static str,
+    help: &'static str,
+    label: Option<(&'static str, &'static str)>,
+    get: fn(&WorkerStats) -> &AtomicU64,
+) -> Series {
+    Series {
+        name,
+        help,
+        kind: "counter",
+        label,
+        uring_only: false,
+        get,
+    }
+}
+
+const fn uring(
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    get: fn(&WorkerStats) -> &AtomicU64,
+) -> Series {
+    Series {
+        name,
+        help,
+        kind,
+        label: None,
+        uring_only: true,
+        get,
+    }
+}
+
+/// Every per-worker series, families contiguous. Add a row to expose a new counter.
+pub(crate) const SERIES: &[Series] = &[
+    counter(
+        "c10k_connections_accepted_total",
+        "Connections accepted and served.",
+        None,
+        |s| &s.accepted,
+    ),
+    counter(
+        "c10k_connections_closed_total",
+        "Connections closed, for any reason.",
+        None,
+        |s| &s.closed,
+    ),
+    counter(
+        "c10k_connections_refused_total",
+        "Connections accepted and closed at once: kind=max_conns (--max-conns reached) or kind=backend (the strategy could not serve it: FD_SETSIZE, no thread or process).",
+        Some(("kind", "max_conns")),
+        |s| &s.refused_max_conns,
+    ),
+    counter(
+        "c10k_connections_refused_total",
+        "",
+        Some(("kind", "backend")),
+        |s| &s.refused_backend,
+    ),
+    counter(
+        "c10k_requests_total",
+        "Requests answered (HTTP requests, RESP commands; echo counts none).",
+        None,
+        |s| &s.requests,
+    ),
+    counter(
+        "c10k_received_bytes_total",
+        "Bytes read from clients.",
+        None,
+        |s| &s.bytes_in,
+    ),
+    counter(
+        "c10k_sent_bytes_total",
+        "Bytes written to clients.",
+        None,
+        |s| &s.bytes_out,
+    ),
+    counter(
+        "c10k_errors_total",
+        "Errors: kind=accept (accept failures other than running out of fds), kind=protocol (sessions ended by a protocol error reply), kind=io (connections ended by an I/O error).",
+        Some(("kind", "accept")),
+        |s| &s.accept_errors,
+    ),
+    counter("c10k_errors_total", "", Some(("kind", "protocol")), |s| {
+        &s.proto_errors
+    }),
+    counter("c10k_errors_total", "", Some(("kind", "io")), |s| {
+        &s.io_errors
+    }),
+    counter(
+        "c10k_accept_pauses_total",
+        "Times accepting paused for lack of fds or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM).",
+        None,
+        |s| &s.accept_pauses,
+    ),
+    counter(
+        "c10k_timeouts_total",
+        "Connections closed by a timeout: kind=idle (--idle-timeout) or kind=request (--header-timeout).",
+        Some(("kind", "idle")),
+        |s| &s.timeouts_idle,
+    ),
+    counter("c10k_timeouts_total", "", Some(("kind", "request")), |s| {
+        &s.timeouts_request
+    }),
+    counter(
+        "c10k_drain_forced_total",
+        "Connections (or processes) force-closed at the drain deadline.",
+        None,
+        |s| &s.drain_forced,
+    ),
+    uring(
+        "c10k_uring_enters_total",
+        "io_uring submit-and-wait calls.",
+        "counter",
+        |s| &s.uring.enters,
+    ),
+    uring(
+        "c10k_uring_sqes_total",
+        "io_uring submission entries queued.",
+        "counter",
+        |s| &s.uring.sqes,
+    ),
+    uring(
+        "c10k_uring_cqes_total",
+        "io_uring completions reaped.",
+        "counter",
+        |s| &s.uring.cqes,
+    ),
+    uring(
+        "c10k_uring_enobufs_total",
+        "Multishot receives ended by an empty buffer ring.",
+        "counter",
+        |s| &s.uring.enobufs,
+    ),
+    uring(
+        "c10k_uring_in_flight",
+        "io_uring operations in flight.",
+        "gauge",
+        |s| &s.uring.in_flight,
+    ),
+    uring(
+        "c10k_uring_leaked_ops",
+        "Operations still in flight when a ring was torn down (should stay 0).",
+        "gauge",
+        |s| &s.uring.leaked_ops,
+    ),
+];
+
+/// The values of [`SERIES`] for one worker.
+pub(crate) fn snapshot(stats: &WorkerStats) -> Vec<u64> {
+    SERIES
+        .iter()
+        .map(|s| WorkerStats::get((s.get)(stats)))
+        .collect()
+}
+
+/// What the endpoint renders: live references to a server's counters.
+pub(crate) struct Metrics {
+    pub(crate) strategy: Strategy,
+    /// `reuseport`, `exclusive` or `inherited`.
+    pub(crate) accept: &'static str,
+    pub(crate) max_conns: usize,
+    pub(crate) stats: Vec<Arc<WorkerStats>>,
+    pub(crate) open: Arc<OpenConns>,
+    /// Forking strategies: what the children counted.
+    pub(crate) shared: Option<Arc<SharedStats>>,
+    pub(crate) started: SystemTime,
+}
+
+impl Metrics {
+    /// Per-worker values: the in-process counters, or for a forking strategy the
+    /// shared blocks with the parent's own counters added to worker 0.
+    fn rows(&self) -> Vec<Vec<u64>> {
+        let Some(shared) = &self.shared else {
+            return self.stats.iter().map(|s| snapshot(s)).collect();
+        };
+        let mut rows: Vec<Vec<u64>> = (0..shared.blocks()).map(|b| shared.snapshot(b)).collect();
+        if let (Some(first), Some(parent)) = (rows.first_mut(), self.stats.first()) {
+            for (v, p) in first.iter_mut().zip(snapshot(parent)) {
+                *v += p;
+            }
+        }
+        rows
+    }
+
+    fn open_now(&self) -> u64 {
+        let shared = self.shared.as_ref().map_or(0, |s| s.open_sum());
+        self.open.current() as u64 + shared
+    }
+
+    /// The whole exposition.
+    pub(crate) fn render(&self) -> String {
+        let rows = self.rows();
+        let mut out = String::with_capacity(4096);
+        let uring = self.strategy == Strategy::Uring;
+        let mut last = "";
+        for (i, s) in SERIES.iter().enumerate() {
+            if s.uring_only && !uring {
+                continue;
+            }
+            if s.name != last {
+                let help = if s.help.is_empty() {
+                    // The family's help is on its first row.
+                    SERIES
+                        .iter()
+                        .find(|f| f.name == s.name && !f.help.is_empty())
+                        .map_or("", |f| f.help)
+                } else {
+                    s.help
+                };
+                let _ = writeln!(out, "# HELP {} {}", s.name, escape_help(help));
+                let _ = writeln!(out, "# TYPE {} {}", s.name, s.kind);
+                last = s.name;
+            }
+            for (w, row) in rows.iter().enumerate() {
+                let value = row.get(i).copied().unwrap_or(0);
+                match s.label {
+                    Some((k, v)) => {
+                        let _ = writeln!(out, "{}{{worker=\"{w}\",{k}=\"{v}\"}} {value}", s.name);
+                    }
+                    None => {
+                        let _ = writeln!(out, "{}{{worker=\"{w}\"}} {value}", s.name);
+                    }
+                }
+            }
+        }
+        let gauge = |out: &mut String, name: &str, help: &str, labels: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name}{labels} {value}");
+        };
+        gauge(
+            &mut out,
+            "c10k_connections_open",
+            "Connections open now (all workers).",
+            "",
+            self.open_now().to_string(),
+        );
+        gauge(
+            &mut out,
+            "c10k_max_connections",
+            "The --max-conns limit (per process).",
+            "",
+            self.max_conns.to_string(),
+        );
+        gauge(
+            &mut out,
+            "c10k_workers",
+            "Worker rows reported: event loops, accept loops, prefork pool slots (fork: 1).",
+            "",
+            rows.len().to_string(),
+        );
+        gauge(
+            &mut out,
+            "c10k_info",
+            "The strategy, how the listener is shared, and the version; always 1.",
+            &format!(
+                "{{strategy=\"{}\",accept=\"{}\",version=\"{}\"}}",
+                self.strategy.name(),
+                self.accept,
+                env!("CARGO_PKG_VERSION")
+            ),
+            "1".to_string(),
+        );
+        let started = self
+            .started
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        gauge(
+            &mut out,
+            "c10k_start_time_seconds",
+            "When the server started, in seconds since the Unix epoch.",
+            "",
+            format!("{}.{:03}", started.as_secs(), started.subsec_millis()),
+        );
+        out
+    }
+}
+
+/// `# HELP` text escapes backslashes and newlines.
+fn escape_help(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// A bound metrics listener and what it serves.
+pub(crate) struct MetricsEndpoint {
+    pub(crate) listener: TcpListener,
+    pub(crate) metrics: Metrics,
+}
+
+impl MetricsEndpoint {
+    /// The address scrapes go to.
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Answer every scrape waiting in the backlog (at most 16), each within `budget`.
+    pub(crate) fn serve_ready(&self, budget: Duration) {
+        for _ in 0..16 {
+            match accept_one(&self.listener) {
+                Accepted::Conn(stream, _) => {
+                    if let Err(e) = answer(stream, &self.metrics, budget) {
+                        tracing::debug!("metrics request: {e}");
+                    }
+                }
+                Accepted::Retry => {}
+                Accepted::Empty => return,
+                Accepted::Exhausted(e) | Accepted::Failed(e) => {
+                    tracing::debug!("metrics accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Serve on a thread of its own until `shutdown` triggers.
+    pub(crate) fn spawn(self, shutdown: Arc<Shutdown>) -> io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("c10k-metrics".into())
+            .spawn(move || {
+                loop {
+                    let mut fds = [
+                        PollFd::from_borrowed_fd(self.listener.as_fd(), PollFlags::IN),
+                        PollFd::from_borrowed_fd(shutdown.wake_fd(), PollFlags::IN),
+                    ];
+                    match poll(&mut fds, None) {
+                        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                        Err(e) => {
+                            tracing::warn!("metrics endpoint stopped: {e}");
+                            return;
+                        }
+                    }
+                    if !fds[1].revents().is_empty() || shutdown.is_requested() {
+                        return;
+                    }
+                    if !fds[0].revents().is_empty() {
+                        self.serve_ready(THREAD_BUDGET);
+                    }
+                }
+            })
+    }
+}
+
+/// Read one request head and answer it; the connection closes afterwards.
+fn answer(mut stream: TcpStream, metrics: &Metrics, budget: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + budget;
+    stream.set_nonblocking(false)?;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    let complete = loop {
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            break true;
+        }
+        if head.len() > MAX_HEAD {
+            break false;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break false;
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf) {
+            Ok(0) => break false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break false;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let (status, body, head_only) = if complete {
+        route(&head, metrics)
+    } else {
+        (
+            "400 Bad Request",
+            "bad request: send GET /metrics\n".to_string(),
+            false,
+        )
+    };
+    let content_type = if status.starts_with("200") {
+        CONTENT_TYPE
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if status.starts_with("405") {
+        reply.push_str("Allow: GET, HEAD\r\n");
+    }
+    reply.push_str("\r\n");
+    if !head_only {
+        reply.push_str(&body);
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    stream.set_write_timeout(Some(left.max(Duration::from_millis(1))))?;
+    stream.write_all(reply.as_bytes())?;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    Ok(())
+}
+
+/// Status, body, and whether the body is left out (HEAD).
+fn route(head: &[u8], metrics: &Metrics) -> (&'static str, String, bool) {
+    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let line = String::from_utf8_lossy(&head[..line_end]);
+    let mut parts = line.trim_end_matches('\r').split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return ("400 Bad Request", "bad request line\n".into(), false);
+    };
+    if !matches!(version, "HTTP/1.0" | "HTTP/1.1") || method.is_empty() || !target.starts_with('/')
+    {
+        return ("400 Bad Request", "bad request line\n".into(), false);
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    if path != "/metrics" {
+        return ("404 Not Found", "not found: try /metrics\n".into(), false);
+    }
+    match method {
+        "GET" => ("200 OK", metrics.render(), false),
+        "HEAD" => ("200 OK", metrics.render(), true),
+        _ => ("405 Method Not Allowed", "use GET\n".into(), false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(strategy: Strategy) -> Metrics {
+        let s = Arc::new(WorkerStats::default());
+        WorkerStats::add(&s.accepted, 3);
+        WorkerStats::add(&s.timeouts_idle, 2);
+        Metrics {
+            strategy,
+            accept: "reuseport",
+            max_conns: 10,
+            stats: vec![s, Arc::new(WorkerStats::default())],
+            open: Arc::new(OpenConns::default()),
+            shared: None,
+            started: UNIX_EPOCH + Duration::from_millis(1500),
+        }
+    }
+
+    #[test]
+    fn families_are_contiguous_and_counters_end_in_total() {
+        let mut seen = Vec::new();
+        let mut last = "";
+        for s in SERIES {
+            if s.name != last {
+                assert!(!seen.contains(&s.name), "{} is split", s.name);
+                assert!(!s.help.is_empty(), "{} has help on its first row", s.name);
+                seen.push(s.name);
+                last = s.name;
+            }
+            assert_eq!(
+                s.kind == "counter",
+                s.name.ends_with("_total"),
+                "{}",
+                s.name
+            );
+        }
+    }
+
+    #[test]
+    fn renders_per_worker_rows_with_labels() {
+        let text = metrics(Strategy::EpollEt).render();
+        assert!(text.contains("c10k_connections_accepted_total{worker=\"0\"} 3\n"));
+        assert!(text.contains("c10k_connections_accepted_total{worker=\"1\"} 0\n"));
+        assert!(text.contains("c10k_timeouts_total{worker=\"0\",kind=\"idle\"} 2\n"));
+        assert!(text.contains("# TYPE c10k_timeouts_total counter\n"));
+        assert!(text.contains("c10k_info{strategy=\"epoll-et\",accept=\"reuseport\""));
+        assert!(text.contains("c10k_start_time_seconds 1.500\n"));
+        assert!(!text.contains("uring"), "no uring series for epoll");
+        assert!(
+            metrics(Strategy::Uring)
+                .render()
+                .contains("c10k_uring_cqes_total")
+        );
+    }
+
+    #[test]
+    fn routes() {
+        let m = metrics(Strategy::Poll);
+        assert_eq!(route(b"GET /metrics HTTP/1.1\r\n\r\n", &m).0, "200 OK");
+        assert_eq!(route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n", &m).0, "200 OK");
+        assert!(route(b"HEAD /metrics HTTP/1.1\r\n\r\n", &m).2);
+        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n", &m).0, "404 Not Found");
+        assert_eq!(
+            route(b"POST /metrics HTTP/1.1\r\n\r\n", &m).0,
+            "405 Method Not Allowed"
+        );
+        assert_eq!(route(b"garbage\r\n\r\n", &m).0, "400 Bad Request");
+        assert_eq!(
+            route(b"GET /metrics SPDY/9\r\n\r\n", &m).0,
+            "400 Bad Request"
+        );
+    }
+}
