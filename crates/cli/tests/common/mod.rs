@@ -900,3 +900,40 @@ fn read_resp_at_depth(r: &mut impl BufRead, depth: usize) -> Resp {
         _ => panic!("unknown RESP reply type in {line:?}"),
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Socket activation
+// ---------------------------------------------------------------------------------
+
+/// Serialises [`Server::start_with_listener`]: while it runs, a copy of the listener
+/// without close-on-exec exists, which any other child spawned meanwhile would
+/// inherit.
+static INHERIT_LOCK: Mutex<()> = Mutex::new(());
+
+impl Server {
+    /// Like [`start`](Server::start), but the server inherits `listener` as fd 3 with
+    /// `LISTEN_FDS=1`, `LISTEN_PID` = its pid and `LISTEN_FDNAMES=test`: the systemd
+    /// socket-activation convention. A `bash` wrapper moves a non-close-on-exec copy
+    /// of the listener to fd 3, sets the variables and `exec`s c10k (same pid), so no
+    /// `unsafe` `pre_exec` is needed here. `listen_pid` overrides `LISTEN_PID`.
+    pub fn start_with_listener(
+        listener: &std::net::TcpListener,
+        listen_pid: Option<&str>,
+        strategy: &str,
+        app: &str,
+        extra: &[&str],
+    ) -> Server {
+        let _serial = INHERIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        // dup(2) leaves close-on-exec clear on the copy.
+        let copy = rustix::io::dup(listener).expect("dup the listener");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&copy);
+        let pid = listen_pid.unwrap_or("$$");
+        let script = format!(
+            "if [ {fd} -ne 3 ]; then exec 3<&{fd} {fd}<&-; fi; \
+             export LISTEN_FDS=1 LISTEN_PID={pid} LISTEN_FDNAMES=test; exec \"$0\" \"$@\""
+        );
+        let server = Server::start_under(&["bash", "-c", &script], strategy, app, extra);
+        drop(copy);
+        server
+    }
+}
