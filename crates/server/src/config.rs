@@ -56,6 +56,10 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// Input bytes a session may leave unconsumed before the driver gives up on it
 /// (protects against an app that never consumes; the apps' own limits are lower).
 pub const MAX_PENDING_INPUT: usize = 16 * 1024 * 1024;
+/// At drain, how long an event loop keeps a connection open that has not received
+/// its first byte yet (its request is most likely on the way; see
+/// `Conn::start_drain_unless_fresh`). Connections that sent nothing by then close.
+pub const DRAIN_FRESH_GRACE: Duration = Duration::from_millis(500);
 /// Size of a worker's read buffer: one read takes at most this much.
 pub const READ_CHUNK: usize = 64 * 1024;
 

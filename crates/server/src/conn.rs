@@ -77,6 +77,11 @@ pub(crate) struct Conn<S> {
     discarded: usize,
     /// Idle and request clocks.
     timers: Timers,
+    /// At least one byte was received.
+    received: bool,
+    /// The drain reached this connection before its first byte did
+    /// ([`Conn::start_drain_unless_fresh`]).
+    drain_deferred: bool,
 }
 
 impl<S: Session> Conn<S> {
@@ -92,6 +97,8 @@ impl<S: Session> Conn<S> {
             read_blocked: false,
             discarded: 0,
             timers: Timers::default(),
+            received: false,
+            drain_deferred: false,
         }
     }
 
@@ -129,11 +136,32 @@ impl<S: Session> Conn<S> {
     /// The server is draining: let the session finish its request, and close the
     /// connection now if it is idle.
     pub(crate) fn start_drain(&mut self) {
+        self.drain_deferred = false;
         self.session.start_drain();
         if self.phase == Phase::Open && (self.is_idle() || self.session.wants_close()) {
             self.phase = Phase::Closing;
             self.advance();
         }
+    }
+
+    /// [`start_drain`](Conn::start_drain), except for a connection that has not
+    /// received a byte yet: its client has most likely sent its first request, still
+    /// on the way (a connection accepted just before a restart's SIGTERM). It stays
+    /// open; its first bytes are served and then the drain applies, or the strategy
+    /// applies it after [`DRAIN_FRESH_GRACE`](crate::config::DRAIN_FRESH_GRACE).
+    /// Returns true when deferred.
+    pub(crate) fn start_drain_unless_fresh(&mut self) -> bool {
+        if self.phase == Phase::Open && !self.received && self.is_idle() {
+            self.drain_deferred = true;
+            return true;
+        }
+        self.start_drain();
+        false
+    }
+
+    /// The drain is deferred until the first bytes arrive (or the grace ends).
+    pub(crate) fn drain_deferred(&self) -> bool {
+        self.drain_deferred
     }
 
     /// Stop processing input and close once the output is flushed.
@@ -172,6 +200,7 @@ impl<S: Session> Conn<S> {
                 break;
             }
             WorkerStats::add(&env.stats.bytes_in, n as u64);
+            self.received = true;
             self.timers.active(env.now);
             if self.phase == Phase::Lingering {
                 self.discarded += n;
@@ -187,6 +216,10 @@ impl<S: Session> Conn<S> {
             }
         }
         self.advance();
+        if self.drain_deferred && (self.received || self.phase != Phase::Open) {
+            // Its first request is answered (or it closed): now drain it.
+            self.start_drain();
+        }
     }
 
     /// The socket is writable: flush, then resume what backpressure paused.

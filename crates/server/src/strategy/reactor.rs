@@ -19,7 +19,7 @@ use slab::Slab;
 use super::WorkerCtx;
 use crate::accept::{AcceptGuard, Accepted, accept_one};
 use crate::config::Config;
-use crate::config::LINGER;
+use crate::config::{DRAIN_FRESH_GRACE, LINGER};
 use crate::conn::{Bufs, Conn, Env, Phase, Timeout};
 use crate::ratelog::RateLog;
 use crate::stats::WorkerStats;
@@ -121,6 +121,8 @@ struct Reactor<A: App, P> {
     /// is deadline order).
     lingering: VecDeque<(Instant, usize, u64)>,
     drain_deadline: Option<Instant>,
+    /// When connections whose drain was deferred (no byte received yet) are drained.
+    fresh_grace: Option<Instant>,
     /// When the connections' timers are checked next (while there are connections).
     next_sweep: Option<Instant>,
     next_serial: u64,
@@ -146,6 +148,7 @@ pub(crate) fn run<A: App, P: Poller>(mut ctx: WorkerCtx<A>, mut poller: P) -> io
         refused_log: RateLog::new(Duration::from_secs(1)),
         lingering: VecDeque::new(),
         drain_deadline: None,
+        fresh_grace: None,
         next_sweep: None,
         next_serial: 0,
         ctx,
@@ -316,7 +319,11 @@ impl<A: App, P: Poller> Reactor<A, P> {
         let Some(entry) = self.conns.get_mut(key) else {
             return;
         };
-        if draining && entry.conn.phase() == Phase::Open && entry.conn.is_idle() {
+        if draining
+            && entry.conn.phase() == Phase::Open
+            && entry.conn.is_idle()
+            && !entry.conn.drain_deferred()
+        {
             entry.conn.close_gracefully();
         }
         match entry.conn.phase() {
@@ -374,10 +381,27 @@ impl<A: App, P: Poller> Reactor<A, P> {
             self.conns.len()
         );
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
+        let env = Env {
+            cx: &self.cx,
+            now: self.now,
+            stats: &self.ctx.stats,
+            output_cap: self.ctx.config.output_cap,
+        };
+        for &key in &keys {
             if let Some(entry) = self.conns.get_mut(key) {
-                entry.conn.start_drain();
+                // Bytes the kernel has already received are a request in flight, not
+                // an idle connection: take them in before judging (the blocking driver
+                // does the same). Matters on a restart, where a connection accepted
+                // just before SIGTERM has its request waiting, unread.
+                if entry.conn.phase() == Phase::Open {
+                    entry.conn.on_readable(&mut self.bufs, &env, true, false);
+                }
+                if entry.conn.start_drain_unless_fresh() {
+                    self.fresh_grace = Some(self.now + DRAIN_FRESH_GRACE);
+                }
             }
+        }
+        for key in keys {
             self.settle(key);
         }
     }
@@ -427,6 +451,7 @@ impl<A: App, P: Poller> Reactor<A, P> {
             self.lingering.front().map(|l| l.0),
             self.drain_deadline,
             self.next_sweep,
+            self.fresh_grace,
         ]
         .into_iter()
         .flatten()
@@ -451,6 +476,19 @@ impl<A: App, P: Poller> Reactor<A, P> {
                     "worker {}: cannot watch the listener again: {e}",
                     self.ctx.id
                 );
+            }
+        }
+        if self.fresh_grace.is_some_and(|t| t <= now) {
+            self.fresh_grace = None;
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                if let Some(entry) = self.conns.get_mut(key) {
+                    if !entry.conn.drain_deferred() {
+                        continue;
+                    }
+                    entry.conn.start_drain();
+                }
+                self.settle(key);
             }
         }
         if let Some(deadline) = self.drain_deadline {
