@@ -37,10 +37,10 @@ use crate::shutdown::Shutdown;
 use crate::stats::{OpenConns, WorkerStats};
 use crate::strategy::Strategy;
 
-/// Longest time the single-threaded parent of `fork`/`prefork` spends on one scrape
-/// (a client that sends its request slowly gets a 400 or nothing).
+/// Longest time the single-threaded parent of `fork`/`prefork` spends answering
+/// scrapes per wake-up (a client that sends its request slowly gets a 400 or nothing).
 pub(crate) const PARENT_BUDGET: Duration = Duration::from_millis(200);
-/// Longest time the metrics thread spends on one scrape.
+/// Longest time the metrics thread spends answering scrapes per wake-up.
 const THREAD_BUDGET: Duration = Duration::from_secs(2);
 /// Largest request head read.
 const MAX_HEAD: usize = 8 * 1024;
@@ -358,12 +358,16 @@ impl MetricsEndpoint {
         self.listener.local_addr()
     }
 
-    /// Answer every scrape waiting in the backlog (at most 16), each within `budget`.
+    /// Answer the scrapes waiting in the backlog (at most 16), all within `budget`.
     pub(crate) fn serve_ready(&self, budget: Duration) {
+        let deadline = Instant::now() + budget;
         for _ in 0..16 {
+            if Instant::now() >= deadline {
+                return;
+            }
             match accept_one(&self.listener) {
                 Accepted::Conn(stream, _) => {
-                    if let Err(e) = answer(stream, &self.metrics, budget) {
+                    if let Err(e) = answer(stream, &self.metrics, deadline) {
                         tracing::debug!("metrics request: {e}");
                     }
                 }
@@ -406,8 +410,7 @@ impl MetricsEndpoint {
 }
 
 /// Read one request head and answer it; the connection closes afterwards.
-fn answer(mut stream: TcpStream, metrics: &Metrics, budget: Duration) -> io::Result<()> {
-    let deadline = Instant::now() + budget;
+fn answer(mut stream: TcpStream, metrics: &Metrics, deadline: Instant) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
