@@ -140,3 +140,39 @@ fn a_non_listening_fd_is_an_error() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("not a socket"), "{err}");
 }
+
+/// `/metrics` says the listener was inherited, and counts what it served.
+#[test]
+fn metrics_report_the_inherited_listener() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = Server::start_with_listener(
+        &listener,
+        None,
+        "epoll-et",
+        "http",
+        &["--workers", "2", "--metrics", "127.0.0.1:0"],
+    );
+    serve_some(&server, 4, 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let maddr = loop {
+        let log = server.stderr_text();
+        if let Some(rest) = log.split("metrics on http://").nth(1) {
+            break rest.split('/').next().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut c = connect(maddr.parse().unwrap());
+    c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let text = String::from_utf8(common::read_to_eof(&mut c, "metrics")).unwrap();
+    assert!(
+        text.contains("c10k_info{strategy=\"epoll-et\",accept=\"inherited\""),
+        "{text}"
+    );
+    let requests: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("c10k_requests_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(requests, 8, "{text}");
+}
