@@ -241,10 +241,16 @@ def main():
                   f"user {100*r['user_frac']:4.1f}%  {r['msgs_per_sleep']:6.1f} req/sleep", flush=True)
     ref = a.ref.split("=", 1)[0]
     ref_med = statistics.median(x["us_per_req"] for x in results[ref])
+    # Each candidate round ran right after the reference's round of the same number, so
+    # the two shared the machine's load at the time: the median of these per-round
+    # ratios resists a busy neighbour better than the ratio of the medians.
+    paired = {name: statistics.median(c["us_per_req"] / r["us_per_req"]
+                                      for c, r in zip(rs, results[ref]))
+              for name, rs in results.items()}
     print(f"\nmedian server CPU per request ({a.rounds} rounds, server CPU 0, load CPU 1):")
     for name, rs in results.items():
         med = statistics.median(x["us_per_req"] for x in rs)
-        print(f"  {name:<16} {med:7.2f} us/req   ratio to {ref}: {med/ref_med:5.2f}   "
+        print(f"  {name:<16} {med:7.2f} us/req   ratio to {ref}: {med/ref_med:5.2f} (paired {paired[name]:4.2f})   "
               f"median {statistics.median(x['rps'] for x in rs):9.0f} req/s   "
               f"spread {min(x['us_per_req'] for x in rs):.2f}-{max(x['us_per_req'] for x in rs):.2f}   "
               f"user {100*statistics.median(x['user_frac'] for x in rs):4.1f}% of CPU   "

@@ -135,6 +135,11 @@ pub enum Event {
 pub struct RingStats {
     /// Calls that submit and may wait (each is at most one `io_uring_enter`).
     pub enters: u64,
+    /// Of those, the ones that found no completion waiting and so asked the kernel to
+    /// wait for one (the rest only submitted).
+    pub waits: u64,
+    /// Reaps that found at least one completion: `cqes / batches` is the batch size.
+    pub batches: u64,
     /// Submission entries queued.
     pub sqes: u64,
     /// Completions reaped.
@@ -446,12 +451,17 @@ impl Ring {
     pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.stats.enters += 1;
         let result = if !self.ring.completion().is_empty() {
+            // With DEFER_TASKRUN this runs no task work (no GETEVENTS): completions
+            // the kernel has not posted yet wait for the next call, which finds the
+            // queue empty and waits, and so runs them first.
             self.ring.submit()
         } else if let Some(t) = timeout {
+            self.stats.waits += 1;
             let ts = types::Timespec::from(t);
             let args = types::SubmitArgs::new().timespec(&ts);
             self.ring.submitter().submit_with_args(1, &args)
         } else {
+            self.stats.waits += 1;
             self.ring.submit_and_wait(1)
         };
         match result {
@@ -472,6 +482,9 @@ impl Ring {
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
         let cqes = std::mem::take(&mut self.cqes);
+        if !cqes.is_empty() {
+            self.stats.batches += 1;
+        }
         for &(user_data, res, flags) in &cqes {
             if let Some(c) = self.complete(user_data, res, flags) {
                 out.push(c);
@@ -652,11 +665,17 @@ fn build(entries: u32, sqpoll: bool) -> io::Result<IoUring> {
             match attempt {
                 // Completions are produced only when the loop waits (no interrupting
                 // task work while it runs), for one issuing thread.
+                // SUBMIT_ALL: one failed entry does not stop the rest of a batch
+                // (each failure still gets its own completion).
                 0 => {
-                    b.setup_single_issuer().setup_defer_taskrun();
+                    b.setup_single_issuer()
+                        .setup_defer_taskrun()
+                        .setup_submit_all();
                 }
                 1 => {
-                    b.setup_coop_taskrun().setup_taskrun_flag();
+                    b.setup_coop_taskrun()
+                        .setup_taskrun_flag()
+                        .setup_submit_all();
                 }
                 _ => {}
             }
