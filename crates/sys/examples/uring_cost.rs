@@ -13,7 +13,7 @@
 //! same in every variant, so the differences between the round-trip figures are the
 //! differences between the server mechanisms.
 //!
-//! Run: `cargo run --release -p c10k-sys --example uring_cost [connections] [rounds]`,
+//! Run: `cargo run --release -p c10k-sys --example uring_cost [connections] [rounds] [reps]`,
 //! pinned with `taskset -c 0` for steadier figures. Traffic is 127.0.0.1 only, bounded
 //! by the round count.
 
@@ -44,8 +44,8 @@ fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let k: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let reps: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
     let l = TcpListener::bind("127.0.0.1:0")?;
-    let mut buf = [0u8; 4096];
 
     // Fixed costs.
     let n = 200_000;
@@ -54,16 +54,48 @@ fn main() -> std::io::Result<()> {
         let _ = rustix::process::getppid();
     }
     let syscall = (cpu_ns() - t) / n as f64;
-    let mut ring = Ring::new(RingConfig {
-        entries: 1024,
-        sqpoll: false,
-        buf_count: 1024,
-        buf_size: 4096,
-    })?;
     println!("empty syscall (getppid): {syscall:.0} ns");
 
-    // epoll-et.
-    let pairs: Vec<(TcpStream, TcpStream)> = (0..k).map(|_| pair(&l)).collect::<Result<_, _>>()?;
+    println!(
+        "{k} connections, {rounds} rounds, {reps} repetitions (alternating); median thread CPU per echo round trip (client + server + TCP both ways), min-max:"
+    );
+    let (mut e, mut r, mut f) = (Vec::new(), Vec::new(), Vec::new());
+    let mut enters = 0.0;
+    for _ in 0..reps {
+        e.push(epoll_pass(&l, k, rounds)?);
+        let (rt, en) = ring_pass(&l, k, rounds, false)?;
+        r.push(rt);
+        enters = en;
+        f.push(ring_pass(&l, k, rounds, true)?.0);
+    }
+    let epoll_rt = median(&mut e);
+    println!(
+        "  epoll-et (epoll_wait + recv + send):       {epoll_rt:7.0} ns  ({:.0}-{:.0})",
+        e[0],
+        e[e.len() - 1]
+    );
+    for (name, v) in [("uring", &mut r), ("uring, fixed files", &mut f)] {
+        let m = median(v);
+        println!(
+            "  {name:<18} ({enters:.2} enters/message): {m:7.0} ns  ({:.0}-{:.0})  {:+.0} ns, {:+.1}%",
+            v[0],
+            v[v.len() - 1],
+            m - epoll_rt,
+            100.0 * (m - epoll_rt) / epoll_rt
+        );
+    }
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One pass of the epoll-et echo; returns ns per round trip.
+fn epoll_pass(l: &TcpListener, k: usize, rounds: usize) -> std::io::Result<f64> {
+    let mut buf = [0u8; 4096];
+    let pairs: Vec<(TcpStream, TcpStream)> = (0..k).map(|_| pair(l)).collect::<Result<_, _>>()?;
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
     for (i, (_, s)) in pairs.iter().enumerate() {
         s.set_nonblocking(true)?;
@@ -108,18 +140,35 @@ fn main() -> std::io::Result<()> {
         }
     }
     let epoll_rt = (cpu_ns() - t) / (rounds * k) as f64;
-    drop(pairs);
+    Ok(epoll_rt)
+}
 
-    // io_uring, as the uring strategy does it.
-    let pairs: Vec<(TcpStream, Socket)> = (0..k)
-        .map(|_| pair(&l).map(|(c, s)| (c, Socket::from(std::os::fd::OwnedFd::from(s)))))
+/// One pass of the io_uring echo; returns (ns per round trip, enters per message).
+fn ring_pass(l: &TcpListener, k: usize, rounds: usize, fixed: bool) -> std::io::Result<(f64, f64)> {
+    let mut buf = [0u8; 4096];
+    let mut ring = Ring::new(RingConfig {
+        entries: 1024,
+        sqpoll: false,
+        buf_count: 1024,
+        buf_size: 4096,
+    })?;
+    if fixed {
+        ring.register_files(u32::try_from(k).unwrap_or(u32::MAX))?;
+    }
+    let mut pairs: Vec<(TcpStream, Socket)> = (0..k)
+        .map(|_| pair(l).map(|(c, s)| (c, Socket::from(std::os::fd::OwnedFd::from(s)))))
         .collect::<Result<_, _>>()?;
+    for (_, s) in &mut pairs {
+        if fixed && !ring.fix(s) {
+            return Err(std::io::Error::other("could not register a socket"));
+        }
+    }
     for (i, (_, s)) in pairs.iter().enumerate() {
         ring.recv_multi(s, i as u64)?;
     }
     let mut done: Vec<Completion> = Vec::with_capacity(2 * k);
     let mut spare: Vec<Vec<u8>> = (0..k).map(|_| Vec::with_capacity(4096)).collect();
-    let mut enters_before = ring.stats().enters;
+    let enters_before = ring.stats().enters;
     let t = cpu_ns();
     for _ in 0..rounds {
         for (c, _) in &pairs {
@@ -157,21 +206,11 @@ fn main() -> std::io::Result<()> {
         }
     }
     let ring_rt = (cpu_ns() - t) / (rounds * k) as f64;
-    enters_before = ring.stats().enters - enters_before;
+    let enters = (ring.stats().enters - enters_before) as f64 / (rounds * k) as f64;
     for (_, s) in pairs {
         ring.close(s)?;
     }
     ring.shutdown(Duration::from_secs(1));
 
-    println!(
-        "{k} connections, {rounds} rounds; thread CPU per echo round trip (client + server + TCP both ways):"
-    );
-    println!("  epoll-et (epoll_wait + recv + send): {epoll_rt:7.0} ns");
-    println!(
-        "  uring (multishot recv + send, {:.2} enters per message): {ring_rt:7.0} ns  ({:+.0} ns, {:+.1}% of the epoll round trip)",
-        enters_before as f64 / (rounds * k) as f64,
-        ring_rt - epoll_rt,
-        100.0 * (ring_rt - epoll_rt) / epoll_rt
-    );
-    Ok(())
+    Ok((ring_rt, enters))
 }
