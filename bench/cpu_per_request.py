@@ -68,6 +68,44 @@ def tree_cpu(pid):
     return total
 
 
+def tree_user_sys(pid):
+    """utime and stime (seconds, clock ticks) of pid and its live descendants: the
+    user/kernel split of the server's CPU."""
+    user = sys_ = 0.0
+    pids = [pid]
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                st = f.read()
+            rest = st[st.rindex(")") + 2:].split()
+            user += int(rest[11]) / TICK
+            sys_ += int(rest[12]) / TICK
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                pids.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError, IndexError):
+            pass
+    return user, sys_
+
+
+def tree_switches(pid):
+    """Voluntary context switches of the live threads of pid and its descendants: how
+    often the server went to sleep waiting for work (one wake-up each)."""
+    n = 0
+    pids = [pid]
+    for p in pids:
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            n += int(line.split()[1])
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                pids.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            pass
+    return n
+
+
 def tree_rss_kib(pid):
     total = 0
     pids = [pid]
@@ -146,11 +184,15 @@ def one(name, server_cmd, load_cmd, kind, requests_hint):
             time.sleep(3)
         time.sleep(0.2)
         c0 = tree_cpu(srv.pid)
+        us0 = tree_user_sys(srv.pid)
+        sw0 = tree_switches(srv.pid)
         t0 = time.time()
         out = subprocess.run(["taskset", "-c", "1"] + shlex.split(load_cmd.format(port=port)),
                              capture_output=True, text=True, timeout=600).stdout
         wall = time.time() - t0
         c1 = tree_cpu(srv.pid)
+        us1 = tree_user_sys(srv.pid)
+        sw1 = tree_switches(srv.pid)
         rss = tree_rss_kib(srv.pid)
     finally:
         if bg:
@@ -168,6 +210,9 @@ def one(name, server_cmd, load_cmd, kind, requests_hint):
     r["cpu_s"] = c1 - c0
     r["us_per_req"] = (c1 - c0) / r["requests"] * 1e6
     r["wall_s"] = wall
+    r["msgs_per_sleep"] = r["requests"] / max(1, sw1 - sw0)
+    du, ds = us1[0] - us0[0], us1[1] - us0[1]
+    r["user_frac"] = du / (du + ds) if du + ds > 0 else 0.0
     r["rss_kib"] = rss
     return r
 
@@ -192,14 +237,24 @@ def main():
             r = one(name, cmd, a.load, a.kind, a.requests)
             results[name].append(r)
             print(f"round {rnd+1} {name:<16} {r['us_per_req']:7.2f} us/req  {r['rps']:10.0f} req/s  "
-                  f"errors {r['errors']}  rss {r['rss_kib']} KiB", flush=True)
+                  f"errors {r['errors']}  rss {r['rss_kib']} KiB  "
+                  f"user {100*r['user_frac']:4.1f}%  {r['msgs_per_sleep']:6.1f} req/sleep", flush=True)
     ref = a.ref.split("=", 1)[0]
     ref_med = statistics.median(x["us_per_req"] for x in results[ref])
+    # Each candidate round ran right after the reference's round of the same number, so
+    # the two shared the machine's load at the time: the median of these per-round
+    # ratios resists a busy neighbour better than the ratio of the medians.
+    paired = {name: statistics.median(c["us_per_req"] / r["us_per_req"]
+                                      for c, r in zip(rs, results[ref]))
+              for name, rs in results.items()}
     print(f"\nmedian server CPU per request ({a.rounds} rounds, server CPU 0, load CPU 1):")
     for name, rs in results.items():
         med = statistics.median(x["us_per_req"] for x in rs)
-        print(f"  {name:<16} {med:7.2f} us/req   ratio to {ref}: {med/ref_med:5.2f}   "
-              f"median {statistics.median(x['rps'] for x in rs):9.0f} req/s")
+        print(f"  {name:<16} {med:7.2f} us/req   ratio to {ref}: {med/ref_med:5.2f} (paired {paired[name]:4.2f})   "
+              f"median {statistics.median(x['rps'] for x in rs):9.0f} req/s   "
+              f"spread {min(x['us_per_req'] for x in rs):.2f}-{max(x['us_per_req'] for x in rs):.2f}   "
+              f"user {100*statistics.median(x['user_frac'] for x in rs):4.1f}% of CPU   "
+              f"{statistics.median(x['msgs_per_sleep'] for x in rs):6.1f} req/sleep")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,12 @@ pub struct WorkerStats {
 pub struct UringStats {
     /// Submit-and-wait calls (at most one `io_uring_enter` each).
     pub enters: AtomicU64,
+    /// Of those, the ones that had to wait for a completion (the rest found some
+    /// waiting and only submitted).
+    pub waits: AtomicU64,
+    /// Loop iterations that reaped at least one completion (`cqes / batches`: the
+    /// batch size).
+    pub batches: AtomicU64,
     /// Submission entries queued.
     pub sqes: AtomicU64,
     /// Completions reaped.

@@ -68,15 +68,21 @@ pub struct RingConfig {
 
 /// A socket whose operations go through a [`Ring`]. Close it with [`Ring::close`];
 /// dropping it leaks the descriptor (see the module docs for why).
+///
+/// A socket may also sit in the ring's registered file table ([`Ring::fix`]); its
+/// operations then name the slot instead of the descriptor, which spares the kernel a
+/// file lookup and a reference count round trip per operation.
 #[derive(Debug)]
 pub struct Socket {
     fd: std::mem::ManuallyDrop<OwnedFd>,
+    slot: Option<u32>,
 }
 
 impl From<OwnedFd> for Socket {
     fn from(fd: OwnedFd) -> Self {
         Socket {
             fd: std::mem::ManuallyDrop::new(fd),
+            slot: None,
         }
     }
 }
@@ -88,9 +94,28 @@ impl AsFd for Socket {
 }
 
 impl Socket {
-    fn into_raw(self) -> i32 {
-        std::mem::ManuallyDrop::into_inner(self.fd).into_raw_fd()
+    fn into_raw(self) -> (i32, Option<u32>) {
+        let slot = self.slot;
+        (
+            std::mem::ManuallyDrop::into_inner(self.fd).into_raw_fd(),
+            slot,
+        )
     }
+
+    /// Whether the socket is in its ring's registered file table.
+    pub fn is_fixed(&self) -> bool {
+        self.slot.is_some()
+    }
+}
+
+/// How an operation names its socket: the registered slot if it has one.
+macro_rules! target {
+    ($socket:expr, $build:expr) => {
+        match $socket.slot {
+            Some(slot) => $build(types::Fixed(slot)),
+            None => $build(types::Fd($socket.as_fd().as_raw_fd())),
+        }
+    };
 }
 
 /// Names an operation in flight (for [`Ring::cancel`]).
@@ -135,6 +160,11 @@ pub enum Event {
 pub struct RingStats {
     /// Calls that submit and may wait (each is at most one `io_uring_enter`).
     pub enters: u64,
+    /// Of those, the ones that found no completion waiting and so asked the kernel to
+    /// wait for one (the rest only submitted).
+    pub waits: u64,
+    /// Reaps that found at least one completion: `cqes / batches` is the batch size.
+    pub batches: u64,
     /// Submission entries queued.
     pub sqes: u64,
     /// Completions reaped.
@@ -155,6 +185,10 @@ pub struct RingStats {
     pub sends_in: u64,
     /// Sockets closed through the ring.
     pub closes: u64,
+    /// Sockets put in the registered file table ([`Ring::fix`]).
+    pub fixed: u64,
+    /// Sockets left out of it (table full or not registered).
+    pub unfixed: u64,
     /// Operations that were still in flight when their socket was closed (cancelled
     /// by the close; their buffers waited in the ring for the completions).
     pub parked_at_close: u64,
@@ -178,6 +212,9 @@ enum Kind {
     CloseCancel,
     /// A cancel or close: nothing to own, nothing to report.
     Internal,
+    /// The close of a registered file table slot: the slot is free again when it
+    /// completes.
+    CloseSlot(u32),
 }
 
 /// Which kind of operation an entry is, without what it owns.
@@ -189,6 +226,7 @@ enum What {
     Poll,
     CloseCancel,
     Internal,
+    CloseSlot(u32),
 }
 
 impl What {
@@ -200,6 +238,7 @@ impl What {
             Kind::Poll(_) => What::Poll,
             Kind::CloseCancel => What::CloseCancel,
             Kind::Internal => What::Internal,
+            Kind::CloseSlot(slot) => What::CloseSlot(*slot),
         }
     }
 }
@@ -223,6 +262,8 @@ pub struct Ring {
     stats: RingStats,
     sqpoll: bool,
     torn_down: bool,
+    /// Free slots of the registered file table (empty: none registered, or all used).
+    free_slots: Vec<u32>,
 }
 
 impl Ring {
@@ -251,7 +292,44 @@ impl Ring {
             stats: RingStats::default(),
             sqpoll: config.sqpoll,
             torn_down: false,
+            free_slots: Vec::new(),
         })
+    }
+
+    /// Register a sparse file table of `slots` entries, for [`Ring::fix`]. Call once.
+    pub fn register_files(&mut self, slots: u32) -> io::Result<()> {
+        if slots == 0 {
+            return Ok(());
+        }
+        self.ring.submitter().register_files_sparse(slots)?;
+        self.free_slots = (0..slots).rev().collect();
+        Ok(())
+    }
+
+    /// Put `socket` in the registered file table (one `io_uring_register` call), so
+    /// that its receives, sends and cancels name the slot. Returns false, leaving the
+    /// socket as it was, when there is no table or no free slot, or the kernel refuses.
+    pub fn fix(&mut self, socket: &mut Socket) -> bool {
+        if socket.slot.is_some() {
+            return true;
+        }
+        let Some(slot) = self.free_slots.pop() else {
+            self.stats.unfixed += 1;
+            return false;
+        };
+        let raw = socket.as_fd().as_raw_fd();
+        match self.ring.submitter().register_files_update(slot, &[raw]) {
+            Ok(1) => {
+                socket.slot = Some(slot);
+                self.stats.fixed += 1;
+                true
+            }
+            _ => {
+                self.free_slots.push(slot);
+                self.stats.unfixed += 1;
+                false
+            }
+        }
     }
 
     /// Counters.
@@ -276,16 +354,16 @@ impl Ring {
         let entry = opcode::AcceptMulti::new(fd)
             .flags(libc::SOCK_CLOEXEC)
             .build();
-        self.start(tag, Kind::Accept(Box::new(listener)), entry, None)
+        self.start(tag, Kind::Accept(Box::new(listener)), entry, None, None)
             .map_err(|(e, _)| e)
     }
 
     /// Receive on `socket` into the buffer ring until cancelled, failed, out of
     /// buffers (`ENOBUFS`) or at end of stream; each piece is an [`Event::Received`].
     pub fn recv_multi(&mut self, socket: &Socket, tag: u64) -> io::Result<OpId> {
-        let fd = types::Fd(socket.as_fd().as_raw_fd());
-        let entry = opcode::RecvMulti::new(fd, BUF_GROUP).build();
-        self.start(tag, Kind::Recv, entry, None).map_err(|(e, _)| e)
+        let entry = target!(socket, |fd| opcode::RecvMulti::new(fd, BUF_GROUP).build());
+        self.start(tag, Kind::Recv, entry, None, None)
+            .map_err(|(e, _)| e)
     }
 
     /// Send `buf[pos..]` on `socket`. The buffer belongs to the operation until its
@@ -302,15 +380,14 @@ impl Ring {
             return Err((e, buf));
         }
         let len = u32::try_from(buf.len() - pos).unwrap_or(u32::MAX);
-        let fd = types::Fd(socket.as_fd().as_raw_fd());
         // The pointer stays valid when the Vec moves into the table: moving a Vec
         // does not move its heap buffer, and nobody touches it until the completion.
         let ptr = buf[pos..].as_ptr();
-        let entry = opcode::Send::new(fd, ptr, len)
+        let entry = target!(socket, |fd| opcode::Send::new(fd, ptr, len)
             .flags(libc::MSG_NOSIGNAL)
-            .build();
+            .build());
         self.stats.sends_out += 1;
-        match self.start(tag, Kind::Send { buf, pos }, entry, None) {
+        match self.start(tag, Kind::Send { buf, pos }, entry, None, None) {
             Ok(id) => Ok(id),
             Err((e, kind)) => {
                 self.stats.sends_in += 1;
@@ -327,7 +404,7 @@ impl Ring {
     pub fn poll_readable<F: AsFd + 'static>(&mut self, fd: F, tag: u64) -> io::Result<OpId> {
         let raw = types::Fd(fd.as_fd().as_raw_fd());
         let entry = opcode::PollAdd::new(raw, libc::POLLIN as u32).build();
-        self.start(tag, Kind::Poll(Box::new(fd)), entry, None)
+        self.start(tag, Kind::Poll(Box::new(fd)), entry, None, None)
             .map_err(|(e, _)| e)
     }
 
@@ -343,23 +420,34 @@ impl Ring {
             return Ok(());
         }
         let entry = opcode::AsyncCancel::new(op.0).build();
-        self.start(0, Kind::Internal, entry, None)
+        self.start(0, Kind::Internal, entry, None, None)
             .map(drop)
             .map_err(|(e, _)| e)
     }
 
     /// Cancel every operation on `socket`, then close it, both through the ring (the
-    /// close is hard-linked behind the cancel). Operations cancelled this way still
-    /// complete, and their buffers come back with the completions. If the ring cannot
-    /// take the close, the descriptor is leaked (and the error returned).
+    /// close is hard-linked behind the cancel; a registered socket's slot is closed
+    /// between the two, and reused once that completes). Operations cancelled this way
+    /// still complete, and their buffers come back with the completions. If the ring
+    /// cannot take the close, the descriptor is leaked (and the error returned).
     pub fn close(&mut self, socket: Socket) -> io::Result<()> {
-        let raw = socket.into_raw();
-        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(raw)).all())
+        let (raw, slot) = socket.into_raw();
+        let cancel = match slot {
+            Some(slot) => types::CancelBuilder::fd(types::Fixed(slot)),
+            None => types::CancelBuilder::fd(types::Fd(raw)),
+        };
+        let cancel = opcode::AsyncCancel2::new(cancel.all())
             .build()
             .flags(squeue::Flags::IO_HARDLINK);
         let close = opcode::Close::new(types::Fd(raw)).build();
+        let close_slot = slot.map(|slot| {
+            let entry = opcode::Close::new(types::Fixed(slot))
+                .build()
+                .flags(squeue::Flags::IO_HARDLINK);
+            (entry, Kind::CloseSlot(slot))
+        });
         self.stats.closes += 1;
-        match self.start(0, Kind::CloseCancel, cancel, Some(close)) {
+        match self.start(0, Kind::CloseCancel, cancel, close_slot, Some(close)) {
             Ok(_) => Ok(()),
             Err((e, _)) => {
                 // Could not queue it (the ring is failing). Submissions naming the
@@ -371,27 +459,42 @@ impl Ring {
         }
     }
 
-    /// Queue `entry` as a new operation owning `kind`, and `then` (hard-linked behind
-    /// it, an internal operation of its own) if given.
+    /// Queue `entry` as a new operation owning `kind`, then `middle` and `then`
+    /// (each hard-linked behind the one before it by the caller, internal operations
+    /// of their own) if given.
     fn start(
         &mut self,
         tag: u64,
         kind: Kind,
         entry: squeue::Entry,
+        middle: Option<(squeue::Entry, Kind)>,
         then: Option<squeue::Entry>,
     ) -> Result<OpId, (io::Error, Kind)> {
         let first = self.insert(tag, kind);
-        let pushed = match then {
-            None => self.push(&[entry.user_data(first)]),
-            Some(next) => {
-                let second = self.insert(0, Kind::Internal);
-                let r = self.push(&[entry.user_data(first), next.user_data(second)]);
-                if r.is_err() {
-                    self.ops.remove(split(second).0);
-                }
-                r
+        if middle.is_none() && then.is_none() {
+            return match self.push(&[entry.user_data(first)]) {
+                Ok(()) => Ok(OpId(first)),
+                Err(e) => Err((e, self.ops.remove(split(first).0).kind)),
+            };
+        }
+        // Unused places are never pushed (only `chain[..n]` is).
+        let filler = opcode::Nop::new().build();
+        let mut chain = [entry.user_data(first), filler.clone(), filler];
+        let mut extra = [0u64; 2];
+        let mut n = 1;
+        for (entry, kind) in middle.into_iter().chain(then.map(|e| (e, Kind::Internal))) {
+            let id = self.insert(0, kind);
+            extra[n - 1] = id;
+            chain[n] = entry.user_data(id);
+            n += 1;
+        }
+        let pushed = self.push(&chain[..n]);
+        if pushed.is_err() {
+            // The slot of a CloseSlot dropped here is lost (the ring is failing).
+            for &id in &extra[..n - 1] {
+                self.ops.remove(split(id).0);
             }
-        };
+        }
         match pushed {
             Ok(()) => Ok(OpId(first)),
             Err(e) => Err((e, self.ops.remove(split(first).0).kind)),
@@ -446,12 +549,17 @@ impl Ring {
     pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.stats.enters += 1;
         let result = if !self.ring.completion().is_empty() {
+            // With DEFER_TASKRUN this runs no task work (no GETEVENTS): completions
+            // the kernel has not posted yet wait for the next call, which finds the
+            // queue empty and waits, and so runs them first.
             self.ring.submit()
         } else if let Some(t) = timeout {
+            self.stats.waits += 1;
             let ts = types::Timespec::from(t);
             let args = types::SubmitArgs::new().timespec(&ts);
             self.ring.submitter().submit_with_args(1, &args)
         } else {
+            self.stats.waits += 1;
             self.ring.submit_and_wait(1)
         };
         match result {
@@ -472,6 +580,9 @@ impl Ring {
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
         let cqes = std::mem::take(&mut self.cqes);
+        if !cqes.is_empty() {
+            self.stats.batches += 1;
+        }
         for &(user_data, res, flags) in &cqes {
             if let Some(c) = self.complete(user_data, res, flags) {
                 out.push(c);
@@ -544,6 +655,12 @@ impl Ring {
                 return None;
             }
             What::Internal => return None,
+            What::CloseSlot(slot) => {
+                // Closed (or failed because it was empty): either way the slot names
+                // nothing we use any more.
+                self.free_slots.push(slot);
+                return None;
+            }
         };
         Some(Completion { tag, more, event })
     }
@@ -562,7 +679,7 @@ impl Ring {
         let mut done = Vec::new();
         if !self.ops.is_empty() {
             let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any().all()).build();
-            let _ = self.start(0, Kind::Internal, cancel, None);
+            let _ = self.start(0, Kind::Internal, cancel, None, None);
         }
         // Bounded by the deadline: each wait returns by then.
         while !self.ops.is_empty() {
@@ -652,11 +769,17 @@ fn build(entries: u32, sqpoll: bool) -> io::Result<IoUring> {
             match attempt {
                 // Completions are produced only when the loop waits (no interrupting
                 // task work while it runs), for one issuing thread.
+                // SUBMIT_ALL: one failed entry does not stop the rest of a batch
+                // (each failure still gets its own completion).
                 0 => {
-                    b.setup_single_issuer().setup_defer_taskrun();
+                    b.setup_single_issuer()
+                        .setup_defer_taskrun()
+                        .setup_submit_all();
                 }
                 1 => {
-                    b.setup_coop_taskrun().setup_taskrun_flag();
+                    b.setup_coop_taskrun()
+                        .setup_taskrun_flag()
+                        .setup_submit_all();
                 }
                 _ => {}
             }

@@ -612,6 +612,8 @@ impl<A: App> Worker<A> {
         use std::sync::atomic::Ordering::Relaxed;
         for (counter, value) in [
             (&u.enters, s.enters),
+            (&u.waits, s.waits),
+            (&u.batches, s.batches),
             (&u.sqes, s.sqes),
             (&u.cqes, s.cqes),
             (&u.recv_cqes, s.recv_cqes),
@@ -629,15 +631,30 @@ impl<A: App> Worker<A> {
         }
     }
 
-    /// Where the time goes, for the integrator: syscalls and completions per message.
+    /// Where the time goes, for the integrator: syscalls and completions per message
+    /// (per receive completion, which is one message when each arrives alone).
     fn log_counters(&self) {
         let s = self.ring.stats();
+        let per = |n: u64| n as f64 / s.recv_cqes.max(1) as f64;
         tracing::debug!(
-            "worker {}: io_uring: {} enter(s), {} sqe(s), {} cqe(s) ({} recv, {} send), \
+            "worker {}: io_uring per receive completion: {:.3} enter(s), {:.3} wait(s), \
+             {:.3} sqe(s), {:.3} cqe(s); {:.1} cqe(s) per batch",
+            self.ctx.id,
+            per(s.enters),
+            per(s.waits),
+            per(s.sqes),
+            per(s.cqes),
+            s.cqes as f64 / s.batches.max(1) as f64,
+        );
+        tracing::debug!(
+            "worker {}: io_uring: {} enter(s) ({} waited), {} batch(es), {} sqe(s), \
+             {} cqe(s) ({} recv, {} send), \
              {} ENOBUFS, receive buffers out/in {}/{}, send buffers out/in {}/{}, \
              {} close(s) ({} op(s) parked), {} leaked op(s)",
             self.ctx.id,
             s.enters,
+            s.waits,
+            s.batches,
             s.sqes,
             s.cqes,
             s.recv_cqes,

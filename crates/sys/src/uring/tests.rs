@@ -265,3 +265,58 @@ fn shutdown_cancels_everything_and_leaks_nothing() {
     // The socket was never closed through the ring: close it for the test.
     drop(std::mem::ManuallyDrop::into_inner(socket.fd));
 }
+
+/// A socket in the registered file table: receives and sends name its slot, a close
+/// with a receive armed cancels it, closes the slot and the descriptor, and the slot
+/// is reused by the next socket.
+#[test]
+fn fixed_socket_round_trip_close_and_slot_reuse() {
+    let mut ring = ring(8, 256);
+    ring.register_files(1).unwrap();
+    let (_l, mut client, mut socket) = accepted_pair(&mut ring);
+    assert!(ring.fix(&mut socket) && socket.is_fixed());
+    ring.recv_multi(&socket, 9).unwrap();
+    client.write_all(b"ping").unwrap();
+    let mut got = Vec::new();
+    reap_until(&mut ring, &mut got, |g| !g.is_empty());
+    let Event::Received(Ok(Some(buf))) = got.pop().unwrap().event else {
+        panic!("want bytes")
+    };
+    let reply = buf.to_vec();
+    drop(buf);
+    ring.send(&socket, reply, 0, 10).unwrap();
+    reap_until(&mut ring, &mut got, |g| !g.is_empty());
+    assert!(matches!(
+        got.pop().unwrap().event,
+        Event::Sent { result: Ok(4), .. }
+    ));
+    let mut back = [0u8; 4];
+    client.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping");
+    // The table has one slot: a second socket finds it taken.
+    let (_l2, _client2, mut other) = accepted_pair(&mut ring);
+    assert!(!ring.fix(&mut other));
+    // Close with the receive armed: the cancel ends it, then the slot and the
+    // descriptor are closed.
+    ring.close(socket).unwrap();
+    reap_until(&mut ring, &mut got, |g| {
+        g.iter().any(|c| c.tag == 9 && !c.more)
+    });
+    // The slot comes back when its close completes.
+    for _ in 0..200 {
+        if !ring.free_slots.is_empty() {
+            break;
+        }
+        ring.submit_and_wait(Some(Duration::from_millis(50)))
+            .unwrap();
+        ring.reap(&mut got);
+    }
+    assert!(
+        ring.fix(&mut other),
+        "the closed socket's slot is free again"
+    );
+    ring.close(other).unwrap();
+    let s = ring.stats();
+    assert_eq!((s.fixed, s.unfixed), (2, 1));
+    assert_eq!((s.bufs_out, s.bufs_in), (1, 1));
+}
