@@ -24,6 +24,7 @@
 pub mod cx;
 pub mod echo;
 pub mod http;
+pub mod proxy;
 pub mod resp;
 
 use std::net::SocketAddr;
