@@ -107,6 +107,19 @@ struct ServeArgs {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Expect a PROXY protocol header (from HAProxy, a cloud load balancer...) at the
+    /// start of every connection: off, v1, v2 or any. The header's client address is
+    /// the one logs, limits and apps see; a connection without a valid header is closed.
+    #[arg(long, default_value = "off")]
+    proxy_protocol: c10k_server::ProxyProtocol,
+    /// At most this many open connections per client address (from the PROXY header
+    /// when enabled), over all workers; more are closed at once (counted, logged).
+    /// Not with fork or prefork.
+    #[arg(long)]
+    max_conns_per_ip: Option<usize>,
+    /// Log every connection's client address at info level.
+    #[arg(long)]
+    log_connections: bool,
 }
 
 fn parse_strategy(s: &str) -> Result<Strategy, String> {
@@ -196,7 +209,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             sqpoll: args.sqpoll,
             buf_count: args.uring_buffers.0,
             buf_size: args.uring_buffers.1,
-        });
+        })
+        .proxy_protocol(args.proxy_protocol)
+        .max_conns_per_ip(args.max_conns_per_ip)
+        .log_connections(args.log_connections);
     match args.app {
         AppName::Echo => run(builder, EchoApp, "echo"),
         AppName::Http => run(

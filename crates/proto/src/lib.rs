@@ -102,6 +102,9 @@ pub trait Session: Send {
     fn handle_eof(&mut self, cx: &Cx, out: &mut Vec<u8>);
 
     /// True once the session wants the connection closed after `out` is flushed.
+    ///
+    /// A session that wants to close as soon as it is opened (a connection refused by
+    /// a limit) is closed by the driver at once, without reading from it.
     fn wants_close(&self) -> bool;
 
     /// True while a request has started but is not complete (a partial HTTP head or

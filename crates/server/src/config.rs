@@ -90,6 +90,14 @@ pub struct Config {
     pub stack_size: usize,
     /// io_uring settings (the `uring` strategy only).
     pub uring: UringConfig,
+    /// Which PROXY protocol header every connection must start with
+    /// (`--proxy-protocol`; off: none).
+    pub proxy_protocol: c10k_proto::proxy::ProxyProtocol,
+    /// Connections one client address may hold open, over all workers
+    /// (`--max-conns-per-ip`; `None`: no limit).
+    pub max_conns_per_ip: Option<usize>,
+    /// Log each connection's client address at info level (`--log-connections`).
+    pub log_connections: bool,
 }
 
 impl Default for Config {
@@ -105,6 +113,9 @@ impl Default for Config {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             stack_size: DEFAULT_STACK_SIZE,
             uring: UringConfig::default(),
+            proxy_protocol: c10k_proto::proxy::ProxyProtocol::Off,
+            max_conns_per_ip: None,
+            log_connections: false,
         }
     }
 }

@@ -50,6 +50,8 @@ mod blocking;
 mod builder;
 mod config;
 mod conn;
+mod gate;
+mod per_ip;
 mod ratelog;
 mod shutdown;
 mod stats;
@@ -63,6 +65,8 @@ pub use config::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNS, DEFAULT_OUTPUT_CAP, DEFAULT_STACK_SIZE, LINGER,
     MAX_PENDING_INPUT, MIN_STACK_SIZE, READ_CHUNK, UringConfig,
 };
+pub use c10k_proto::proxy::ProxyProtocol;
+pub use gate::{GateApp, GateSession, GateStats};
 pub use shutdown::Shutdown;
 pub use stats::{OpenConns, UringStats, WorkerStats};
 pub use strategy::{Availability, ProcessModel, Strategy, StrategyInfo};
