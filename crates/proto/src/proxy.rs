@@ -266,7 +266,11 @@ fn decode_v1(input: &[u8]) -> Result<Decoded, ProxyError> {
                 Some(SocketAddr::new(dst, parse_port(dport)?)),
             )
         }
-        _ => return Err(ProxyError::Malformed("v1 protocol is not TCP4, TCP6 or UNKNOWN")),
+        _ => {
+            return Err(ProxyError::Malformed(
+                "v1 protocol is not TCP4, TCP6 or UNKNOWN",
+            ));
+        }
     };
     Ok(Decoded::Complete {
         header: ProxyHeader {
@@ -402,7 +406,9 @@ fn check_version_command(vc: u8) -> Result<Command, ProxyError> {
     match vc & 0x0f {
         0 => Ok(Command::Local),
         1 => Ok(Command::Proxy),
-        _ => Err(ProxyError::Malformed("v2 command is neither LOCAL nor PROXY")),
+        _ => Err(ProxyError::Malformed(
+            "v2 command is neither LOCAL nor PROXY",
+        )),
     }
 }
 

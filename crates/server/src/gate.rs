@@ -453,13 +453,19 @@ mod tests {
             assert_eq!(s.handle_input(&cx(), &input[..cut], &mut out).unwrap(), 0);
             assert!(!s.wants_close() && out.is_empty());
             // The driver offers the bytes again with the rest appended.
-            assert_eq!(s.handle_input(&cx(), &input, &mut out).unwrap(), input.len());
+            assert_eq!(
+                s.handle_input(&cx(), &input, &mut out).unwrap(),
+                input.len()
+            );
             assert_eq!(
                 String::from_utf8(out).unwrap(),
                 "Some(192.0.2.1:5555)/Some(10.0.0.9:7000)"
             );
         }
-        assert_eq!(GateStats::get(&app.stats().proxy_headers), header_len as u64);
+        assert_eq!(
+            GateStats::get(&app.stats().proxy_headers),
+            header_len as u64
+        );
     }
 
     #[test]
@@ -472,7 +478,10 @@ mod tests {
             let mut out = Vec::new();
             let mut input = header.clone();
             input.push(b'x');
-            assert_eq!(s.handle_input(&cx(), &input, &mut out).unwrap(), input.len());
+            assert_eq!(
+                s.handle_input(&cx(), &input, &mut out).unwrap(),
+                input.len()
+            );
             assert_eq!(
                 String::from_utf8(out).unwrap(),
                 "Some(127.0.0.3:40000)/Some(10.0.0.9:7000)"
@@ -487,7 +496,10 @@ mod tests {
         let app = GateApp::new(PeerApp, ProxyProtocol::V2, None, false);
         let mut s = app.open(&socket_peer("127.0.0.1"));
         let mut out = Vec::new();
-        assert!(s.handle_input(&cx(), b"GET / HTTP/1.1\r\n", &mut out).is_err());
+        assert!(
+            s.handle_input(&cx(), b"GET / HTTP/1.1\r\n", &mut out)
+                .is_err()
+        );
         assert!(s.wants_close() && out.is_empty());
         assert_eq!(GateStats::get(&app.stats().proxy_errors), 1);
     }
@@ -497,7 +509,10 @@ mod tests {
         let app = GateApp::new(PeerApp, ProxyProtocol::V1, None, false);
         let mut s = app.open(&socket_peer("127.0.0.1"));
         let mut out = Vec::new();
-        assert_eq!(s.handle_input(&cx(), b"PROXY TCP4 1.2", &mut out).unwrap(), 0);
+        assert_eq!(
+            s.handle_input(&cx(), b"PROXY TCP4 1.2", &mut out).unwrap(),
+            0
+        );
         s.handle_timeout(&cx(), &mut out);
         assert!(s.wants_close() && out.is_empty());
         assert_eq!(GateStats::get(&app.stats().proxy_timeouts), 1);

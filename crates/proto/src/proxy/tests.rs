@@ -67,7 +67,10 @@ fn v1_tcp6_at_every_byte_boundary() {
     let input = b"PROXY TCP6 2001:db8::1 ::ffff:198.51.100.7 65535 0\r\n";
     let h = every_split(input, ProxyProtocol::Any);
     assert_eq!(h.source, Some("[2001:db8::1]:65535".parse().unwrap()));
-    assert_eq!(h.destination, Some("[::ffff:198.51.100.7]:0".parse().unwrap()));
+    assert_eq!(
+        h.destination,
+        Some("[::ffff:198.51.100.7]:0".parse().unwrap())
+    );
 }
 
 #[test]
@@ -90,7 +93,12 @@ fn v1_longest_header_is_accepted_and_one_more_byte_is_not() {
     assert_eq!(long.len(), V1_MAX_LEN);
     every_split(long.as_bytes(), ProxyProtocol::V1);
     let tcp6 = format!("PROXY TCP6 {a} {a} 65535 65535\r\n");
-    assert_eq!(every_split(tcp6.as_bytes(), ProxyProtocol::V1).source.map(|s| s.port()), Some(65535));
+    assert_eq!(
+        every_split(tcp6.as_bytes(), ProxyProtocol::V1)
+            .source
+            .map(|s| s.port()),
+        Some(65535)
+    );
     let mut junk = b"PROXY UNKNOWN ".to_vec();
     junk.resize(V1_MAX_LEN, b'x');
     assert_eq!(
@@ -234,7 +242,10 @@ fn v2_local_ignores_the_address_block_and_its_tlvs() {
     body.extend(tlv(0xE0, b"x"));
     let input = v2(0, 0x11, &body);
     let h = every_split(&input, ProxyProtocol::Any);
-    assert_eq!((h.command, h.source, h.tlvs.len()), (Command::Local, None, 0));
+    assert_eq!(
+        (h.command, h.source, h.tlvs.len()),
+        (Command::Local, None, 0)
+    );
 }
 
 #[test]
@@ -246,7 +257,10 @@ fn v2_unspec_unix_and_datagram_use_the_connection_addresses() {
     let dgram = v2(1, 0x12, &inet_body([1, 2, 3, 4], [5, 6, 7, 8], 9, 10));
     assert_eq!(every_split(&dgram, ProxyProtocol::V2).source, None);
     let unspec_transport = v2(1, 0x10, &inet_body([1, 2, 3, 4], [5, 6, 7, 8], 9, 10));
-    assert_eq!(every_split(&unspec_transport, ProxyProtocol::V2).source, None);
+    assert_eq!(
+        every_split(&unspec_transport, ProxyProtocol::V2).source,
+        None
+    );
 }
 
 #[test]
@@ -308,7 +322,11 @@ fn settings_parse_and_print() {
     for s in ["off", "v1", "v2", "any"] {
         assert_eq!(s.parse::<ProxyProtocol>().unwrap().to_string(), s);
     }
-    assert!("v3".parse::<ProxyProtocol>().unwrap_err().contains("off, v1, v2 or any"));
+    assert!(
+        "v3".parse::<ProxyProtocol>()
+            .unwrap_err()
+            .contains("off, v1, v2 or any")
+    );
 }
 
 /// Found by `fuzz/fuzz_targets/proxy.rs`: a CR inside the line was only noticed while
@@ -319,7 +337,10 @@ fn regression_fuzz_cr_inside_v1_line_before_a_final_cr() {
     let input = b"PROXY =\r\0\0\0\0\0\0\0?\0\xdc\0\0\0\0\r";
     for cut in 9..=input.len() {
         assert!(
-            matches!(decode(&input[..cut], ProxyProtocol::Any), Err(ProxyError::Malformed(_))),
+            matches!(
+                decode(&input[..cut], ProxyProtocol::Any),
+                Err(ProxyError::Malformed(_))
+            ),
             "cut {cut}"
         );
     }
