@@ -228,6 +228,9 @@ fn decode_v1(input: &[u8]) -> Result<Decoded, ProxyError> {
         return Err(ProxyError::Malformed("line not ended by CRLF"));
     }
     let line = &window[V1_PREFIX.len()..lf - 1];
+    if line.contains(&b'\r') {
+        return Err(ProxyError::Malformed("CR not followed by LF"));
+    }
     let line =
         std::str::from_utf8(line).map_err(|_| ProxyError::Malformed("v1 header is not ASCII"))?;
     let mut parts = line.split(' ');

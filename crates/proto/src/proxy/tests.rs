@@ -345,3 +345,18 @@ fn regression_fuzz_cr_inside_v1_line_before_a_final_cr() {
         );
     }
 }
+
+/// Found by `fuzz/fuzz_targets/proxy.rs`: `UNKNOWN` ignores the rest of its line, and
+/// that took in a bare CR (`...\r\r\n`), while the same bytes without the final LF were
+/// an error. A CR inside the line is an error at every length now.
+#[test]
+fn regression_fuzz_bare_cr_inside_an_unknown_line() {
+    let input = b"PROXY UNKNOWN Y\r\r\nT-\0";
+    for cut in 16..=input.len() {
+        assert_eq!(
+            decode(&input[..cut], ProxyProtocol::Any),
+            Err(ProxyError::Malformed("CR not followed by LF")),
+            "cut {cut}"
+        );
+    }
+}
