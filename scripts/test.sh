@@ -3,7 +3,8 @@
 # strategy (crates/cli/tests), and doc tests.
 #
 # It first installs the external clients the conformance suite drives, when they
-# are missing: curl, and redis-cli / redis-benchmark (Debian package redis-tools).
+# are missing: curl, and redis-cli / redis-benchmark (Debian package redis-tools),
+# and haproxy.
 # The tests never skip a missing client: they fail and point here.
 #
 # Usage: scripts/test.sh [extra arguments for `cargo test`, e.g. -- --nocapture]
@@ -19,6 +20,10 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1; then
     missing+=(redis-tools)
 fi
+# crates/cli/tests/haproxy.rs runs a real HAProxy in front of two backends. Debian
+# installs it in /usr/sbin, which a normal user's PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 if ((${#missing[@]})); then
     say "installing missing packages: ${missing[*]}"
     if ! command -v apt-get >/dev/null 2>&1; then
@@ -37,7 +42,7 @@ if ((${#missing[@]})); then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y --no-install-recommends "${missing[@]}"
 fi
-for tool in curl redis-cli redis-benchmark; do
+for tool in curl redis-cli redis-benchmark haproxy; do
     path=$(command -v "$tool") || {
         echo "error: $tool is still missing after the install step" >&2
         exit 1

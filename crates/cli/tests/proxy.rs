@@ -90,7 +90,7 @@ fn headers_give_the_app_and_the_logs_the_real_client_on_every_strategy() {
                 workers,
             ],
         );
-        let what = format!("{strategy}");
+        let what = strategy.to_string();
         // v1, then a keep-alive request on the same connection.
         let mut c = connect(server.addr());
         c.write_all(b"PROXY TCP4 192.0.2.1 127.0.0.1 5551 80\r\n")
