@@ -119,27 +119,24 @@ impl<A: App> App for GateApp<A> {
 
     fn open(&self, peer: &Peer) -> GateSession<A::Session> {
         if self.gate.proxy == ProxyProtocol::Off {
-            return GateSession {
-                state: self.gate.admit(*peer, None),
-                header: None,
-            };
+            return GateSession::opened(self.gate.admit(*peer, None));
         }
-        let gate = Arc::clone(&self.gate);
+        let awaiting: Box<dyn HeaderStep<A::Session>> = Box::new(Awaiting {
+            opener: Arc::clone(&self.gate),
+            socket: *peer,
+            draining: false,
+            seen: false,
+        });
         GateSession {
-            state: State::Closed,
-            header: Some(Box::new(Awaiting {
-                opener: gate,
-                socket: *peer,
-                draining: false,
-                seen: false,
-            })),
+            inner: None,
+            extra: Some(Box::new(Extra::Awaiting(awaiting))),
         }
     }
 }
 
 impl<A: App> Gate<A> {
-    /// Check the limit for `peer` and open the inner session.
-    fn admit(&self, peer: Peer, via: Option<SocketAddr>) -> State<A::Session> {
+    /// Check the limit for `peer` and open the inner session (`None`: refused).
+    fn admit(&self, peer: Peer, via: Option<SocketAddr>) -> Option<(A::Session, Option<IpSlot>)> {
         let slot = match (&self.per_ip, peer.addr) {
             (Some(limit), Some(addr)) => match limit.acquire(addr.ip()) {
                 Some(slot) => Some(slot),
@@ -153,7 +150,7 @@ impl<A: App> Gate<A> {
                             limit.max()
                         );
                     }
-                    return State::Closed;
+                    return None;
                 }
             },
             _ => None,
@@ -167,10 +164,7 @@ impl<A: App> Gate<A> {
                 (None, _) => tracing::info!("connection from an unknown address"),
             }
         }
-        State::Open {
-            session: self.app.open(&peer),
-            _slot: slot,
-        }
+        Some((self.app.open(&peer), slot))
     }
 
     fn header_failed(&self, what: &dyn std::fmt::Display, peer: &Peer, timeout: bool) {
@@ -197,16 +191,17 @@ impl<A: App> Gate<A> {
     }
 }
 
-/// Where a gated connection is.
-enum State<S> {
-    /// The inner session runs; `_slot` holds the client's per-address share.
-    Open { session: S, _slot: Option<IpSlot> },
-    /// Refused or failed (or, with `header` set, not opened yet).
-    Closed,
+/// What a gated connection holds besides the inner session; boxed, so that a
+/// connection with neither a header to wait for nor a per-address slot pays one
+/// pointer for the gate.
+enum Extra<S> {
+    /// Waiting for the PROXY header (the inner session is not open yet).
+    Awaiting(Box<dyn HeaderStep<S>>),
+    /// The client's share of its address's count (`--max-conns-per-ip`).
+    Slot(#[allow(dead_code)] IpSlot),
 }
 
-/// Waiting for the PROXY header (boxed: only a connection that is still waiting
-/// pays for it).
+/// Waiting for the PROXY header.
 struct Awaiting<A> {
     opener: Arc<Gate<A>>,
     /// The socket's own endpoints (the proxy's, or the client's without a proxy).
@@ -218,15 +213,25 @@ struct Awaiting<A> {
 }
 
 /// A session behind the gate (see the module documentation).
+///
+/// `inner` is the app's session once open; without it the connection is either
+/// waiting for its header (`extra` holds [`Extra::Awaiting`]) or refused/failed (wants
+/// to close).
 pub struct GateSession<S> {
-    state: State<S>,
-    header: Option<Box<dyn HeaderStep<S>>>,
+    inner: Option<S>,
+    extra: Option<Box<Extra<S>>>,
 }
 
 /// The header step, with the app's type erased so that [`GateSession`] depends on the
 /// session type only.
 trait HeaderStep<S>: Send {
-    fn step(&mut self, input: &[u8]) -> Result<Option<(State<S>, usize)>, ProtoError>;
+    /// `Ok(Some((admitted, len)))` once the header (`len` bytes) is complete;
+    /// `admitted` is `None` when the client was refused.
+    #[allow(clippy::type_complexity)]
+    fn step(
+        &mut self,
+        input: &[u8],
+    ) -> Result<Option<(Option<(S, Option<IpSlot>)>, usize)>, ProtoError>;
     fn drain(&mut self);
     fn draining(&self) -> bool;
     fn timed_out(&self);
@@ -234,7 +239,10 @@ trait HeaderStep<S>: Send {
 }
 
 impl<A: App> HeaderStep<A::Session> for Awaiting<A> {
-    fn step(&mut self, input: &[u8]) -> Result<Option<(State<A::Session>, usize)>, ProtoError> {
+    fn step(
+        &mut self,
+        input: &[u8],
+    ) -> Result<Option<(Option<(A::Session, Option<IpSlot>)>, usize)>, ProtoError> {
         self.seen |= !input.is_empty();
         let gate = &self.opener;
         match decode(input, gate.proxy) {
@@ -290,6 +298,39 @@ impl<A: App> HeaderStep<A::Session> for Awaiting<A> {
     }
 }
 
+impl<S> GateSession<S> {
+    fn opened(admitted: Option<(S, Option<IpSlot>)>) -> Self {
+        match admitted {
+            Some((session, slot)) => GateSession {
+                inner: Some(session),
+                extra: slot.map(|s| Box::new(Extra::Slot(s))),
+            },
+            None => GateSession {
+                inner: None,
+                extra: None,
+            },
+        }
+    }
+
+    fn awaiting(&mut self) -> Option<&mut Box<dyn HeaderStep<S>>> {
+        match self.extra.as_deref_mut() {
+            Some(Extra::Awaiting(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Stop waiting for the header; returns the header step if it was waiting.
+    fn take_awaiting(&mut self) -> Option<Box<dyn HeaderStep<S>>> {
+        match self.extra.take().map(|b| *b) {
+            Some(Extra::Awaiting(a)) => Some(a),
+            other => {
+                self.extra = other.map(Box::new);
+                None
+            }
+        }
+    }
+}
+
 impl<S: Session> Session for GateSession<S> {
     fn handle_input(
         &mut self,
@@ -297,82 +338,70 @@ impl<S: Session> Session for GateSession<S> {
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<usize, ProtoError> {
-        if let Some(awaiting) = &mut self.header {
-            let (state, len) = match awaiting.step(input) {
-                Ok(Some(done)) => done,
-                Ok(None) => return Ok(0),
-                Err(e) => {
-                    // State stays Closed: the session wants to close.
-                    self.header = None;
-                    return Err(e);
-                }
-            };
-            let draining = awaiting.draining();
-            self.header = None;
-            self.state = state;
-            let State::Open { session, .. } = &mut self.state else {
-                return Ok(input.len());
-            };
-            // The bytes after the header belong to the app; a drain that began while
-            // the header arrived applies once they are offered.
-            let used = session.handle_input(cx, &input[len..], out);
-            if draining {
-                session.start_drain();
+        if let Some(session) = &mut self.inner {
+            return session.handle_input(cx, input, out);
+        }
+        let Some(awaiting) = self.awaiting() else {
+            return Ok(input.len()); // refused or failed: closing
+        };
+        let (admitted, len) = match awaiting.step(input) {
+            Ok(Some(done)) => done,
+            Ok(None) => return Ok(0),
+            Err(e) => {
+                // Neither waiting nor open: the session wants to close.
+                self.extra = None;
+                return Err(e);
             }
-            return Ok(len + used?);
+        };
+        let draining = awaiting.draining();
+        *self = GateSession::opened(admitted);
+        let Some(session) = &mut self.inner else {
+            return Ok(input.len());
+        };
+        // The bytes after the header belong to the app; a drain that began while the
+        // header arrived applies once they are offered.
+        let used = session.handle_input(cx, &input[len..], out);
+        if draining {
+            session.start_drain();
         }
-        match &mut self.state {
-            State::Open { session, .. } => session.handle_input(cx, input, out),
-            State::Closed => Ok(input.len()),
-        }
+        Ok(len + used?)
     }
 
     fn handle_eof(&mut self, cx: &Cx, out: &mut Vec<u8>) {
-        if let Some(awaiting) = self.header.take() {
-            awaiting.eof();
-            return;
-        }
-        if let State::Open { session, .. } = &mut self.state {
+        if let Some(session) = &mut self.inner {
             session.handle_eof(cx, out);
+        } else if let Some(awaiting) = self.take_awaiting() {
+            awaiting.eof();
         }
     }
 
     fn wants_close(&self) -> bool {
-        if self.header.is_some() {
-            return false;
-        }
-        match &self.state {
-            State::Open { session, .. } => session.wants_close(),
-            State::Closed => true,
+        match (&self.inner, self.extra.as_deref()) {
+            (Some(session), _) => session.wants_close(),
+            (None, Some(Extra::Awaiting(_))) => false,
+            (None, _) => true,
         }
     }
 
     fn mid_request(&self) -> bool {
         // While the header arrives, the driver holds its bytes (unconsumed input),
         // which already counts as a request in progress.
-        match &self.state {
-            State::Open { session, .. } => session.mid_request(),
-            State::Closed => false,
-        }
+        self.inner.as_ref().is_some_and(|s| s.mid_request())
     }
 
     fn start_drain(&mut self) {
-        if let Some(awaiting) = &mut self.header {
-            awaiting.drain();
-            return;
-        }
-        if let State::Open { session, .. } = &mut self.state {
+        if let Some(session) = &mut self.inner {
             session.start_drain();
+        } else if let Some(awaiting) = self.awaiting() {
+            awaiting.drain();
         }
     }
 
     fn handle_timeout(&mut self, cx: &Cx, out: &mut Vec<u8>) {
-        if let Some(awaiting) = self.header.take() {
-            awaiting.timed_out();
-            return;
-        }
-        if let State::Open { session, .. } = &mut self.state {
+        if let Some(session) = &mut self.inner {
             session.handle_timeout(cx, out);
+        } else if let Some(awaiting) = self.take_awaiting() {
+            awaiting.timed_out();
         }
     }
 }
@@ -572,5 +601,14 @@ mod tests {
         other.handle_input(&cx(), &h2, &mut out).unwrap();
         assert!(!other.wants_close());
         assert_eq!(GateStats::get(&app.stats().refused_per_ip), 1);
+    }
+
+    #[test]
+    fn the_gate_costs_an_open_connection_at_most_two_words() {
+        use std::mem::size_of;
+        assert!(
+            size_of::<GateSession<PeerSession>>()
+                <= size_of::<PeerSession>() + 2 * size_of::<usize>()
+        );
     }
 }
