@@ -72,7 +72,7 @@ for _ in $(seq 100); do
 done
 
 echo "http GET /, $conns keep-alive connections, $duration per run, $rounds round(s)"
-"$HAPROXY" -v | head -1
+"$HAPROXY" -v 2>&1 | sed -n 1p
 printf '%-8s %-6s %12s %10s %10s %8s\n' target round 'req/s' 'p50 us' 'p99 us' errors
 for r in $(seq "$rounds"); do
     for target in direct haproxy; do
