@@ -291,3 +291,22 @@ fn max_conns_per_ip_is_refused_where_processes_keep_their_own_counts() {
         assert!(err.contains("max-conns-per-ip"), "{strategy}: {err}");
     }
 }
+
+#[test]
+fn bad_values_exit_2_with_one_line_saying_what_to_do() {
+    for (args, says) in [
+        (&["--proxy-protocol", "v3"][..], "off, v1, v2 or any"),
+        (&["--max-conns-per-ip", "0"][..], "at least 1"),
+        (&["--max-conns-per-ip", "many"][..], "max-conns-per-ip"),
+    ] {
+        let out = std::process::Command::new(common::c10k_bin())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
