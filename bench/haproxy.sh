@@ -73,17 +73,38 @@ done
 
 echo "http GET /, $conns keep-alive connections, $duration per run, $rounds round(s)"
 "$HAPROXY" -v 2>&1 | sed -n 1p
-printf '%-8s %-6s %12s %10s %10s %8s\n' target round 'req/s' 'p50 us' 'p99 us' errors
+# ticks NAME...: user+system CPU clock ticks of these processes (all their threads).
+ticks() {
+    local t=0 name
+    for name in "$@"; do
+        t=$((t + $(awk '{print $14 + $15}' "/proc/$(cat "$tmp/$name.pid")/stat")))
+    done
+    echo "$t"
+}
+hz=$(getconf CLK_TCK)
+# CPU columns: microseconds of CPU per request over the whole run (warm-up included),
+# of the backend(s) and of HAProxy; steadier than req/s on a shared machine.
+printf '%-8s %-6s %12s %10s %10s %8s %12s %12s\n' target round 'req/s' 'p50 us' 'p99 us' errors \
+    'backend cpu' 'haproxy cpu'
 for r in $(seq "$rounds"); do
     for target in direct haproxy; do
-        port=$direct
-        [[ $target == haproxy ]] && port=$front
+        port=$direct backends=(direct)
+        if [[ $target == haproxy ]]; then
+            port=$front backends=(proxied1 proxied2)
+        fi
+        b0=$(ticks "${backends[@]}") h0=$(ticks haproxy)
         "${pin1[@]}" "$C" load --connect "127.0.0.1:$port" --app http --conns "$conns" \
             --duration "$duration" --warmup 1s --json "$tmp/$target-$r.json" >/dev/null
-        python3 - "$tmp/$target-$r.json" "$target" "$r" <<'PY'
+        b1=$(ticks "${backends[@]}") h1=$(ticks haproxy)
+        python3 - "$tmp/$target-$r.json" "$target" "$r" $((b1 - b0)) $((h1 - h0)) "$hz" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
-print(f"{sys.argv[2]:<8} {sys.argv[3]:<6} {d['throughput_rps']:12,.0f} {d['p50_us']:10,.0f} {d['p99_us']:10,.0f} {d['errors']['total']:8}")
+target, rnd, bt, ht, hz = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+# Requests over the whole run: the measured window's rate times warm-up plus window.
+n = d['throughput_rps'] * (d['warmup_s'] + d['window_s'])
+cpu = lambda t: f"{t / hz * 1e6 / n:12.2f}" if n else f"{'-':>12}"
+hcpu = cpu(ht) if target == 'haproxy' else f"{'-':>12}"
+print(f"{target:<8} {rnd:<6} {d['throughput_rps']:12,.0f} {d['p50_us']:10,.0f} {d['p99_us']:10,.0f} {d['errors']['total']:8} {cpu(bt)} {hcpu}")
 PY
     done
 done
