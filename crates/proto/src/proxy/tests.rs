@@ -360,3 +360,123 @@ fn regression_fuzz_bare_cr_inside_an_unknown_line() {
         );
     }
 }
+
+/// Encode a header the way a proxy does (test side only).
+fn encode(h: &ProxyHeader) -> Vec<u8> {
+    if h.version == 1 {
+        return match (h.source, h.destination) {
+            (Some(s), Some(d)) => {
+                let proto = if s.is_ipv4() { "TCP4" } else { "TCP6" };
+                format!(
+                    "PROXY {proto} {} {} {} {}\r\n",
+                    s.ip(),
+                    d.ip(),
+                    s.port(),
+                    d.port()
+                )
+                .into_bytes()
+            }
+            _ => b"PROXY UNKNOWN\r\n".to_vec(),
+        };
+    }
+    let mut body = Vec::new();
+    let family = match (h.source, h.destination) {
+        (Some(SocketAddr::V4(s)), Some(SocketAddr::V4(d))) => {
+            body.extend_from_slice(&s.ip().octets());
+            body.extend_from_slice(&d.ip().octets());
+            body.extend_from_slice(&s.port().to_be_bytes());
+            body.extend_from_slice(&d.port().to_be_bytes());
+            0x11
+        }
+        (Some(SocketAddr::V6(s)), Some(SocketAddr::V6(d))) => {
+            body.extend_from_slice(&s.ip().octets());
+            body.extend_from_slice(&d.ip().octets());
+            body.extend_from_slice(&s.port().to_be_bytes());
+            body.extend_from_slice(&d.port().to_be_bytes());
+            0x21
+        }
+        _ => 0x00,
+    };
+    for t in &h.tlvs {
+        body.extend(tlv(t.kind, &t.value));
+    }
+    let command = u8::from(h.command == Command::Proxy);
+    v2(command, family, &body)
+}
+
+mod roundtrip {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn addr_pair() -> impl Strategy<Value = (Option<SocketAddr>, Option<SocketAddr>)> {
+        prop_oneof![
+            Just((None, None)),
+            (
+                any::<[u8; 4]>(),
+                any::<[u8; 4]>(),
+                any::<u16>(),
+                any::<u16>()
+            )
+                .prop_map(|(s, d, sp, dp)| (
+                    Some(SocketAddr::from((s, sp))),
+                    Some(SocketAddr::from((d, dp)))
+                )),
+            (
+                any::<[u8; 16]>(),
+                any::<[u8; 16]>(),
+                any::<u16>(),
+                any::<u16>()
+            )
+                .prop_map(|(s, d, sp, dp)| (
+                    Some(SocketAddr::from((s, sp))),
+                    Some(SocketAddr::from((d, dp)))
+                )),
+        ]
+    }
+
+    fn header() -> impl Strategy<Value = ProxyHeader> {
+        let tlvs = proptest::collection::vec(
+            (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..40))
+                .prop_map(|(kind, value)| Tlv { kind, value }),
+            0..5,
+        );
+        (1u8..=2, any::<bool>(), addr_pair(), tlvs).prop_map(|(version, local, addrs, tlvs)| {
+            let local = local && version == 2;
+            let (source, destination) = if local { (None, None) } else { addrs };
+            ProxyHeader {
+                version,
+                command: if local {
+                    Command::Local
+                } else {
+                    Command::Proxy
+                },
+                source,
+                destination,
+                tlvs: if version == 2 && !local {
+                    tlvs
+                } else {
+                    Vec::new()
+                },
+            }
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn encoded_headers_decode_to_themselves_however_split(
+            h in header(),
+            cut in any::<prop::sample::Index>(),
+            tail in proptest::collection::vec(any::<u8>(), 0..20),
+        ) {
+            let bytes = encode(&h);
+            let cut = cut.index(bytes.len());
+            prop_assert_eq!(decode(&bytes[..cut], ProxyProtocol::Any), Ok(Decoded::Incomplete));
+            let mut with_tail = bytes.clone();
+            with_tail.extend_from_slice(&tail);
+            prop_assert_eq!(
+                decode(&with_tail, ProxyProtocol::Any),
+                Ok(Decoded::Complete { header: h, len: bytes.len() })
+            );
+        }
+    }
+}
