@@ -215,7 +215,7 @@ struct Awaiting<A> {
 /// A session behind the gate (see the module documentation).
 ///
 /// `inner` is the app's session once open; without it the connection is either
-/// waiting for its header (`extra` holds [`Extra::Awaiting`]) or refused/failed (wants
+/// waiting for its header (`extra` holds the header step) or refused/failed (wants
 /// to close).
 pub struct GateSession<S> {
     inner: Option<S>,
