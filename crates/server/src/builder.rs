@@ -431,6 +431,7 @@ impl<A: App> Server<A> {
                 WorkerStats::get(&s.accept_pauses),
             );
         }
+        self.app.log_summary();
         match first_error {
             Some(e) => Err(e),
             None => Ok(Report {

@@ -112,6 +112,29 @@ impl<A: App> GateApp<A> {
     pub fn stats(&self) -> &Arc<GateStats> {
         &self.gate.stats
     }
+
+    /// Log the counters once (at shutdown), when the gate had anything to do.
+    pub(crate) fn log_summary(&self) {
+        let g = &self.gate;
+        let s = &g.stats;
+        if g.proxy != ProxyProtocol::Off {
+            tracing::info!(
+                "PROXY protocol {}: {} header(s) accepted, {} LOCAL, {} bad, {} timed out",
+                g.proxy,
+                GateStats::get(&s.proxy_headers),
+                GateStats::get(&s.proxy_local),
+                GateStats::get(&s.proxy_errors),
+                GateStats::get(&s.proxy_timeouts),
+            );
+        }
+        if let Some(limit) = &g.per_ip {
+            tracing::info!(
+                "max-conns-per-ip {}: refused {} connection(s)",
+                limit.max(),
+                GateStats::get(&s.refused_per_ip)
+            );
+        }
+    }
 }
 
 impl<A: App> App for GateApp<A> {
@@ -168,10 +191,10 @@ impl<A: App> Gate<A> {
     }
 
     fn header_failed(&self, what: &dyn std::fmt::Display, peer: &Peer, timeout: bool) {
-        let (counter, log) = if timeout {
-            (&self.stats.proxy_timeouts, "timed out waiting for")
+        let counter = if timeout {
+            &self.stats.proxy_timeouts
         } else {
-            (&self.stats.proxy_errors, "bad")
+            &self.stats.proxy_errors
         };
         GateStats::add(counter);
         let mut logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
@@ -184,9 +207,7 @@ impl<A: App> Gate<A> {
             let from = peer
                 .addr
                 .map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
-            tracing::warn!(
-                "closed {n} connection(s): {log} PROXY protocol header ({what}; the last from {from})"
-            );
+            tracing::warn!("closed {n} connection(s): {what} (the last from {from})");
         }
     }
 }
@@ -286,14 +307,20 @@ impl<A: App> HeaderStep<A::Session> for Awaiting<A> {
     }
 
     fn timed_out(&self) {
-        self.opener
-            .header_failed(&"incomplete at the header timeout", &self.socket, true);
+        self.opener.header_failed(
+            &"PROXY protocol header incomplete at the header timeout",
+            &self.socket,
+            true,
+        );
     }
 
     fn eof(&self) {
         if self.seen {
-            self.opener
-                .header_failed(&"cut short by the peer's EOF", &self.socket, false);
+            self.opener.header_failed(
+                &"PROXY protocol header cut short by the peer's EOF",
+                &self.socket,
+                false,
+            );
         }
     }
 }
