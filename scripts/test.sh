@@ -4,7 +4,8 @@
 #
 # It first installs the external clients the conformance suite drives, when they
 # are missing: curl, and redis-cli / redis-benchmark (Debian package redis-tools),
-# and promtool (Debian package prometheus), which validates the /metrics output.
+# promtool (Debian package prometheus), which validates the /metrics output,
+# and haproxy.
 # The tests never skip a missing client: they fail and point here.
 #
 # Usage: scripts/test.sh [extra arguments for `cargo test`, e.g. -- --nocapture]
@@ -21,6 +22,10 @@ if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/
     missing+=(redis-tools)
 fi
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# crates/cli/tests/haproxy.rs runs a real HAProxy in front of two backends. Debian
+# installs it in /usr/sbin, which a normal user's PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 if ((${#missing[@]})); then
     say "installing missing packages: ${missing[*]}"
     if ! command -v apt-get >/dev/null 2>&1; then
@@ -39,7 +44,7 @@ if ((${#missing[@]})); then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y --no-install-recommends "${missing[@]}"
 fi
-for tool in curl redis-cli redis-benchmark promtool; do
+for tool in curl redis-cli redis-benchmark promtool haproxy; do
     path=$(command -v "$tool") || {
         echo "error: $tool is still missing after the install step" >&2
         exit 1

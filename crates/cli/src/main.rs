@@ -111,6 +111,19 @@ struct ServeArgs {
     /// 127.0.0.1:9100 (port 0: the kernel picks one; the address is logged).
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Expect a PROXY protocol header (from HAProxy, a cloud load balancer...) at the
+    /// start of every connection: off, v1, v2 or any. The header's client address is
+    /// the one logs, limits and apps see; a connection without a valid header is closed.
+    #[arg(long, default_value = "off")]
+    proxy_protocol: c10k_server::ProxyProtocol,
+    /// At most this many open connections per client address (from the PROXY header
+    /// when enabled), over all workers; more are closed at once (counted, logged).
+    /// Not with fork or prefork.
+    #[arg(long)]
+    max_conns_per_ip: Option<usize>,
+    /// Log every connection's client address at info level.
+    #[arg(long)]
+    log_connections: bool,
 }
 
 fn parse_strategy(s: &str) -> Result<Strategy, String> {
@@ -203,7 +216,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             sqpoll: args.sqpoll,
             buf_count: args.uring_buffers.0,
             buf_size: args.uring_buffers.1,
-        });
+        })
+        .proxy_protocol(args.proxy_protocol)
+        .max_conns_per_ip(args.max_conns_per_ip)
+        .log_connections(args.log_connections);
     let builder = match args.metrics {
         Some(addr) => builder.metrics(addr),
         None => builder,

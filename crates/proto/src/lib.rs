@@ -24,6 +24,7 @@
 pub mod cx;
 pub mod echo;
 pub mod http;
+pub mod proxy;
 pub mod resp;
 
 use std::net::SocketAddr;
@@ -101,6 +102,9 @@ pub trait Session: Send {
     fn handle_eof(&mut self, cx: &Cx, out: &mut Vec<u8>);
 
     /// True once the session wants the connection closed after `out` is flushed.
+    ///
+    /// A session that wants to close as soon as it is opened (a connection refused by
+    /// a limit) is closed by the driver at once, without reading from it.
     fn wants_close(&self) -> bool;
 
     /// True while a request has started but is not complete (a partial HTTP head or

@@ -80,6 +80,10 @@ pub(crate) fn serve_blocking<S: Session>(
     session: S,
     env: &BlockingEnv<'_>,
 ) -> Outcome {
+    if session.wants_close() {
+        // Refused at open (--max-conns-per-ip): closed unread.
+        return Outcome { drained: false };
+    }
     if let Err(e) = stream.set_nonblocking(true) {
         tracing::debug!("cannot make a connection nonblocking: {e}");
         WorkerStats::add(&env.stats.io_errors, 1);

@@ -11,6 +11,7 @@ use c10k_proto::App;
 
 use crate::accept::{bind_listeners, bind_one};
 use crate::config::{AcceptMode, Config, MAX_STACK_SIZE, MIN_STACK_SIZE};
+use crate::gate::{GateApp, GateStats};
 use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::shared_stats::SharedStats;
 use crate::shutdown::Shutdown;
@@ -72,7 +73,8 @@ pub struct ServerBuilder<A = ()> {
 pub struct Server<A = ()> {
     strategy: Strategy,
     config: Arc<Config>,
-    app: Arc<A>,
+    /// The app behind the gate (PROXY header, per-address limit).
+    app: Arc<GateApp<A>>,
     listeners: Vec<TcpListener>,
     local_addr: SocketAddr,
     shutdown: Arc<Shutdown>,
@@ -98,6 +100,7 @@ pub struct ServerHandle {
     stats: Vec<Arc<WorkerStats>>,
     open: Arc<OpenConns>,
     thread: JoinHandle<Result<Report, ServerError>>,
+    gate: Arc<GateStats>,
 }
 
 impl Server<()> {
@@ -180,6 +183,23 @@ impl<A> ServerBuilder<A> {
         self.config.uring = uring;
         self
     }
+    /// Expect a PROXY protocol header of these versions at the start of every
+    /// connection (off: none).
+    pub fn proxy_protocol(mut self, p: c10k_proto::proxy::ProxyProtocol) -> Self {
+        self.config.proxy_protocol = p;
+        self
+    }
+    /// Allow each client address at most this many open connections (`None`: no
+    /// limit).
+    pub fn max_conns_per_ip(mut self, n: Option<usize>) -> Self {
+        self.config.max_conns_per_ip = n;
+        self
+    }
+    /// Log each connection's client address at info level.
+    pub fn log_connections(mut self, on: bool) -> Self {
+        self.config.log_connections = on;
+        self
+    }
     /// Replace all settings at once.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -236,6 +256,20 @@ impl<A: App> ServerBuilder<A> {
         }
         if c.max_conns == 0 {
             return Err(ServerError::Config("max-conns must be at least 1".into()));
+        }
+        if c.max_conns_per_ip == Some(0) {
+            return Err(ServerError::Config(
+                "max-conns-per-ip must be at least 1".into(),
+            ));
+        }
+        if c.max_conns_per_ip.is_some() && strategy.process_model() == ProcessModel::Processes {
+            // Each process would count only its own connections: the limit would
+            // never hold (fork: one connection per process).
+            return Err(ServerError::Config(format!(
+                "max-conns-per-ip needs one count shared by every connection, which {strategy} \
+                 (a process per connection or per worker) does not have; use --strategy thread \
+                 or an event-loop strategy"
+            )));
         }
         if strategy == Strategy::Uring {
             crate::strategy::uring::check_config(&c.uring).map_err(ServerError::Config)?;
@@ -316,6 +350,12 @@ impl<A: App> ServerBuilder<A> {
         } else {
             None
         };
+        let app = GateApp::new(
+            self.app,
+            c.proxy_protocol,
+            c.max_conns_per_ip,
+            c.log_connections,
+        );
         let metrics = match c.metrics {
             None => None,
             Some(addr) => {
@@ -330,6 +370,7 @@ impl<A: App> ServerBuilder<A> {
                         stats: stats.clone(),
                         open: Arc::clone(&open),
                         shared: shared_stats.clone(),
+                        gate: Some(Arc::clone(app.stats())),
                         started: SystemTime::now(),
                     },
                 })
@@ -338,7 +379,7 @@ impl<A: App> ServerBuilder<A> {
         Ok(Server {
             strategy,
             config: Arc::new(self.config),
-            app: Arc::new(self.app),
+            app: Arc::new(app),
             listeners,
             local_addr,
             shutdown: Shutdown::new()?,
@@ -372,6 +413,11 @@ impl<A: App> Server<A> {
         self.metrics.as_ref().and_then(|m| m.local_addr().ok())
     }
 
+    /// Counters of the gate: PROXY headers and per-address refusals (process-wide).
+    pub fn gate_stats(&self) -> Arc<GateStats> {
+        Arc::clone(self.app.stats())
+    }
+
     /// Serve until SIGTERM or SIGINT, then drain: stop accepting, finish in-flight
     /// requests, close idle connections, and return within the drain timeout.
     pub fn run(self) -> Result<Report, ServerError> {
@@ -395,6 +441,7 @@ impl<A: App> Server<A> {
         let stats = self.stats.clone();
         let open = Arc::clone(&self.open);
         let local_addr = self.local_addr;
+        let gate = self.gate_stats();
         let thread = std::thread::Builder::new()
             .name("c10k-server".into())
             .spawn(move || self.serve())?;
@@ -404,6 +451,7 @@ impl<A: App> Server<A> {
             stats,
             open,
             thread,
+            gate,
         })
     }
 
@@ -482,6 +530,7 @@ impl<A: App> Server<A> {
                 WorkerStats::get(&s.accept_pauses),
             );
         }
+        self.app.log_summary();
         match first_error {
             Some(e) => Err(e),
             None => Ok(Report {
@@ -544,6 +593,11 @@ impl ServerHandle {
     /// Live counters, one per worker.
     pub fn stats(&self) -> &[Arc<WorkerStats>] {
         &self.stats
+    }
+
+    /// Counters of the gate: PROXY headers and per-address refusals.
+    pub fn gate_stats(&self) -> &Arc<GateStats> {
+        &self.gate
     }
 
     /// Connections open right now.

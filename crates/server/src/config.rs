@@ -96,6 +96,14 @@ pub struct Config {
     pub uring: UringConfig,
     /// Serve Prometheus metrics on this address (`GET /metrics`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Which PROXY protocol header every connection must start with
+    /// (`--proxy-protocol`; off: none).
+    pub proxy_protocol: c10k_proto::proxy::ProxyProtocol,
+    /// Connections one client address may hold open, over all workers
+    /// (`--max-conns-per-ip`; `None`: no limit).
+    pub max_conns_per_ip: Option<usize>,
+    /// Log each connection's client address at info level (`--log-connections`).
+    pub log_connections: bool,
 }
 
 impl Default for Config {
@@ -112,6 +120,9 @@ impl Default for Config {
             stack_size: DEFAULT_STACK_SIZE,
             uring: UringConfig::default(),
             metrics: None,
+            proxy_protocol: c10k_proto::proxy::ProxyProtocol::Off,
+            max_conns_per_ip: None,
+            log_connections: false,
         }
     }
 }

@@ -51,7 +51,9 @@ mod blocking;
 mod builder;
 mod config;
 mod conn;
+mod gate;
 mod metrics;
+mod per_ip;
 mod ratelog;
 mod shared_stats;
 mod shutdown;
@@ -60,12 +62,14 @@ mod strategy;
 mod timers;
 
 pub use builder::{Report, Server, ServerBuilder, ServerError, ServerHandle};
+pub use c10k_proto::proxy::ProxyProtocol;
 pub use c10k_proto::{App, Session};
 pub use config::{
     AcceptMode, Config, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNS, DEFAULT_OUTPUT_CAP, DEFAULT_STACK_SIZE, LINGER,
     MAX_PENDING_INPUT, MIN_STACK_SIZE, READ_CHUNK, UringConfig,
 };
+pub use gate::{GateApp, GateSession, GateStats};
 pub use shutdown::Shutdown;
 pub use stats::{OpenConns, UringStats, WorkerStats};
 pub use strategy::{Availability, ProcessModel, Strategy, StrategyInfo};

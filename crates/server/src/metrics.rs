@@ -32,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rustix::event::{PollFd, PollFlags, poll};
 
 use crate::accept::{Accepted, accept_one};
+use crate::gate::GateStats;
 use crate::shared_stats::SharedStats;
 use crate::shutdown::Shutdown;
 use crate::stats::{OpenConns, WorkerStats};
@@ -228,6 +229,8 @@ pub(crate) struct Metrics {
     pub(crate) open: Arc<OpenConns>,
     /// Forking strategies: what the children counted.
     pub(crate) shared: Option<Arc<SharedStats>>,
+    /// The gate's process-wide counters (PROXY headers, per-address refusals).
+    pub(crate) gate: Option<Arc<GateStats>>,
     pub(crate) started: SystemTime,
 }
 
@@ -337,7 +340,47 @@ impl Metrics {
             "",
             format!("{}.{:03}", started.as_secs(), started.subsec_millis()),
         );
+        if let Some(gate) = &self.gate {
+            render_gate(&mut out, gate);
+        }
         out
+    }
+}
+
+/// The gate's counters: process-wide, so without a `worker` label. For fork the
+/// connection processes count in their own memory, so these stay at the parent's 0.
+fn render_gate(out: &mut String, gate: &GateStats) {
+    let get = GateStats::get;
+    let families: [(&str, &str, &[(&str, &AtomicU64)]); 3] = [
+        (
+            "c10k_proxy_headers_total",
+            "PROXY protocol headers accepted, by command (proxy: client address taken; local: health check).",
+            &[("proxy", &gate.proxy_headers), ("local", &gate.proxy_local)],
+        ),
+        (
+            "c10k_proxy_rejected_total",
+            "Connections closed for their PROXY header, by kind (malformed: missing, bad or cut short; timeout: incomplete past --header-timeout).",
+            &[
+                ("malformed", &gate.proxy_errors),
+                ("timeout", &gate.proxy_timeouts),
+            ],
+        ),
+        (
+            "c10k_refused_per_ip_total",
+            "Connections refused by --max-conns-per-ip.",
+            &[("", &gate.refused_per_ip)],
+        ),
+    ];
+    for (name, help, rows) in families {
+        let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (kind, counter) in rows {
+            if kind.is_empty() {
+                let _ = writeln!(out, "{name} {}", get(counter));
+            } else {
+                let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {}", get(counter));
+            }
+        }
     }
 }
 
@@ -513,6 +556,7 @@ mod tests {
             stats: vec![s, Arc::new(WorkerStats::default())],
             open: Arc::new(OpenConns::default()),
             shared: None,
+            gate: Some(Arc::new(GateStats::default())),
             started: UNIX_EPOCH + Duration::from_millis(1500),
         }
     }

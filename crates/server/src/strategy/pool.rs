@@ -108,7 +108,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use c10k_proto::{App, Peer};
+use c10k_proto::{App, Peer, Session};
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::{EventfdFlags, eventfd};
 use rustix::io::Errno;
@@ -429,6 +429,12 @@ impl<A: App> Reactor<A> {
                         local: Some(self.local_addr),
                     };
                     let session = self.app.open(&peer);
+                    if session.wants_close() {
+                        // Refused at open (--max-conns-per-ip): closed unread.
+                        s.open.release();
+                        WorkerStats::add(&s.stats.closed, 1);
+                        continue;
+                    }
                     self.register(Conn::new(stream, session));
                 }
                 Accepted::Empty => return,

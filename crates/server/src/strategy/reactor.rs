@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use c10k_proto::{App, Cx, Peer};
+use c10k_proto::{App, Cx, Peer, Session};
 use slab::Slab;
 
 use super::WorkerCtx;
@@ -243,6 +243,12 @@ impl<A: App, P: Poller> Reactor<A, P> {
                         local: Some(c.local_addr),
                     };
                     let session = c.app.open(&peer);
+                    if session.wants_close() {
+                        // Refused at open (--max-conns-per-ip): closed unread.
+                        c.open.release();
+                        WorkerStats::add(&c.stats.closed, 1);
+                        continue;
+                    }
                     self.register(Conn::new(stream, session));
                 }
                 Accepted::Empty => return,

@@ -30,7 +30,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use c10k_proto::{App, Cx, Peer};
+use c10k_proto::{App, Cx, Peer, Session};
 use c10k_sys::uring::{Completion, Event, OpId, Ring, RingConfig, Socket};
 use slab::Slab;
 
@@ -339,6 +339,13 @@ impl<A: App> Worker<A> {
             local: Some(c.local_addr),
         };
         let session = c.app.open(&peer);
+        if session.wants_close() {
+            // Refused at open (--max-conns-per-ip): closed unread.
+            let _ = self.ring.close(socket);
+            c.open.release();
+            WorkerStats::add(&c.stats.closed, 1);
+            return;
+        }
         self.next_serial = self.next_serial.wrapping_add(1);
         let key = self.conns.insert(Entry {
             conn: UConn::new(socket, session),
