@@ -11,9 +11,10 @@ use c10k_proto::App;
 
 use crate::accept::bind_listeners;
 use crate::config::{AcceptMode, Config, MAX_STACK_SIZE, MIN_STACK_SIZE};
+use crate::service::{HANDLER_STRATEGIES, Handler, Service};
 use crate::shutdown::Shutdown;
 use crate::stats::{OpenConns, WorkerStats};
-use crate::strategy::{Availability, ProcessModel, Strategy, WorkerCtx, run_processes, run_worker};
+use crate::strategy::{Availability, ProcessModel, Strategy, WorkerCtx};
 
 /// Why a server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +116,19 @@ impl<A> ServerBuilder<A> {
             app,
         }
     }
+    /// A blocking-style connection handler to serve instead of an app (strategies
+    /// `thread`, `fork`, `prefork` and `green`; see [`Conn`](crate::Conn)).
+    pub fn handler<F>(self, handler: F) -> ServerBuilder<Handler<F>>
+    where
+        F: Fn(&mut crate::Conn<'_>) -> io::Result<()> + Send + Sync + 'static,
+    {
+        ServerBuilder {
+            strategy: self.strategy,
+            config: self.config,
+            listen: self.listen,
+            app: Handler(handler),
+        }
+    }
     /// The strategy.
     pub fn strategy(mut self, strategy: Strategy) -> Self {
         self.strategy = strategy;
@@ -160,7 +174,7 @@ impl<A> ServerBuilder<A> {
         self.config.header_timeout = d;
         self
     }
-    /// Stack size of each connection thread (`thread` strategy).
+    /// Stack size of each connection thread (`thread`) or green thread (`green`).
     pub fn stack_size(mut self, bytes: usize) -> Self {
         self.config.stack_size = bytes;
         self
@@ -177,7 +191,7 @@ impl<A> ServerBuilder<A> {
     }
 }
 
-impl<A: App> ServerBuilder<A> {
+impl<A: Service> ServerBuilder<A> {
     /// Check the strategy is available, then bind and listen.
     pub fn bind(self) -> Result<Server<A>, ServerError> {
         let strategy = self.strategy;
@@ -198,6 +212,13 @@ impl<A: App> ServerBuilder<A> {
                     instead,
                 });
             }
+        }
+        if !A::runs_on(strategy) {
+            let names: Vec<&str> = HANDLER_STRATEGIES.iter().map(|s| s.name()).collect();
+            return Err(ServerError::Config(format!(
+                "strategy {strategy} serves sans-IO apps only; a blocking-style handler runs on {}",
+                names.join(", ")
+            )));
         }
         let c = &self.config;
         if c.workers == 0 || c.workers > 1024 {
@@ -276,7 +297,7 @@ impl<A: App> ServerBuilder<A> {
     }
 }
 
-impl<A: App> Server<A> {
+impl<A: Service> Server<A> {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -346,7 +367,7 @@ impl<A: App> Server<A> {
             let strategy = self.strategy;
             let t = std::thread::Builder::new()
                 .name(format!("c10k-w{id}"))
-                .spawn(move || run_worker(strategy, ctx));
+                .spawn(move || A::run_worker(strategy, ctx));
             match t {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -393,7 +414,7 @@ impl<A: App> Server<A> {
     }
 }
 
-impl<A: App> Server<A> {
+impl<A: Service> Server<A> {
     /// Run a forking strategy in this thread. RULE: fork only while the process has a
     /// single thread, so no worker thread is spawned here, and nothing before this
     /// point (logging, signal handlers) may have spawned one; `c10k_sys` checks it
@@ -414,7 +435,7 @@ impl<A: App> Server<A> {
             stats: Arc::clone(&self.stats[0]),
             open: Arc::clone(&self.open),
         };
-        if let Err(source) = run_processes(self.strategy, ctx) {
+        if let Err(source) = A::run_processes(self.strategy, ctx) {
             return Err(ServerError::Worker { worker: 0, source });
         }
         let s = &self.stats[0];

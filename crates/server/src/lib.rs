@@ -50,7 +50,9 @@ mod blocking;
 mod builder;
 mod config;
 mod conn;
+mod handler;
 mod ratelog;
+mod service;
 mod shutdown;
 mod stats;
 mod strategy;
@@ -63,6 +65,8 @@ pub use config::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNS, DEFAULT_OUTPUT_CAP, DEFAULT_STACK_SIZE, LINGER,
     MAX_PENDING_INPUT, MIN_STACK_SIZE, READ_CHUNK, UringConfig,
 };
+pub use handler::Conn;
+pub use service::{HANDLER_STRATEGIES, Handler, Service};
 pub use shutdown::Shutdown;
 pub use stats::{OpenConns, UringStats, WorkerStats};
 pub use strategy::{Availability, ProcessModel, Strategy, StrategyInfo};

@@ -14,11 +14,14 @@
 //! - [`process`]: `fork`, refused unless the process is single-threaded;
 //! - [`uring`]: an io_uring whose operations own their buffers until their completions
 //!   return (provided-buffer ring, multishot accept/recv, sends that hand their `Vec`
-//!   back, closes through the ring).
+//!   back, closes through the ring);
+//! - [`stack_guard`]: a green thread's stack overflow (a hit on its guard page) is
+//!   reported on stderr before the process aborts, instead of a bare SIGSEGV.
 
 pub mod poll;
 pub mod process;
 pub mod select;
+pub mod stack_guard;
 pub mod uring;
 
 pub use poll::{PollFd, poll};

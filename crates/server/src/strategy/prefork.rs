@@ -26,7 +26,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use c10k_proto::{App, Peer};
+use c10k_proto::Peer;
 use c10k_sys::process::{Fork, exit_immediately, fork};
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -39,6 +39,7 @@ use crate::accept::{AcceptGuard, Accepted, accept_one};
 use crate::blocking::{BlockingEnv, serve_blocking};
 use crate::config::Config;
 use crate::ratelog::RateLog;
+use crate::service::Service;
 use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;
 
@@ -48,7 +49,7 @@ const RESPAWN_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const RESPAWN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Run the parent: fork the pool, replace workers that die, drain on shutdown.
-pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
+pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
     require_single_thread("prefork")?;
     let WorkerCtx {
         app,
@@ -197,7 +198,7 @@ const WAKE: u64 = 1;
 
 /// A worker: accept and serve one connection at a time until shutdown. Returns how
 /// many connections it accepted, or `Err` after logging a failure.
-fn worker_main<A: App>(
+fn worker_main<A: Service>(
     listener: &Arc<TcpListener>,
     app: &Arc<A>,
     parent_shutdown: &Arc<Shutdown>,
@@ -208,7 +209,7 @@ fn worker_main<A: App>(
     let own = enter_child(parent_shutdown, parent).map_err(|e| {
         tracing::error!("prefork worker: set-up failed: {e}");
     })?;
-    match serve_pool_slot(listener, app, &own, parent_shutdown, config, local_addr) {
+    match serve_pool_slot(listener, &**app, &own, parent_shutdown, config, local_addr) {
         Ok(accepted) => {
             tracing::debug!(
                 "prefork worker {}: accepted {accepted} connection(s)",
@@ -223,7 +224,7 @@ fn worker_main<A: App>(
     }
 }
 
-fn serve_pool_slot<A: App>(
+fn serve_pool_slot<A: Service>(
     listener: &TcpListener,
     app: &A,
     own: &Shutdown,
@@ -279,11 +280,11 @@ fn serve_pool_slot<A: App>(
                 if !guard.admit(now, &open, 1, &stats) {
                     continue;
                 }
-                let session = app.open(&Peer {
+                let peer = Peer {
                     addr,
                     local: Some(local_addr),
-                });
-                let outcome = serve_blocking(stream, session, &env);
+                };
+                let outcome = serve_blocking(stream, app, &peer, &env);
                 open.release();
                 if outcome.drained {
                     break;
