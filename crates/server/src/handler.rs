@@ -216,6 +216,13 @@ impl<'a> Conn<'a> {
         self.drain_deadline.get().is_some()
     }
 
+    /// A clone of the socket (nonblocking, like the connection itself) for another
+    /// flow of control to write to *without waiting*: a chat's broadcast, say. A
+    /// write on it that would block fails with `WouldBlock` instead of parking.
+    pub fn try_clone_stream(&self) -> io::Result<TcpStream> {
+        self.stream.try_clone()
+    }
+
     /// Shut the writing side: the peer reads end of stream after what was written.
     pub fn shutdown_write(&self) -> io::Result<()> {
         self.stream.shutdown(NetShutdown::Write)
