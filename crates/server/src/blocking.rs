@@ -186,6 +186,11 @@ impl<S: Session> Driver<'_, '_, S> {
                 }
             }
             if poll_first {
+                if self.conn.release_idle_buffers() {
+                    // Waiting costs no memory but the stack: the read buffer is
+                    // allocated again when there is something to read.
+                    self.buf = Vec::new();
+                }
                 let timers = self.timer_deadline();
                 match self.wait(PollFlags::IN, Some(timers)) {
                     Waited::Ready => {}
@@ -199,6 +204,9 @@ impl<S: Session> Driver<'_, '_, S> {
                     }
                     Waited::Failed => return Err(Stop::Failed),
                 }
+            }
+            if self.buf.is_empty() {
+                self.buf = vec![0; BLOCKING_READ_MIN];
             }
             let n = match self.conn.try_read(&mut self.buf) {
                 Ok(n) => n,
@@ -342,6 +350,9 @@ impl<S: Session> Driver<'_, '_, S> {
     /// until the peer closes, for at most [`LINGER`] or 1 MiB.
     fn linger(&mut self) {
         let _ = self.conn.shutdown_write();
+        if self.buf.is_empty() {
+            self.buf = vec![0; BLOCKING_READ_MIN];
+        }
         let until = Instant::now() + LINGER;
         let mut discarded = 0;
         while discarded <= LINGER_MAX_DISCARD {

@@ -61,6 +61,13 @@ pub(crate) trait Park {
     /// A read (`IN`) or write (`OUT`) found the socket not ready: readiness an
     /// edge-triggered backend remembered for it is used up.
     fn would_block(&self, _flags: PollFlags) {}
+
+    /// Whether the sans-IO adapter frees its read buffer while it waits for input
+    /// (green threads: thousands of idle connections then cost their stack pages
+    /// only). An OS thread keeps it (issue 4's measured behaviour).
+    fn release_idle_buffers(&self) -> bool {
+        false
+    }
 }
 
 /// Waiting by `poll(2)` on the socket and the shutdown fds (`thread`, `fork`,
@@ -226,6 +233,10 @@ impl<'a> Conn<'a> {
     /// Shut the writing side: the peer reads end of stream after what was written.
     pub fn shutdown_write(&self) -> io::Result<()> {
         self.stream.shutdown(NetShutdown::Write)
+    }
+
+    pub(crate) fn release_idle_buffers(&self) -> bool {
+        self.park.release_idle_buffers()
     }
 
     pub(crate) fn stats(&self) -> &'a WorkerStats {

@@ -140,6 +140,10 @@ impl Park for GreenPark<'_> {
         }
     }
 
+    fn release_idle_buffers(&self) -> bool {
+        true
+    }
+
     fn would_block(&self, flags: PollFlags) {
         let mut ready = self.ready.get();
         ready.remove(want(flags));
