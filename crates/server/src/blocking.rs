@@ -186,11 +186,12 @@ impl<S: Session> Driver<'_, '_, S> {
                 }
             }
             if poll_first {
-                if self.conn.release_idle_buffers() {
-                    // Waiting costs no memory but the stack: the read buffer is
-                    // allocated again when there is something to read.
-                    self.buf = Vec::new();
-                }
+                // A green thread hands its read buffer back while it waits: an idle
+                // connection then costs its stack pages only.
+                self.buf = self
+                    .conn
+                    .stash_buffer(std::mem::take(&mut self.buf))
+                    .unwrap_or_default();
                 let timers = self.timer_deadline();
                 match self.wait(PollFlags::IN, Some(timers)) {
                     Waited::Ready => {}
@@ -206,7 +207,7 @@ impl<S: Session> Driver<'_, '_, S> {
                 }
             }
             if self.buf.is_empty() {
-                self.buf = vec![0; BLOCKING_READ_MIN];
+                self.buf = self.conn.fresh_buffer(BLOCKING_READ_MIN);
             }
             let n = match self.conn.try_read(&mut self.buf) {
                 Ok(n) => n,
@@ -351,7 +352,7 @@ impl<S: Session> Driver<'_, '_, S> {
     fn linger(&mut self) {
         let _ = self.conn.shutdown_write();
         if self.buf.is_empty() {
-            self.buf = vec![0; BLOCKING_READ_MIN];
+            self.buf = self.conn.fresh_buffer(BLOCKING_READ_MIN);
         }
         let until = Instant::now() + LINGER;
         let mut discarded = 0;

@@ -62,11 +62,17 @@ pub(crate) trait Park {
     /// edge-triggered backend remembered for it is used up.
     fn would_block(&self, _flags: PollFlags) {}
 
-    /// Whether the sans-IO adapter frees its read buffer while it waits for input
-    /// (green threads: thousands of idle connections then cost their stack pages
-    /// only). An OS thread keeps it (issue 4's measured behaviour).
-    fn release_idle_buffers(&self) -> bool {
-        false
+    /// The sans-IO adapter is about to wait for input: it may hand its read buffer
+    /// over (green threads: a per-worker pool, so thousands of idle connections cost
+    /// their stack pages only) and get `None` back, or keep it (the default: an OS
+    /// thread keeps its buffer, issue 4's measured behaviour).
+    fn stash_buffer(&self, buf: Vec<u8>) -> Option<Vec<u8>> {
+        Some(buf)
+    }
+
+    /// A read buffer for an adapter that handed its own over (`len` bytes).
+    fn fresh_buffer(&self, len: usize) -> Vec<u8> {
+        vec![0; len]
     }
 }
 
@@ -235,8 +241,14 @@ impl<'a> Conn<'a> {
         self.stream.shutdown(NetShutdown::Write)
     }
 
-    pub(crate) fn release_idle_buffers(&self) -> bool {
-        self.park.release_idle_buffers()
+    /// See [`Park::stash_buffer`].
+    pub(crate) fn stash_buffer(&self, buf: Vec<u8>) -> Option<Vec<u8>> {
+        self.park.stash_buffer(buf)
+    }
+
+    /// See [`Park::fresh_buffer`].
+    pub(crate) fn fresh_buffer(&self, len: usize) -> Vec<u8> {
+        self.park.fresh_buffer(len)
     }
 
     pub(crate) fn stats(&self) -> &'a WorkerStats {

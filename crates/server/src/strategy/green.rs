@@ -31,7 +31,7 @@
 //! - Caveat: a green thread that blocks the OS thread (a blocking syscall, a long
 //!   computation) stalls every connection of its worker.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::os::fd::AsFd;
@@ -65,6 +65,10 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(1);
 /// Stacks kept for reuse (each a `--stack-size` mapping).
 const STACK_POOL: usize = 256;
 
+/// Read buffers kept for reuse by a worker's green threads (a green thread holds one
+/// only while it is not waiting for input, so few are out at once).
+const BUFFER_POOL: usize = 16;
+
 const LISTENER: u64 = u64::MAX;
 const WAKE: u64 = u64::MAX - 1;
 
@@ -97,6 +101,8 @@ struct GreenPark<'y> {
     yielder: &'y Yielder<Resume, Yield>,
     /// Readiness epoll reported for the connection, shared with the scheduler.
     ready: Rc<Cell<EventFlags>>,
+    /// The worker's spare read buffers.
+    buffers: Rc<RefCell<Vec<Vec<u8>>>>,
     ops: Cell<u32>,
     bytes: Cell<usize>,
 }
@@ -140,8 +146,21 @@ impl Park for GreenPark<'_> {
         }
     }
 
-    fn release_idle_buffers(&self) -> bool {
-        true
+    fn stash_buffer(&self, buf: Vec<u8>) -> Option<Vec<u8>> {
+        let mut pool = self.buffers.borrow_mut();
+        if pool.len() < BUFFER_POOL {
+            pool.push(buf);
+        }
+        None
+    }
+
+    fn fresh_buffer(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.buffers.borrow_mut().pop().unwrap_or_default();
+        // Pooled buffers are initialised already: resizing to their own length
+        // writes nothing.
+        buf.resize(len, 0);
+        buf.truncate(len);
+        buf
     }
 
     fn would_block(&self, flags: PollFlags) {
@@ -167,6 +186,8 @@ struct Task {
     /// socket not ready: the green thread is resumed at once when it waits for it.
     ready: Rc<Cell<EventFlags>>,
     waiting: Option<Waiting>,
+    /// Its entry in the scheduler's timers, at or before its wait's deadline.
+    timer: Option<Instant>,
 }
 
 struct Scheduler<A> {
@@ -176,6 +197,7 @@ struct Scheduler<A> {
     run: VecDeque<(usize, Resume)>,
     timers: BTreeSet<(Instant, usize)>,
     stacks: Vec<DefaultStack>,
+    buffers: Rc<RefCell<Vec<Vec<u8>>>>,
     guard: AcceptGuard,
     listening: bool,
     draining: Option<Instant>,
@@ -206,6 +228,7 @@ pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
         run: VecDeque::new(),
         timers: BTreeSet::new(),
         stacks: Vec::new(),
+        buffers: Rc::new(RefCell::new(Vec::new())),
         guard: AcceptGuard::new(),
         listening: false,
         draining: None,
@@ -330,10 +353,9 @@ impl<A: Service> Scheduler<A> {
         let Some(task) = self.tasks.get_mut(key) else {
             return;
         };
-        if let Some(w) = task.waiting.take() {
-            if let Some(d) = w.deadline {
-                self.timers.remove(&(d, key));
-            }
+        // The timer entry stays (see `arm`): removing and inserting one per wait
+        // would cost two tree updates per message.
+        if task.waiting.take().is_some() {
             self.run.push_back((key, why));
         }
     }
@@ -343,7 +365,20 @@ impl<A: Service> Scheduler<A> {
             if t > now {
                 break;
             }
-            self.wake(key, Resume::Timeout);
+            self.timers.remove(&(t, key));
+            let Some(task) = self.tasks.get_mut(key) else {
+                continue;
+            };
+            task.timer = None;
+            match task.waiting.and_then(|w| w.deadline) {
+                Some(d) if d <= now => self.wake(key, Resume::Timeout),
+                // The wait's deadline moved on since this entry was made: re-arm.
+                Some(d) => {
+                    task.timer = Some(d);
+                    self.timers.insert((d, key));
+                }
+                None => {}
+            }
         }
     }
 
@@ -373,8 +408,20 @@ impl<A: Service> Scheduler<A> {
                         deadline,
                         watch_drain,
                     });
+                    // Lazy timers: a task keeps one entry, at or before its wait's
+                    // deadline; an idle deadline only moves later, so most waits
+                    // touch no tree. An entry that fires early is re-armed.
                     if let Some(d) = deadline {
-                        self.timers.insert((d, key));
+                        match task.timer {
+                            Some(t) if t <= d => {}
+                            old => {
+                                if let Some(t) = old {
+                                    self.timers.remove(&(t, key));
+                                }
+                                task.timer = Some(d);
+                                self.timers.insert((d, key));
+                            }
+                        }
                     }
                 }
             }
@@ -388,10 +435,8 @@ impl<A: Service> Scheduler<A> {
             return;
         }
         let task = self.tasks.remove(key);
-        if let Some(w) = task.waiting {
-            if let Some(d) = w.deadline {
-                self.timers.remove(&(d, key));
-            }
+        if let Some(t) = task.timer {
+            self.timers.remove(&(t, key));
         }
         // Dropping a suspended coroutine unwinds its stack (closing its connection).
         let green = task.green;
@@ -467,10 +512,12 @@ impl<A: Service> Scheduler<A> {
         let limits = self.limits;
         let ready = Rc::new(Cell::new(EventFlags::empty()));
         let shared = Rc::clone(&ready);
+        let buffers = Rc::clone(&self.buffers);
         let green = Green::with_stack(stack, move |yielder, _first: Resume| {
             let park = GreenPark {
                 yielder,
                 ready: shared,
+                buffers,
                 ops: Cell::new(0),
                 bytes: Cell::new(0),
             };
@@ -493,6 +540,7 @@ impl<A: Service> Scheduler<A> {
             guard,
             ready,
             waiting: None,
+            timer: None,
         });
         self.resume(key, Resume::Ready);
         Ok(())
