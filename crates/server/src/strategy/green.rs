@@ -530,9 +530,18 @@ impl<A: Service> Scheduler<A> {
                 }
             };
             let served = catch_unwind(AssertUnwindSafe(|| app.serve(&mut conn, &peer)));
-            if served.is_err() {
-                tracing::error!("a green thread's connection handler panicked; connection closed");
-                WorkerStats::add(&stats.io_errors, 1);
+            if let Err(payload) = served {
+                // A panic carries a message; corosensei's forced unwind (a green
+                // thread dropped at the drain deadline) does not, and returning
+                // normally ends it just as well.
+                if payload.is::<&str>() || payload.is::<String>() {
+                    tracing::error!(
+                        "a green thread's connection handler panicked; connection closed"
+                    );
+                    WorkerStats::add(&stats.io_errors, 1);
+                } else {
+                    tracing::debug!("a green thread was unwound");
+                }
             }
         });
         entry.insert(Task {
