@@ -23,15 +23,16 @@ fn touchy(conn: &mut Conn) -> io::Result<()> {
 }
 
 fn connect(addr: std::net::SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
     s
 }
 
 fn round_trip(s: &mut TcpStream, msg: &[u8]) {
-    s.write_all(msg).unwrap();
+    s.write_all(msg).expect("write");
     let mut got = vec![0; msg.len()];
-    s.read_exact(&mut got).unwrap();
+    s.read_exact(&mut got).expect("read the echo");
     assert_eq!(got, msg);
 }
 
