@@ -182,7 +182,7 @@ impl Strategy {
             "green",
             "answers 3, 4",
             "stackful coroutines over epoll",
-            "a blocking call stalls its worker",
+            "a blocking call or long computation in a connection stalls its worker; a --stack-size stack (touched pages only) per connection",
             "epoll-et",
         ),
         info(
