@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Memory per idle connection of the blocking strategies (thread, fork, prefork),
-with epoll-et for reference. Not a test: run it on a quiet machine.
+"""Memory per idle connection of the blocking strategies (thread, fork, prefork) and
+green threads, with epoll-et for reference. Not a test: run it on a quiet machine.
 
 For each strategy: start `c10k serve --app echo`, measure the server process alone
 (the base), open N connections and do one echo round trip on each (so every
@@ -11,6 +11,7 @@ the real total), and the thread count. Per connection = (tree total - base) / N.
 Kernel socket buffers are not in either figure.
 
 Usage: bench/blocking_memory.py [--conns 1000] [--bin target/release/c10k]
+       [--only epoll-et,thread,green]
 (prefork runs with --workers N: its concurrency is its pool size)."""
 
 import argparse
@@ -99,6 +100,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--conns", type=int, default=1000)
     ap.add_argument("--bin", default="target/release/c10k")
+    ap.add_argument("--only", help="comma-separated strategies to measure (default: all)")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
@@ -109,7 +111,11 @@ def main():
         ("thread (16KiB stacks)", "thread", ["--stack-size", "16KiB"]),
         ("fork", "fork", []),
         (f"prefork --workers {n}", "prefork", ["--workers", str(n)]),
+        ("green (64KiB stacks)", "green", ["--stack-size", "64KiB"]),
     ]
+    if a.only:
+        wanted = a.only.split(",")
+        cases = [c for c in cases if c[1] in wanted]
     print(f"{n} idle echo connections; KiB; per conn = (tree - base) / {n}")
     print(f"| strategy | base RSS | tree RSS | tree PSS | processes | threads "
           f"| RSS/conn | PSS/conn |")

@@ -86,7 +86,8 @@ struct ServeArgs {
     /// answers 408 first.
     #[arg(long, default_value = "10s", value_parser = units::parse_duration)]
     header_timeout: Duration,
-    /// Stack size of each connection thread (`thread` strategy), 16KiB..=1GiB.
+    /// Stack size of each connection thread (`thread`) or green thread (`green`),
+    /// 16KiB..=1GiB.
     #[arg(long, default_value = "64KiB", value_parser = units::parse_size)]
     stack_size: usize,
     /// uring: submission queue entries per worker, i.e. operations one io_uring_enter

@@ -86,6 +86,10 @@ conformance!(uring_1w, "uring", &["--workers", "1"]);
 conformance!(uring_2w, "uring", &["--workers", "2"]);
 conformance!(uring_sqpoll, "uring", &["--sqpoll"]);
 
+// Green threads (stackful coroutines) over epoll, one scheduler per worker.
+conformance!(green_1w, "green", &["--workers", "1"]);
+conformance!(green_2w, "green", &["--workers", "2"]);
+
 mod suite {
     use std::collections::HashMap;
     use std::io::{BufReader, Write};

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::{Server, connect, read_http_response, read_to_eof};
 
-const STRATEGIES: [&str; 9] = [
-    "epoll-lt", "epoll-et", "poll", "select", "uring", "thread", "fork", "prefork", "pool",
+const STRATEGIES: [&str; 10] = [
+    "epoll-lt", "epoll-et", "poll", "select", "uring", "thread", "fork", "prefork", "pool", "green",
 ];
 
 fn start(strategy: &str, app: &str) -> Server {

@@ -152,6 +152,11 @@ mod tests {
     }
 
     #[test]
+    fn answers_lines_on_green() {
+        talk(Strategy::Green);
+    }
+
+    #[test]
     fn answers_lines_on_uring() {
         if let c10k_server::Availability::Unavailable { reason } = Strategy::Uring.availability() {
             panic!("io_uring is not usable here, so this test cannot run: {reason}");

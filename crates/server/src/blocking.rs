@@ -24,16 +24,18 @@
 //!   until it is idle, at most `--drain-timeout` from the moment this connection saw
 //!   the shutdown, then closed.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::TcpStream;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant, SystemTime};
 
-use c10k_proto::{Cx, Session};
-use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use c10k_proto::{Cx, Peer, Session};
+use rustix::event::PollFlags;
 
 use crate::config::{LINGER, MAX_PENDING_INPUT, READ_CHUNK};
 use crate::conn::LINGER_MAX_DISCARD;
+use crate::handler::{Conn, ConnLimits, PollPark, Waited};
+use crate::service::Service;
 use crate::stats::WorkerStats;
 use crate::timers::{Timeout, Timers};
 
@@ -47,10 +49,6 @@ pub(crate) const BLOCKING_READ_MAX: usize = READ_CHUNK;
 /// Output capacity kept between replies; a larger buffer (a big `GET` reply) is freed
 /// once written.
 const OUT_KEEP: usize = 64 * 1024;
-
-/// At most this many shutdown fds are watched (a forked child watches its own and its
-/// parent's).
-pub(crate) const MAX_WAKE_FDS: usize = 3;
 
 /// What a blocking driver needs from its strategy.
 pub(crate) struct BlockingEnv<'a> {
@@ -66,6 +64,17 @@ pub(crate) struct BlockingEnv<'a> {
     pub(crate) header_timeout: Duration,
 }
 
+impl BlockingEnv<'_> {
+    /// The limits every wait of a connection obeys.
+    pub(crate) fn limits(&self) -> ConnLimits {
+        ConnLimits {
+            drain_timeout: self.drain_timeout,
+            idle_timeout: self.idle_timeout,
+            header_timeout: self.header_timeout,
+        }
+    }
+}
+
 /// How a connection served by [`serve_blocking`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Outcome {
@@ -73,51 +82,49 @@ pub(crate) struct Outcome {
     pub(crate) drained: bool,
 }
 
-/// Serve one connection with `session` until it closes, fails or is drained. The
-/// stream is closed on return.
-pub(crate) fn serve_blocking<S: Session>(
+/// Serve one connection with `service` (a sans-IO app through [`serve_session`], or a
+/// blocking-style handler) in the calling OS thread, waiting in `poll(2)`, until it
+/// closes, fails or is drained. The stream is closed on return.
+pub(crate) fn serve_blocking<A: Service>(
     stream: TcpStream,
-    session: S,
+    service: &A,
+    peer: &Peer,
     env: &BlockingEnv<'_>,
 ) -> Outcome {
+    let park = PollPark { wake: env.wake };
+    let mut conn = match Conn::new(stream, &park, env.stats, env.limits()) {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::debug!("cannot make a connection nonblocking: {e}");
+            WorkerStats::add(&env.stats.io_errors, 1);
+            return Outcome { drained: false };
+        }
+    };
+    service.serve(&mut conn, peer);
+    Outcome {
+        drained: conn.draining(),
+    }
+}
+
+/// The sans-IO adapter: serve `session` over `conn` until the connection should
+/// close, with the request and idle timeouts, backpressure and drain of the blocking
+/// driver. Works over any [`Park`](crate::handler::Park): an OS thread or a green one.
+pub(crate) fn serve_session<S: Session>(conn: &Conn<'_>, session: S) {
     if session.wants_close() {
         // Refused at open (--max-conns-per-ip): closed unread.
-        return Outcome { drained: false };
-    }
-    if let Err(e) = stream.set_nonblocking(true) {
-        tracing::debug!("cannot make a connection nonblocking: {e}");
-        WorkerStats::add(&env.stats.io_errors, 1);
-        return Outcome { drained: false };
+        return;
     }
     let mut d = Driver {
-        stream,
+        conn,
         session,
-        env,
         cx: Cx::new(SystemTime::now()),
         buf: vec![0; BLOCKING_READ_MIN],
         pending: Vec::new(),
         out: Vec::new(),
-        drain_deadline: None,
         drain_told: false,
         timers: Timers::started(Instant::now()),
     };
     d.run();
-    Outcome {
-        drained: d.drain_deadline.is_some(),
-    }
-}
-
-/// Why a wait ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Waited {
-    /// The connection is ready (or hung up: the next read or write says which).
-    Ready,
-    /// Shutdown was just noticed; the drain deadline is set.
-    Drain,
-    /// The deadline passed.
-    Timeout,
-    /// `poll` itself failed (it does not on valid fds): give the connection up.
-    Failed,
 }
 
 /// Why serving stopped early.
@@ -138,32 +145,30 @@ enum Next {
     Close,
 }
 
-struct Driver<'a, S> {
-    stream: TcpStream,
+struct Driver<'a, 'c, S> {
+    conn: &'a Conn<'c>,
     session: S,
-    env: &'a BlockingEnv<'a>,
     cx: Cx,
     buf: Vec<u8>,
     /// Received bytes the session has not consumed yet (an incomplete request).
     pending: Vec<u8>,
     /// Reply bytes being written; always empty between requests.
     out: Vec<u8>,
-    drain_deadline: Option<Instant>,
     /// The session was told about the drain.
     drain_told: bool,
     /// Idle and request clocks.
     timers: Timers,
 }
 
-impl<S: Session> Driver<'_, S> {
+impl<S: Session> Driver<'_, '_, S> {
     fn run(&mut self) {
         match self.serve() {
             Ok(Next::Close) => self.linger(),
             Ok(Next::Read) => {}
-            Err(Stop::Failed) => WorkerStats::add(&self.env.stats.io_errors, 1),
+            Err(Stop::Failed) => WorkerStats::add(&self.conn.stats().io_errors, 1),
             Err(Stop::Forced) => {
                 tracing::debug!("drain deadline passed; closing a busy connection");
-                WorkerStats::add(&self.env.stats.drain_forced, 1);
+                WorkerStats::add(&self.conn.stats().drain_forced, 1);
             }
         }
     }
@@ -173,7 +178,7 @@ impl<S: Session> Driver<'_, S> {
     fn serve(&mut self) -> Result<Next, Stop> {
         let mut poll_first = true;
         loop {
-            if self.drain_deadline.is_some() {
+            if self.conn.drain_deadline().is_some() {
                 // Told only now, with every byte received offered: input held back
                 // while a large reply was written is a request in flight too.
                 if !self.drain_told {
@@ -185,6 +190,12 @@ impl<S: Session> Driver<'_, S> {
                 }
             }
             if poll_first {
+                // A green thread hands its read buffer back while it waits: an idle
+                // connection then costs its stack pages only.
+                self.buf = self
+                    .conn
+                    .stash_buffer(std::mem::take(&mut self.buf))
+                    .unwrap_or_default();
                 let timers = self.timer_deadline();
                 match self.wait(PollFlags::IN, Some(timers)) {
                     Waited::Ready => {}
@@ -199,7 +210,10 @@ impl<S: Session> Driver<'_, S> {
                     Waited::Failed => return Err(Stop::Failed),
                 }
             }
-            let n = match (&self.stream).read(&mut self.buf) {
+            if self.buf.is_empty() {
+                self.buf = self.conn.fresh_buffer(BLOCKING_READ_MIN);
+            }
+            let n = match self.conn.try_read(&mut self.buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     poll_first = true;
@@ -214,7 +228,7 @@ impl<S: Session> Driver<'_, S> {
                 self.flush()?;
                 return Ok(Next::Read);
             }
-            WorkerStats::add(&self.env.stats.bytes_in, n as u64);
+            WorkerStats::add(&self.conn.stats().bytes_in, n as u64);
             self.timers.active(Instant::now());
             if self.feed(n)? == Next::Close {
                 return Ok(Next::Close);
@@ -257,13 +271,13 @@ impl<S: Session> Driver<'_, S> {
                     Ok(used) => used.min(input.len()),
                     Err(e) => {
                         tracing::debug!("protocol error: {e}");
-                        WorkerStats::add(&self.env.stats.proto_errors, 1);
+                        WorkerStats::add(&self.conn.stats().proto_errors, 1);
                         closing = true;
                         input.len()
                     }
                 }
             };
-            WorkerStats::add(&self.env.stats.requests, self.session.take_requests());
+            WorkerStats::add(&self.conn.stats().requests, self.session.take_requests());
             consumed += used;
             closing |= self.session.wants_close();
             self.flush()?;
@@ -288,7 +302,7 @@ impl<S: Session> Driver<'_, S> {
                 "closing a connection with {} unconsumed input bytes",
                 self.pending.len()
             );
-            WorkerStats::add(&self.env.stats.proto_errors, 1);
+            WorkerStats::add(&self.conn.stats().proto_errors, 1);
             self.pending = Vec::new();
             return Ok(Next::Close);
         }
@@ -304,24 +318,24 @@ impl<S: Session> Driver<'_, S> {
         }
         let mut pos = 0;
         while pos < self.out.len() {
-            match (&self.stream).write(&self.out[pos..]) {
+            match self.conn.try_write(&self.out[pos..]) {
                 Ok(0) => return Err(Stop::Failed),
                 Ok(n) => {
                     pos += n;
                     self.timers.active(Instant::now());
-                    WorkerStats::add(&self.env.stats.bytes_out, n as u64);
+                    WorkerStats::add(&self.conn.stats().bytes_out, n as u64);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Unsent output is a request in flight: a drain lets it finish. A
                     // peer that stops reading it for the idle timeout is given up.
                     let stalled = self
                         .timers
-                        .idle_deadline(Instant::now(), self.env.idle_timeout);
+                        .idle_deadline(Instant::now(), self.conn.limits().idle_timeout);
                     match self.wait(PollFlags::OUT, Some(stalled)) {
                         Waited::Ready | Waited::Drain => {}
                         Waited::Timeout if self.drain_passed() => return Err(Stop::Forced),
                         Waited::Timeout => {
-                            WorkerStats::add(&self.env.stats.timeouts_idle, 1);
+                            WorkerStats::add(&self.conn.stats().timeouts_idle, 1);
                             return Err(Stop::Failed);
                         }
                         Waited::Failed => return Err(Stop::Failed),
@@ -341,14 +355,17 @@ impl<S: Session> Driver<'_, S> {
     /// Shut our side (the peer sees EOF after our last reply), then read and discard
     /// until the peer closes, for at most [`LINGER`] or 1 MiB.
     fn linger(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let _ = self.conn.shutdown_write();
+        if self.buf.is_empty() {
+            self.buf = self.conn.fresh_buffer(BLOCKING_READ_MIN);
+        }
         let until = Instant::now() + LINGER;
         let mut discarded = 0;
         while discarded <= LINGER_MAX_DISCARD {
-            match (&self.stream).read(&mut self.buf) {
+            match self.conn.try_read(&mut self.buf) {
                 Ok(0) => return,
                 Ok(n) => {
-                    WorkerStats::add(&self.env.stats.bytes_in, n as u64);
+                    WorkerStats::add(&self.conn.stats().bytes_in, n as u64);
                     discarded += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -368,89 +385,40 @@ impl<S: Session> Driver<'_, S> {
     /// Wait until the connection is ready for `flags`, shutdown is noticed (the first
     /// time only), or `until` / the drain deadline passes.
     fn wait(&mut self, flags: PollFlags, until: Option<Instant>) -> Waited {
-        loop {
-            let deadline = match (until, self.drain_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let timeout = match deadline {
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Waited::Timeout;
-                    }
-                    // Round up so that the wait does not end a hair early.
-                    Some(left + Duration::from_millis(1))
-                }
-                None => None,
-            };
-            let timeout = timeout.and_then(|t| Timespec::try_from(t).ok());
-            let watch_wake = self.drain_deadline.is_none();
-            let conn = self.stream.as_fd();
-            let mut fds: [PollFd<'_>; 1 + MAX_WAKE_FDS] =
-                std::array::from_fn(|_| PollFd::from_borrowed_fd(conn, flags));
-            let mut n = 1;
-            if watch_wake {
-                for (slot, fd) in fds[1..].iter_mut().zip(self.env.wake) {
-                    *slot = PollFd::from_borrowed_fd(*fd, PollFlags::IN);
-                    n += 1;
-                }
-            }
-            match poll(&mut fds[..n], timeout.as_ref()) {
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => {
-                    tracing::debug!("poll failed: {e}");
-                    return Waited::Failed;
-                }
-            }
-            if !fds[0].revents().is_empty() {
-                return Waited::Ready;
-            }
-            if fds[1..n].iter().any(|f| !f.revents().is_empty()) {
-                self.begin_drain();
-                return Waited::Drain;
-            }
-            // Nothing ready: the timeout passed (checked at the top of the loop).
-        }
+        self.conn.wait(flags, until)
     }
 
     /// When the idle or request timer fires next.
     fn timer_deadline(&self) -> Instant {
-        let env = self.env;
+        let l = self.conn.limits();
         self.timers
-            .deadline(Instant::now(), env.idle_timeout, env.header_timeout)
+            .deadline(Instant::now(), l.idle_timeout, l.header_timeout)
     }
 
     /// The drain deadline has passed.
     fn drain_passed(&self) -> bool {
-        self.drain_deadline.is_some_and(|d| Instant::now() >= d)
+        self.conn.drain_passed()
     }
 
     /// A timer's deadline passed: what to do, or `None` when none has fired yet.
     fn timer_fired(&mut self) -> Option<Result<Next, Stop>> {
-        let env = self.env;
+        let l = self.conn.limits();
+        let stats = self.conn.stats();
         let due = self
             .timers
-            .due(Instant::now(), env.idle_timeout, env.header_timeout, true)?;
+            .due(Instant::now(), l.idle_timeout, l.header_timeout, true)?;
         match due {
             Timeout::Request => {
-                WorkerStats::add(&env.stats.timeouts_request, 1);
+                WorkerStats::add(&stats.timeouts_request, 1);
                 self.cx.set_now(SystemTime::now());
                 self.session.handle_timeout(&self.cx, &mut self.out);
                 self.pending = Vec::new();
                 Some(self.flush().map(|()| Next::Close))
             }
             Timeout::Idle => {
-                WorkerStats::add(&env.stats.timeouts_idle, 1);
+                WorkerStats::add(&stats.timeouts_idle, 1);
                 Some(Ok(Next::Close))
             }
-        }
-    }
-
-    fn begin_drain(&mut self) {
-        if self.drain_deadline.is_none() {
-            self.drain_deadline = Some(Instant::now() + self.env.drain_timeout);
         }
     }
 }
@@ -459,7 +427,7 @@ impl<S: Session> Driver<'_, S> {
 mod tests {
     use super::*;
     use c10k_proto::echo::EchoApp;
-    use c10k_proto::{App, Peer};
+    use std::io::{Read, Write};
     use std::net::{Shutdown as NetShutdown, TcpListener};
 
     use crate::shutdown::Shutdown;
@@ -486,7 +454,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(60),
                 header_timeout: Duration::from_secs(10),
             };
-            serve_blocking(server, EchoApp.open(&Peer::unknown()), &env)
+            serve_blocking(server, &EchoApp, &Peer::unknown(), &env)
         })
     }
 

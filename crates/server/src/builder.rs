@@ -11,12 +11,13 @@ use c10k_proto::App;
 
 use crate::accept::{bind_listeners, bind_one};
 use crate::config::{AcceptMode, Config, MAX_STACK_SIZE, MIN_STACK_SIZE};
-use crate::gate::{GateApp, GateStats};
+use crate::gate::GateStats;
 use crate::metrics::{Metrics, MetricsEndpoint};
+use crate::service::{GateSettings, HANDLER_STRATEGIES, Handler, Service};
 use crate::shared_stats::SharedStats;
 use crate::shutdown::Shutdown;
 use crate::stats::{OpenConns, WorkerStats};
-use crate::strategy::{Availability, ProcessModel, Strategy, WorkerCtx, run_processes, run_worker};
+use crate::strategy::{Availability, ProcessModel, Strategy, WorkerCtx};
 
 /// Why a server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +74,10 @@ pub struct ServerBuilder<A = ()> {
 pub struct Server<A = ()> {
     strategy: Strategy,
     config: Arc<Config>,
-    /// The app behind the gate (PROXY header, per-address limit).
-    app: Arc<GateApp<A>>,
+    /// The app or handler, behind the gate (PROXY header, per-address limit).
+    app: Arc<A>,
+    /// The gate's counters (PROXY headers, per-address refusals).
+    gate: Arc<GateStats>,
     listeners: Vec<TcpListener>,
     local_addr: SocketAddr,
     shutdown: Arc<Shutdown>,
@@ -128,6 +131,20 @@ impl<A> ServerBuilder<A> {
             inherited: self.inherited,
         }
     }
+    /// A blocking-style connection handler to serve instead of an app (strategies
+    /// `thread`, `fork`, `prefork` and `green`; see [`Conn`](crate::Conn)).
+    pub fn handler<F>(self, handler: F) -> ServerBuilder<Handler<F>>
+    where
+        F: Fn(&mut crate::Conn<'_>) -> io::Result<()> + Send + Sync + 'static,
+    {
+        ServerBuilder {
+            strategy: self.strategy,
+            config: self.config,
+            listen: self.listen,
+            app: Handler(handler),
+            inherited: self.inherited,
+        }
+    }
     /// The strategy.
     pub fn strategy(mut self, strategy: Strategy) -> Self {
         self.strategy = strategy;
@@ -173,7 +190,7 @@ impl<A> ServerBuilder<A> {
         self.config.header_timeout = d;
         self
     }
-    /// Stack size of each connection thread (`thread` strategy).
+    /// Stack size of each connection thread (`thread`) or green thread (`green`).
     pub fn stack_size(mut self, bytes: usize) -> Self {
         self.config.stack_size = bytes;
         self
@@ -220,9 +237,9 @@ impl<A> ServerBuilder<A> {
     }
 }
 
-impl<A: App> ServerBuilder<A> {
+impl<A: Service> ServerBuilder<A> {
     /// Check the strategy is available, then bind and listen.
-    pub fn bind(self) -> Result<Server<A>, ServerError> {
+    pub fn bind(self) -> Result<Server<A::Gated>, ServerError> {
         let strategy = self.strategy;
         let instead = strategy.info().instead;
         match strategy.availability() {
@@ -241,6 +258,13 @@ impl<A: App> ServerBuilder<A> {
                     instead,
                 });
             }
+        }
+        if !A::runs_on(strategy) {
+            let names: Vec<&str> = HANDLER_STRATEGIES.iter().map(|s| s.name()).collect();
+            return Err(ServerError::Config(format!(
+                "strategy {strategy} serves sans-IO apps only; a blocking-style handler runs on {}",
+                names.join(", ")
+            )));
         }
         let c = &self.config;
         if c.workers == 0 || c.workers > 1024 {
@@ -350,12 +374,14 @@ impl<A: App> ServerBuilder<A> {
         } else {
             None
         };
-        let app = GateApp::new(
-            self.app,
-            c.proxy_protocol,
-            c.max_conns_per_ip,
-            c.log_connections,
-        );
+        let (app, gate) = self
+            .app
+            .gated(&GateSettings {
+                proxy: c.proxy_protocol,
+                max_conns_per_ip: c.max_conns_per_ip,
+                log_connections: c.log_connections,
+            })
+            .map_err(ServerError::Config)?;
         let metrics = match c.metrics {
             None => None,
             Some(addr) => {
@@ -370,7 +396,7 @@ impl<A: App> ServerBuilder<A> {
                         stats: stats.clone(),
                         open: Arc::clone(&open),
                         shared: shared_stats.clone(),
-                        gate: Some(Arc::clone(app.stats())),
+                        gate: Some(Arc::clone(&gate)),
                         started: SystemTime::now(),
                     },
                 })
@@ -380,6 +406,7 @@ impl<A: App> ServerBuilder<A> {
             strategy,
             config: Arc::new(self.config),
             app: Arc::new(app),
+            gate,
             listeners,
             local_addr,
             shutdown: Shutdown::new()?,
@@ -396,7 +423,7 @@ impl<A: App> ServerBuilder<A> {
     }
 }
 
-impl<A: App> Server<A> {
+impl<A: Service> Server<A> {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -415,7 +442,7 @@ impl<A: App> Server<A> {
 
     /// Counters of the gate: PROXY headers and per-address refusals (process-wide).
     pub fn gate_stats(&self) -> Arc<GateStats> {
-        Arc::clone(self.app.stats())
+        Arc::clone(&self.gate)
     }
 
     /// Serve until SIGTERM or SIGINT, then drain: stop accepting, finish in-flight
@@ -484,7 +511,7 @@ impl<A: App> Server<A> {
             let strategy = self.strategy;
             let t = std::thread::Builder::new()
                 .name(format!("c10k-w{id}"))
-                .spawn(move || run_worker(strategy, ctx));
+                .spawn(move || A::run_worker(strategy, ctx));
             match t {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -530,7 +557,11 @@ impl<A: App> Server<A> {
                 WorkerStats::get(&s.accept_pauses),
             );
         }
-        self.app.log_summary();
+        crate::gate::log_summary(
+            self.config.proxy_protocol,
+            self.config.max_conns_per_ip,
+            &self.gate,
+        );
         match first_error {
             Some(e) => Err(e),
             None => Ok(Report {
@@ -540,7 +571,7 @@ impl<A: App> Server<A> {
     }
 }
 
-impl<A: App> Server<A> {
+impl<A: Service> Server<A> {
     /// Run a forking strategy in this thread. RULE: fork only while the process has a
     /// single thread, so no worker thread is spawned here, and nothing before this
     /// point (logging, signal handlers) may have spawned one; `c10k_sys` checks it
@@ -563,7 +594,7 @@ impl<A: App> Server<A> {
             shared_stats: self.shared_stats.clone(),
             metrics: self.metrics.take(),
         };
-        if let Err(source) = run_processes(self.strategy, ctx) {
+        if let Err(source) = A::run_processes(self.strategy, ctx) {
             return Err(ServerError::Worker { worker: 0, source });
         }
         let s = &self.stats[0];

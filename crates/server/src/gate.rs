@@ -112,28 +112,25 @@ impl<A: App> GateApp<A> {
     pub fn stats(&self) -> &Arc<GateStats> {
         &self.gate.stats
     }
+}
 
-    /// Log the counters once (at shutdown), when the gate had anything to do.
-    pub(crate) fn log_summary(&self) {
-        let g = &self.gate;
-        let s = &g.stats;
-        if g.proxy != ProxyProtocol::Off {
-            tracing::info!(
-                "PROXY protocol {}: {} header(s) accepted, {} LOCAL, {} bad, {} timed out",
-                g.proxy,
-                GateStats::get(&s.proxy_headers),
-                GateStats::get(&s.proxy_local),
-                GateStats::get(&s.proxy_errors),
-                GateStats::get(&s.proxy_timeouts),
-            );
-        }
-        if let Some(limit) = &g.per_ip {
-            tracing::info!(
-                "max-conns-per-ip {}: refused {} connection(s)",
-                limit.max(),
-                GateStats::get(&s.refused_per_ip)
-            );
-        }
+/// Log the gate's counters once (at shutdown), when the gate had anything to do.
+pub(crate) fn log_summary(proxy: ProxyProtocol, max_conns_per_ip: Option<usize>, s: &GateStats) {
+    if proxy != ProxyProtocol::Off {
+        tracing::info!(
+            "PROXY protocol {}: {} header(s) accepted, {} LOCAL, {} bad, {} timed out",
+            proxy,
+            GateStats::get(&s.proxy_headers),
+            GateStats::get(&s.proxy_local),
+            GateStats::get(&s.proxy_errors),
+            GateStats::get(&s.proxy_timeouts),
+        );
+    }
+    if let Some(limit) = max_conns_per_ip {
+        tracing::info!(
+            "max-conns-per-ip {limit}: refused {} connection(s)",
+            GateStats::get(&s.refused_per_ip)
+        );
     }
 }
 

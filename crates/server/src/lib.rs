@@ -52,9 +52,11 @@ mod builder;
 mod config;
 mod conn;
 mod gate;
+mod handler;
 mod metrics;
 mod per_ip;
 mod ratelog;
+mod service;
 mod shared_stats;
 mod shutdown;
 mod stats;
@@ -70,6 +72,8 @@ pub use config::{
     MAX_PENDING_INPUT, MIN_STACK_SIZE, READ_CHUNK, UringConfig,
 };
 pub use gate::{GateApp, GateSession, GateStats};
+pub use handler::Conn;
+pub use service::{HANDLER_STRATEGIES, Handler, Service};
 pub use shutdown::Shutdown;
 pub use stats::{OpenConns, UringStats, WorkerStats};
 pub use strategy::{Availability, ProcessModel, Strategy, StrategyInfo};

@@ -19,12 +19,15 @@
 //!   their parent;
 //! - [`activation`]: taking the listening sockets a service manager passed
 //!   (`LISTEN_FDS`, systemd's socket activation).
+//! - [`stack_guard`]: a green thread's stack overflow (a hit on its guard page) is
+//!   reported on stderr before the process aborts, instead of a bare SIGSEGV.
 
 pub mod activation;
 pub mod poll;
 pub mod process;
 pub mod select;
 pub mod shm;
+pub mod stack_guard;
 pub mod uring;
 
 pub use poll::{PollFd, poll};

@@ -26,7 +26,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use c10k_proto::{App, Peer, Session};
+use c10k_proto::Peer;
 use c10k_sys::process::{Fork, exit_immediately, fork};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::{Pid, Signal};
@@ -38,6 +38,7 @@ use crate::blocking::{BlockingEnv, serve_blocking};
 use crate::config::Config;
 use crate::metrics::PARENT_BUDGET;
 use crate::ratelog::RateLog;
+use crate::service::Service;
 use crate::shared_stats::SharedStats;
 use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;
@@ -46,7 +47,7 @@ use crate::stats::WorkerStats;
 const ACCEPT_BATCH: usize = 64;
 
 /// Run the parent until shutdown, then drain the children.
-pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
+pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
     require_single_thread("fork")?;
     let WorkerCtx {
         app,
@@ -139,10 +140,10 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
                             drop(listener.take());
                             drop(metrics.take());
                             children.forget_in_child();
-                            let session = app.open(&peer);
                             let code = child_main(
                                 stream,
-                                session,
+                                &*app,
+                                &peer,
                                 &shutdown,
                                 parent,
                                 &config,
@@ -214,9 +215,10 @@ pub(crate) fn drain_children(
 }
 
 /// The child: serve one connection, return the exit status.
-fn child_main<S: Session>(
+fn child_main<A: Service>(
     stream: TcpStream,
-    session: S,
+    app: &A,
+    peer: &Peer,
     parent_shutdown: &Arc<Shutdown>,
     parent: Pid,
     config: &Config,
@@ -238,7 +240,7 @@ fn child_main<S: Session>(
         idle_timeout: config.idle_timeout,
         header_timeout: config.header_timeout,
     };
-    serve_blocking(stream, session, &env);
+    serve_blocking(stream, app, peer, &env);
     // What this connection counted (bytes, requests, errors, timeouts) goes to the
     // parent's `/metrics`; accepting and closing the parent counted itself.
     if let Some(shared) = shared_stats {

@@ -18,6 +18,7 @@ use crate::stats::{OpenConns, WorkerStats};
 
 pub(crate) mod epoll;
 pub(crate) mod fork;
+pub(crate) mod green;
 pub(crate) mod poll;
 pub(crate) mod pool;
 pub(crate) mod prefork;
@@ -181,7 +182,7 @@ impl Strategy {
             "green",
             "answers 3, 4",
             "stackful coroutines over epoll",
-            "a blocking call stalls its worker",
+            "a blocking call or long computation in a connection stalls its worker; a --stack-size stack (touched pages only) per connection",
             "epoll-et",
         ),
         info(
@@ -246,9 +247,9 @@ impl Strategy {
             | Strategy::Pool
             | Strategy::Thread
             | Strategy::Fork
-            | Strategy::Prefork => Availability::Available,
+            | Strategy::Prefork
+            | Strategy::Green => Availability::Available,
             Strategy::Uring => uring::availability(),
-            Strategy::Green => Availability::NotBuilt { planned: "issue 6" },
             Strategy::Kernel => Availability::NotBuilt {
                 planned: "a later issue",
             },
@@ -352,6 +353,7 @@ pub(crate) fn run_worker<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> std::
         Strategy::Poll => reactor::run(ctx, poll::Poll::new()),
         Strategy::Thread => thread::run(ctx),
         Strategy::Uring => uring::run(ctx),
+        Strategy::Green => green::run(ctx),
         other => Err(std::io::Error::other(format!(
             "strategy {other} does not run in worker threads"
         ))),

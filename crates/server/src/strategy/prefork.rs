@@ -27,7 +27,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use c10k_proto::{App, Peer};
+use c10k_proto::Peer;
 use c10k_sys::process::{Fork, exit_immediately, fork};
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -41,6 +41,7 @@ use crate::blocking::{BlockingEnv, serve_blocking};
 use crate::config::Config;
 use crate::metrics::PARENT_BUDGET;
 use crate::ratelog::RateLog;
+use crate::service::Service;
 use crate::shared_stats::SharedStats;
 use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;
@@ -51,7 +52,7 @@ const RESPAWN_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const RESPAWN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Run the parent: fork the pool, replace workers that die, drain on shutdown.
-pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
+pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
     require_single_thread("prefork")?;
     let WorkerCtx {
         app,
@@ -207,7 +208,7 @@ const WAKE: u64 = 1;
 
 /// A worker: accept and serve one connection at a time until shutdown. Returns how
 /// many connections it accepted, or `Err` after logging a failure.
-fn worker_main<A: App>(
+fn worker_main<A: Service>(
     listener: &Arc<TcpListener>,
     app: &Arc<A>,
     parent_shutdown: &Arc<Shutdown>,
@@ -221,7 +222,7 @@ fn worker_main<A: App>(
     })?;
     match serve_pool_slot(
         listener,
-        app,
+        &**app,
         &own,
         parent_shutdown,
         config,
@@ -242,7 +243,7 @@ fn worker_main<A: App>(
     }
 }
 
-fn serve_pool_slot<A: App>(
+fn serve_pool_slot<A: Service>(
     listener: &TcpListener,
     app: &A,
     own: &Shutdown,
@@ -304,11 +305,11 @@ fn serve_pool_slot<A: App>(
                 }
                 publish.shared.set_open(publish.slot, 1);
                 publish.shared.publish(publish.slot, &stats, &mut published);
-                let session = app.open(&Peer {
+                let peer = Peer {
                     addr,
                     local: Some(local_addr),
-                });
-                let outcome = serve_blocking(stream, session, &env);
+                };
+                let outcome = serve_blocking(stream, app, &peer, &env);
                 open.release();
                 WorkerStats::add(&stats.closed, 1);
                 publish.shared.publish(publish.slot, &stats, &mut published);

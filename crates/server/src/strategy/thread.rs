@@ -21,13 +21,14 @@ use std::os::fd::AsFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use c10k_proto::{App, Peer};
+use c10k_proto::Peer;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 use super::WorkerCtx;
 use crate::accept::{AcceptGuard, Accepted, accept_one};
 use crate::blocking::{BlockingEnv, serve_blocking};
 use crate::ratelog::RateLog;
+use crate::service::Service;
 use crate::stats::{OpenConns, WorkerStats};
 
 /// Connections accepted per listener report before polling again.
@@ -87,7 +88,7 @@ impl Drop for ConnSlot {
 }
 
 /// Run one accept loop until shutdown, then wait for its connection threads.
-pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
+pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
     let WorkerCtx {
         id,
         app,
@@ -151,10 +152,10 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
                     let spawned = std::thread::Builder::new()
                         .stack_size(config.stack_size)
                         .spawn(move || {
-                            let session = app.open(&Peer {
+                            let peer = Peer {
                                 addr,
                                 local: Some(local_addr),
-                            });
+                            };
                             let wake = [shutdown.wake_fd()];
                             let env = BlockingEnv {
                                 stats: &slot.stats,
@@ -163,7 +164,7 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
                                 idle_timeout,
                                 header_timeout,
                             };
-                            serve_blocking(stream, session, &env);
+                            serve_blocking(stream, &*app, &peer, &env);
                             drop(slot);
                         });
                     if let Err(e) = spawned {
