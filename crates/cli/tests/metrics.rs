@@ -242,6 +242,11 @@ fn pool_strategy() {
 }
 
 #[test]
+fn green_two_workers() {
+    check("green", 2);
+}
+
+#[test]
 fn prefork_counts_what_its_workers_publish() {
     check("prefork", 3);
 }

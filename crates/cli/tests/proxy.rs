@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use common::{IO_TIMEOUT, Server, connect, expect_eof, read_http_response};
 
-const STRATEGIES: [&str; 9] = [
-    "epoll-lt", "epoll-et", "poll", "select", "uring", "thread", "fork", "prefork", "pool",
+const STRATEGIES: [&str; 10] = [
+    "epoll-lt", "epoll-et", "poll", "select", "uring", "thread", "fork", "prefork", "pool", "green",
 ];
 /// Strategies with one count per process (fork and prefork refuse the limit).
-const SHARED_COUNT: [&str; 7] = [
-    "epoll-lt", "epoll-et", "poll", "select", "uring", "thread", "pool",
+const SHARED_COUNT: [&str; 8] = [
+    "epoll-lt", "epoll-et", "poll", "select", "uring", "thread", "pool", "green",
 ];
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";

@@ -351,7 +351,9 @@ impl Metrics {
 /// connection processes count in their own memory, so these stay at the parent's 0.
 fn render_gate(out: &mut String, gate: &GateStats) {
     let get = GateStats::get;
-    let families: [(&str, &str, &[(&str, &AtomicU64)]); 3] = [
+    /// A family: name, help, and its rows (`kind` label, counter).
+    type Family<'a> = (&'a str, &'a str, &'a [(&'a str, &'a AtomicU64)]);
+    let families: [Family<'_>; 3] = [
         (
             "c10k_proxy_headers_total",
             "PROXY protocol headers accepted, by command (proxy: client address taken; local: health check).",
