@@ -50,6 +50,7 @@ mod blocking;
 mod builder;
 mod config;
 mod conn;
+mod panic_guard;
 mod ratelog;
 mod shutdown;
 mod stats;

@@ -40,6 +40,10 @@ use crate::ratelog::RateLog;
 use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;
 
+/// Exit status of a connection process whose session panicked (caught, logged, and
+/// counted by the parent in its `panics` counter).
+const PANIC_EXIT: i32 = 3;
+
 /// Connections accepted per listener report before polling again.
 const ACCEPT_BATCH: usize = 64;
 
@@ -65,7 +69,10 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
         for r in children.reap() {
             open.release();
             WorkerStats::add(&stats.closed, 1);
-            if r.status.exit_status() != Some(0) {
+            if r.status.exit_status() == Some(PANIC_EXIT) {
+                // The child caught its session's panic and logged it.
+                WorkerStats::add(&stats.panics, 1);
+            } else if r.status.exit_status() != Some(0) {
                 tracing::warn!(
                     "connection process {} {}",
                     r.pid.as_raw_nonzero(),
@@ -123,8 +130,17 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
                             // socket would outlive the parent's close on drain).
                             drop(listener.take());
                             children.forget_in_child();
-                            let session = app.open(&peer);
-                            let code = child_main(stream, session, &shutdown, parent, &config);
+                            let child_stats = Arc::new(WorkerStats::default());
+                            let session =
+                                crate::panic_guard::open_guarded(&*app, &peer, &child_stats);
+                            let code = child_main(
+                                stream,
+                                session,
+                                &shutdown,
+                                parent,
+                                &config,
+                                &child_stats,
+                            );
                             exit_immediately(code);
                         }
                         Ok(Fork::Parent(pid)) => {
@@ -197,6 +213,7 @@ fn child_main<S: Session>(
     parent_shutdown: &Arc<Shutdown>,
     parent: Pid,
     config: &Config,
+    stats: &WorkerStats,
 ) -> i32 {
     let own = match enter_child(parent_shutdown, parent) {
         Ok(own) => own,
@@ -205,15 +222,18 @@ fn child_main<S: Session>(
             return 1;
         }
     };
-    let stats = WorkerStats::default();
     let wake = [own.wake_fd(), parent_shutdown.wake_fd()];
     let env = BlockingEnv {
-        stats: &stats,
+        stats,
         wake: &wake,
         drain_timeout: config.drain_timeout,
         idle_timeout: config.idle_timeout,
         header_timeout: config.header_timeout,
     };
     serve_blocking(stream, session, &env);
-    0
+    if WorkerStats::get(&stats.panics) > 0 {
+        PANIC_EXIT
+    } else {
+        0
+    }
 }

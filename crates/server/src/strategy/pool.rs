@@ -245,7 +245,7 @@ struct Reactor<A: App> {
     max_conns: usize,
     drain_timeout: Duration,
     shutdown_wake: Arc<crate::shutdown::Shutdown>,
-    shared: Arc<Shared<A::Session>>,
+    shared: Arc<Shared<crate::panic_guard::Guarded<A::Session>>>,
     /// The listener, until draining starts (dropping it closes it: nothing else
     /// holds it by then); and whether it is registered.
     listener: Option<Arc<TcpListener>>,
@@ -259,7 +259,7 @@ struct Reactor<A: App> {
     next_sweep: Option<Instant>,
     now: Instant,
     /// Jobs gathered in one loop iteration, queued together.
-    jobs: Vec<Job<A::Session>>,
+    jobs: Vec<Job<crate::panic_guard::Guarded<A::Session>>>,
     /// Connection tokens reported in one loop iteration.
     pending: Vec<(u64, Ready)>,
 }
@@ -427,7 +427,7 @@ impl<A: App> Reactor<A> {
                         addr,
                         local: Some(self.local_addr),
                     };
-                    let session = self.app.open(&peer);
+                    let session = crate::panic_guard::open_guarded(&*self.app, &peer, &s.stats);
                     self.register(Conn::new(stream, session));
                 }
                 Accepted::Empty => return,
@@ -447,7 +447,7 @@ impl<A: App> Reactor<A> {
     }
 
     /// Step 1: park a new connection and arm it.
-    fn register(&mut self, conn: Conn<A::Session>) {
+    fn register(&mut self, conn: Conn<crate::panic_guard::Guarded<A::Session>>) {
         let s = &self.shared;
         let mut table = lock(&s.table);
         let t = &mut *table;

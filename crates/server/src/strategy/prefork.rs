@@ -237,7 +237,7 @@ fn serve_pool_slot<A: App>(
     for fd in [own.wake_fd(), parent_shutdown.wake_fd()] {
         epoll::add(&ep, fd, EventData::new_u64(WAKE), EventFlags::IN)?;
     }
-    let stats = WorkerStats::default();
+    let stats = Arc::new(WorkerStats::default());
     let open = crate::stats::OpenConns::default();
     let mut guard = AcceptGuard::new();
     let mut events: Vec<epoll::Event> = Vec::with_capacity(4);
@@ -279,10 +279,14 @@ fn serve_pool_slot<A: App>(
                 if !guard.admit(now, &open, 1, &stats) {
                     continue;
                 }
-                let session = app.open(&Peer {
-                    addr,
-                    local: Some(local_addr),
-                });
+                let session = crate::panic_guard::open_guarded(
+                    &*app,
+                    &Peer {
+                        addr,
+                        local: Some(local_addr),
+                    },
+                    &stats,
+                );
                 let outcome = serve_blocking(stream, session, &env);
                 open.release();
                 if outcome.drained {

@@ -108,7 +108,7 @@ struct Entry<S> {
 struct Reactor<A: App, P> {
     ctx: WorkerCtx<A>,
     poller: P,
-    conns: Slab<Entry<A::Session>>,
+    conns: Slab<Entry<crate::panic_guard::Guarded<A::Session>>>,
     bufs: Bufs,
     cx: Cx,
     now: Instant,
@@ -239,7 +239,7 @@ impl<A: App, P: Poller> Reactor<A, P> {
                         addr,
                         local: Some(c.local_addr),
                     };
-                    let session = c.app.open(&peer);
+                    let session = crate::panic_guard::open_guarded(&*c.app, &peer, &c.stats);
                     self.register(Conn::new(stream, session));
                 }
                 Accepted::Empty => return,
@@ -258,7 +258,7 @@ impl<A: App, P: Poller> Reactor<A, P> {
         }
     }
 
-    fn register(&mut self, conn: Conn<A::Session>) {
+    fn register(&mut self, conn: Conn<crate::panic_guard::Guarded<A::Session>>) {
         let interest = Interest {
             read: true,
             write: self.poller.edge(),

@@ -151,10 +151,14 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
                     let spawned = std::thread::Builder::new()
                         .stack_size(config.stack_size)
                         .spawn(move || {
-                            let session = app.open(&Peer {
-                                addr,
-                                local: Some(local_addr),
-                            });
+                            let session = crate::panic_guard::open_guarded(
+                                &*app,
+                                &Peer {
+                                    addr,
+                                    local: Some(local_addr),
+                                },
+                                &slot.stats,
+                            );
                             let wake = [shutdown.wake_fd()];
                             let env = BlockingEnv {
                                 stats: &slot.stats,

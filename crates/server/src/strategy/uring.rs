@@ -132,7 +132,7 @@ struct Entry<S> {
 struct Worker<A: App> {
     ctx: WorkerCtx<A>,
     ring: Ring,
-    conns: Slab<Entry<A::Session>>,
+    conns: Slab<Entry<crate::panic_guard::Guarded<A::Session>>>,
     cx: Cx,
     now: Instant,
     /// The listener, until draining starts.
@@ -338,7 +338,7 @@ impl<A: App> Worker<A> {
             addr,
             local: Some(c.local_addr),
         };
-        let session = c.app.open(&peer);
+        let session = crate::panic_guard::open_guarded(&*c.app, &peer, &c.stats);
         self.next_serial = self.next_serial.wrapping_add(1);
         let key = self.conns.insert(Entry {
             conn: UConn::new(socket, session),
