@@ -88,7 +88,10 @@ fn a_server_out_of_descriptors_stays_up_idle_and_recovers() {
             }
         }
         for (i, mut c) in rest.into_iter().enumerate() {
-            let what = format!("{strategy}: connection {} after clients left", CLIENTS / 2 + i);
+            let what = format!(
+                "{strategy}: connection {} after clients left",
+                CLIENTS / 2 + i
+            );
             assert_eq!(read_exact_n(&mut c, 1, &what), b"x");
         }
         let mut late = connect(server.addr());

@@ -123,7 +123,10 @@ impl<S: Session> Session for Guarded<S> {
 
     fn handle_eof(&mut self, cx: &Cx, out: &mut Vec<u8>) {
         let mark = out.len();
-        if self.guard("handle_eof", |s| s.handle_eof(cx, out)).is_none() {
+        if self
+            .guard("handle_eof", |s| s.handle_eof(cx, out))
+            .is_none()
+        {
             out.truncate(mark);
         }
     }

@@ -119,7 +119,11 @@ fn scenario(addr: SocketAddr, name: &str) {
     victim.write_all(b"panic\nnever answered\n").unwrap();
     expect_closed_silently(&mut victim, &format!("{name}: panicking connection"));
 
-    roundtrip(&mut bystander, b"still here\n", &format!("{name}: bystander"));
+    roundtrip(
+        &mut bystander,
+        b"still here\n",
+        &format!("{name}: bystander"),
+    );
 
     let mut eof = connect(addr);
     roundtrip(&mut eof, b"eofpanic\n", &format!("{name}: eof victim"));
@@ -238,9 +242,7 @@ fn out_of_process(strategy: Strategy) {
         .unwrap_or_else(|| panic!("{name}: no panics line in {rest:?}"));
     let want = if strategy == Strategy::Fork { 2 } else { 0 };
     assert_eq!(panics, want, "{name}: panics counted by the parent");
-    println!(
-        "{name}: 2 panics caught (parent counted {panics}); bystander and new clients served"
-    );
+    println!("{name}: 2 panics caught (parent counted {panics}); bystander and new clients served");
 }
 
 /// `--serve STRATEGY`: serve `Panicky` in the foreground, print the counters at exit.

@@ -280,7 +280,7 @@ fn serve_pool_slot<A: App>(
                     continue;
                 }
                 let session = crate::panic_guard::open_guarded(
-                    &*app,
+                    app,
                     &Peer {
                         addr,
                         local: Some(local_addr),
