@@ -199,7 +199,11 @@ pub(crate) fn drain_children(
         tracing::debug!("draining {n} {what}(es)");
     }
     children.signal_all(Signal::TERM);
-    let killed = children.wait_all(Instant::now() + drain_timeout + CHILD_MARGIN);
+    let killed = children.wait_all_reaping(Instant::now() + drain_timeout + CHILD_MARGIN, |r| {
+        if r.status.exit_status() == Some(PANIC_EXIT) {
+            WorkerStats::add(&stats.panics, 1);
+        }
+    });
     if killed > 0 {
         WorkerStats::add(&stats.drain_forced, killed as u64);
         tracing::warn!("{killed} {what}(es) still running at the drain deadline: killed");
