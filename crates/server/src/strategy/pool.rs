@@ -510,7 +510,13 @@ impl<A: App> Reactor<A> {
                     key,
                     generation: slot.generation,
                     entry,
-                    ready: Ready::default(),
+                    // Read first: bytes already in the socket (a request whose
+                    // readiness report has not been handled yet) make the connection
+                    // busy, not idle; with nothing waiting the read finds EAGAIN.
+                    ready: Ready {
+                        readable: true,
+                        ..Ready::default()
+                    },
                     timers: false,
                 });
             }
