@@ -374,8 +374,22 @@ impl<A: App, P: Poller> Reactor<A, P> {
             self.conns.len()
         );
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        let edge = self.poller.edge();
+        let output_cap = self.ctx.config.output_cap;
         for key in keys {
             if let Some(entry) = self.conns.get_mut(key) {
+                // Read first: bytes already in the socket (a request whose readiness
+                // report is in this batch, after the shutdown's, or not reported yet)
+                // make the connection busy, not idle. Nothing waiting: one EAGAIN.
+                if entry.conn.wants_read(output_cap) {
+                    let env = Env {
+                        cx: &self.cx,
+                        now: self.now,
+                        stats: &self.ctx.stats,
+                        output_cap,
+                    };
+                    entry.conn.on_readable(&mut self.bufs, &env, edge, false);
+                }
                 entry.conn.start_drain();
             }
             self.settle(key);
