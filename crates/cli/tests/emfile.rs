@@ -44,7 +44,7 @@ fn a_server_out_of_descriptors_stays_up_idle_and_recovers() {
         own * 100.0
     );
     assert!(
-        own > 0.5,
+        own > 0.25,
         "the CPU meter does not see a spinning thread: {own}"
     );
     let mut figures = Vec::new();
