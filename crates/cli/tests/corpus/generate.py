@@ -74,7 +74,7 @@ http = {
     "head_over_64k": b"GET / HTTP/1.1\r\n" + H + b"X-Big: " + b"a" * 70000 + b"\r\n\r\n",
     "request_line_over_64k": b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n" + H + b"\r\n",
     "too_many_headers": b"GET / HTTP/1.1\r\n" + H + b"".join(b"X-%d: v\r\n" % i for i in range(200)) + b"\r\n",
-    "method_1mib": b"A" * (1 << 20),
+    "method_100k": b"A" * 100_000,
     "tls_client_hello": bytes.fromhex("16030100a5010000a10303") + bytes(rng.randrange(256) for _ in range(160)),
     "binary_garbage_4k": bytes(rng.randrange(256) for _ in range(4096)),
     "all_ff_1k": b"\xff" * 1024,
@@ -118,7 +118,7 @@ resp = {
 
 echo = {
     "nul_bytes_64k": b"\x00" * 65536,
-    "binary_garbage_256k": bytes(rng.randrange(256) for _ in range(1 << 18)),
+    "binary_garbage_64k": bytes(rng.randrange(256) for _ in range(1 << 16)),
     "all_ff_4k": b"\xff" * 4096,
     "one_byte": b"\x00",
     "crlf_flood": b"\r\n" * 50000,
