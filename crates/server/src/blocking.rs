@@ -53,7 +53,7 @@ const OUT_KEEP: usize = 64 * 1024;
 /// What a blocking driver needs from its strategy.
 pub(crate) struct BlockingEnv<'a> {
     /// Counters to update.
-    pub(crate) stats: &'a WorkerStats,
+    pub(crate) stats: &'a std::sync::Arc<WorkerStats>,
     /// Fds that become readable, and stay readable, once the server drains.
     pub(crate) wake: &'a [BorrowedFd<'a>],
     /// How long a connection may stay busy once it has seen the shutdown.

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
+use std::sync::Arc;
+
 use crate::stats::WorkerStats;
 
 /// Why a wait ended.
@@ -179,7 +181,7 @@ pub(crate) struct ConnLimits {
 pub struct Conn<'a> {
     stream: TcpStream,
     park: &'a dyn Park,
-    stats: &'a WorkerStats,
+    stats: &'a Arc<WorkerStats>,
     limits: ConnLimits,
     drain_deadline: Cell<Option<Instant>>,
     last_active: Cell<Instant>,
@@ -199,7 +201,7 @@ impl<'a> Conn<'a> {
     pub(crate) fn new(
         stream: TcpStream,
         park: &'a dyn Park,
-        stats: &'a WorkerStats,
+        stats: &'a Arc<WorkerStats>,
         limits: ConnLimits,
     ) -> io::Result<Self> {
         stream.set_nonblocking(true)?;
@@ -252,6 +254,11 @@ impl<'a> Conn<'a> {
     }
 
     pub(crate) fn stats(&self) -> &'a WorkerStats {
+        self.stats
+    }
+
+    /// The same counters, shared (what a guarded session keeps).
+    pub(crate) fn stats_arc(&self) -> &'a Arc<WorkerStats> {
         self.stats
     }
 

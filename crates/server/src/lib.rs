@@ -54,6 +54,7 @@ mod conn;
 mod gate;
 mod handler;
 mod metrics;
+mod panic_guard;
 mod per_ip;
 mod ratelog;
 mod service;

@@ -123,6 +123,12 @@ pub(crate) const SERIES: &[Series] = &[
         |s| &s.refused_backend,
     ),
     counter(
+        "c10k_session_panics_total",
+        "Sessions that panicked: caught, only their connection closed (fork: counted from the connection process's exit status; prefork: counted in the worker only).",
+        None,
+        |s| &s.panics,
+    ),
+    counter(
         "c10k_requests_total",
         "Requests answered (HTTP requests, RESP commands; echo counts none).",
         None,

@@ -74,7 +74,8 @@ impl<A: App> Service for A {
     }
 
     fn serve(&self, conn: &mut Conn<'_>, peer: &Peer) {
-        serve_session(conn, self.open(peer));
+        let session = crate::panic_guard::open_guarded(self, peer, conn.stats_arc());
+        serve_session(conn, session);
     }
 
     fn runs_on(_strategy: Strategy) -> bool {

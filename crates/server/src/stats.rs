@@ -29,6 +29,8 @@ pub struct WorkerStats {
     pub timeouts_request: AtomicU64,
     /// Connections force-closed at the drain deadline.
     pub drain_forced: AtomicU64,
+    /// Sessions that panicked (caught; only their connection was closed).
+    pub panics: AtomicU64,
     /// Bytes read from clients.
     pub bytes_in: AtomicU64,
     /// Bytes written to clients.

@@ -43,6 +43,10 @@ use crate::shared_stats::SharedStats;
 use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;
 
+/// Exit status of a connection process whose session panicked (caught, logged, and
+/// counted by the parent in its `panics` counter).
+const PANIC_EXIT: i32 = 3;
+
 /// Connections accepted per listener report before polling again.
 const ACCEPT_BATCH: usize = 64;
 
@@ -71,7 +75,10 @@ pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
         for r in children.reap() {
             open.release();
             WorkerStats::add(&stats.closed, 1);
-            if r.status.exit_status() != Some(0) {
+            if r.status.exit_status() == Some(PANIC_EXIT) {
+                // The child caught its session's panic and logged it.
+                WorkerStats::add(&stats.panics, 1);
+            } else if r.status.exit_status() != Some(0) {
                 tracing::warn!(
                     "connection process {} {}",
                     r.pid.as_raw_nonzero(),
@@ -207,7 +214,11 @@ pub(crate) fn drain_children(
         tracing::debug!("draining {n} {what}(es)");
     }
     children.signal_all(Signal::TERM);
-    let killed = children.wait_all(Instant::now() + drain_timeout + CHILD_MARGIN);
+    let killed = children.wait_all_reaping(Instant::now() + drain_timeout + CHILD_MARGIN, |r| {
+        if r.status.exit_status() == Some(PANIC_EXIT) {
+            WorkerStats::add(&stats.panics, 1);
+        }
+    });
     if killed > 0 {
         WorkerStats::add(&stats.drain_forced, killed as u64);
         tracing::warn!("{killed} {what}(es) still running at the drain deadline: killed");
@@ -231,7 +242,7 @@ fn child_main<A: Service>(
             return 1;
         }
     };
-    let stats = WorkerStats::default();
+    let stats = Arc::new(WorkerStats::default());
     let wake = [own.wake_fd(), parent_shutdown.wake_fd()];
     let env = BlockingEnv {
         stats: &stats,
@@ -246,5 +257,9 @@ fn child_main<A: Service>(
     if let Some(shared) = shared_stats {
         shared.publish(0, &stats, &mut Vec::new());
     }
-    0
+    if WorkerStats::get(&stats.panics) > 0 {
+        PANIC_EXIT
+    } else {
+        0
+    }
 }

@@ -246,7 +246,7 @@ struct Reactor<A: App> {
     max_conns: usize,
     drain_timeout: Duration,
     shutdown_wake: Arc<crate::shutdown::Shutdown>,
-    shared: Arc<Shared<A::Session>>,
+    shared: Arc<Shared<crate::panic_guard::Guarded<A::Session>>>,
     /// The listener, until draining starts (dropping it closes it: nothing else
     /// holds it by then); and whether it is registered.
     listener: Option<Arc<TcpListener>>,
@@ -260,7 +260,7 @@ struct Reactor<A: App> {
     next_sweep: Option<Instant>,
     now: Instant,
     /// Jobs gathered in one loop iteration, queued together.
-    jobs: Vec<Job<A::Session>>,
+    jobs: Vec<Job<crate::panic_guard::Guarded<A::Session>>>,
     /// Connection tokens reported in one loop iteration.
     pending: Vec<(u64, Ready)>,
 }
@@ -428,7 +428,7 @@ impl<A: App> Reactor<A> {
                         addr,
                         local: Some(self.local_addr),
                     };
-                    let session = self.app.open(&peer);
+                    let session = crate::panic_guard::open_guarded(&*self.app, &peer, &s.stats);
                     if session.wants_close() {
                         // Refused at open (--max-conns-per-ip): closed unread.
                         s.open.release();
@@ -454,7 +454,7 @@ impl<A: App> Reactor<A> {
     }
 
     /// Step 1: park a new connection and arm it.
-    fn register(&mut self, conn: Conn<A::Session>) {
+    fn register(&mut self, conn: Conn<crate::panic_guard::Guarded<A::Session>>) {
         let s = &self.shared;
         let mut table = lock(&s.table);
         let t = &mut *table;
@@ -517,7 +517,13 @@ impl<A: App> Reactor<A> {
                     key,
                     generation: slot.generation,
                     entry,
-                    ready: Ready::default(),
+                    // Read first: bytes already in the socket (a request whose
+                    // readiness report has not been handled yet) make the connection
+                    // busy, not idle; with nothing waiting the read finds EAGAIN.
+                    ready: Ready {
+                        readable: true,
+                        ..Ready::default()
+                    },
                     timers: false,
                 });
             }

@@ -258,7 +258,7 @@ fn serve_pool_slot<A: Service>(
     for fd in [own.wake_fd(), parent_shutdown.wake_fd()] {
         epoll::add(&ep, fd, EventData::new_u64(WAKE), EventFlags::IN)?;
     }
-    let stats = WorkerStats::default();
+    let stats = Arc::new(WorkerStats::default());
     let mut published = Vec::new();
     let open = crate::stats::OpenConns::default();
     let mut guard = AcceptGuard::new();

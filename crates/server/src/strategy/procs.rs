@@ -128,9 +128,14 @@ impl Children {
 
     /// Wait for every child to exit, reaping them, until `deadline`; then kill the
     /// ones left with SIGKILL and reap them too. Returns how many were killed.
-    pub(crate) fn wait_all(&mut self, deadline: Instant) -> usize {
+    /// Each child reaped (not the killed ones) is shown to `on_reap`.
+    pub(crate) fn wait_all_reaping(
+        &mut self,
+        deadline: Instant,
+        mut on_reap: impl FnMut(&Reaped),
+    ) -> usize {
         loop {
-            self.reap();
+            self.reap().iter().for_each(&mut on_reap);
             if self.live.is_empty() {
                 return 0;
             }

@@ -108,7 +108,7 @@ struct Entry<S> {
 struct Reactor<A: App, P> {
     ctx: WorkerCtx<A>,
     poller: P,
-    conns: Slab<Entry<A::Session>>,
+    conns: Slab<Entry<crate::panic_guard::Guarded<A::Session>>>,
     bufs: Bufs,
     cx: Cx,
     now: Instant,
@@ -242,7 +242,7 @@ impl<A: App, P: Poller> Reactor<A, P> {
                         addr,
                         local: Some(c.local_addr),
                     };
-                    let session = c.app.open(&peer);
+                    let session = crate::panic_guard::open_guarded(&*c.app, &peer, &c.stats);
                     if session.wants_close() {
                         // Refused at open (--max-conns-per-ip): closed unread.
                         c.open.release();
@@ -267,7 +267,7 @@ impl<A: App, P: Poller> Reactor<A, P> {
         }
     }
 
-    fn register(&mut self, conn: Conn<A::Session>) {
+    fn register(&mut self, conn: Conn<crate::panic_guard::Guarded<A::Session>>) {
         let interest = Interest {
             read: true,
             write: self.poller.edge(),
@@ -387,19 +387,21 @@ impl<A: App, P: Poller> Reactor<A, P> {
             self.conns.len()
         );
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        let output_cap = self.ctx.config.output_cap;
         let env = Env {
             cx: &self.cx,
             now: self.now,
             stats: &self.ctx.stats,
-            output_cap: self.ctx.config.output_cap,
+            output_cap,
         };
         for &key in &keys {
             if let Some(entry) = self.conns.get_mut(key) {
                 // Bytes the kernel has already received are a request in flight, not
                 // an idle connection: take them in before judging (the blocking driver
                 // does the same). Matters on a restart, where a connection accepted
-                // just before SIGTERM has its request waiting, unread.
-                if entry.conn.phase() == Phase::Open {
+                // just before SIGTERM has its request waiting, unread. (Not while
+                // backpressured: that connection is busy anyway.)
+                if entry.conn.phase() == Phase::Open && entry.conn.wants_read(output_cap) {
                     entry.conn.on_readable(&mut self.bufs, &env, true, false);
                 }
                 if entry.conn.start_drain_unless_fresh() {

@@ -132,7 +132,7 @@ struct Entry<S> {
 struct Worker<A: App> {
     ctx: WorkerCtx<A>,
     ring: Ring,
-    conns: Slab<Entry<A::Session>>,
+    conns: Slab<Entry<crate::panic_guard::Guarded<A::Session>>>,
     cx: Cx,
     now: Instant,
     /// The listener, until draining starts.
@@ -148,6 +148,9 @@ struct Worker<A: App> {
     /// Failed polls of the shutdown pipe; after a few, the flag is checked on a timer.
     wake_failures: u32,
     check_flag_at: Option<Instant>,
+    /// The shutdown poll completed in this batch: drain once the whole batch (receives
+    /// that arrived with it included) has been handled.
+    drain_requested: bool,
 }
 
 /// Run one worker until it has drained after shutdown.
@@ -173,6 +176,7 @@ pub(crate) fn run<A: App>(mut ctx: WorkerCtx<A>) -> io::Result<()> {
         spare: Spare::default(),
         wake_failures: 0,
         check_flag_at: None,
+        drain_requested: false,
         ctx,
     };
     w.arm_accept()?;
@@ -214,6 +218,9 @@ impl<A: App> Worker<A> {
             self.ring.reap(&mut completions);
             for c in completions.drain(..) {
                 self.dispatch(c);
+            }
+            if std::mem::take(&mut self.drain_requested) {
+                self.begin_drain();
             }
             self.settle_dirty();
             self.run_timers();
@@ -258,7 +265,8 @@ impl<A: App> Worker<A> {
                         self.check_flag_at = Some(self.now + SWEEP_EVERY);
                     }
                 }
-                _ => self.begin_drain(),
+                // Not at once: a receive later in this batch is a request in flight.
+                _ => self.drain_requested = true,
             },
             tag => self.on_conn(c, (tag >> 32) as usize, tag as u32),
         }
@@ -338,7 +346,7 @@ impl<A: App> Worker<A> {
             addr,
             local: Some(c.local_addr),
         };
-        let session = c.app.open(&peer);
+        let session = crate::panic_guard::open_guarded(&*c.app, &peer, &c.stats);
         if session.wants_close() {
             // Refused at open (--max-conns-per-ip): closed unread.
             let _ = self.ring.close(socket);
