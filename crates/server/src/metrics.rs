@@ -124,7 +124,7 @@ pub(crate) const SERIES: &[Series] = &[
     ),
     counter(
         "c10k_session_panics_total",
-        "Sessions that panicked: caught, only their connection closed (fork: counted from the connection process's exit status; prefork: counted in the worker only).",
+        "Sessions that panicked: caught, only their connection closed (fork and prefork: published by the child process).",
         None,
         |s| &s.panics,
     ),

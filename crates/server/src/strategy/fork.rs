@@ -44,7 +44,7 @@ use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;
 
 /// Exit status of a connection process whose session panicked (caught, logged, and
-/// counted by the parent in its `panics` counter).
+/// counted in the child's counters, which it publishes to the parent's shared block).
 const PANIC_EXIT: i32 = 3;
 
 /// Connections accepted per listener report before polling again.
@@ -75,10 +75,9 @@ pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
         for r in children.reap() {
             open.release();
             WorkerStats::add(&stats.closed, 1);
-            if r.status.exit_status() == Some(PANIC_EXIT) {
-                // The child caught its session's panic and logged it.
-                WorkerStats::add(&stats.panics, 1);
-            } else if r.status.exit_status() != Some(0) {
+            // PANIC_EXIT: the child caught its session's panic, logged it and
+            // published the count through the shared counters (`/metrics`, Report).
+            if !matches!(r.status.exit_status(), Some(0 | PANIC_EXIT)) {
                 tracing::warn!(
                     "connection process {} {}",
                     r.pid.as_raw_nonzero(),
@@ -214,11 +213,7 @@ pub(crate) fn drain_children(
         tracing::debug!("draining {n} {what}(es)");
     }
     children.signal_all(Signal::TERM);
-    let killed = children.wait_all_reaping(Instant::now() + drain_timeout + CHILD_MARGIN, |r| {
-        if r.status.exit_status() == Some(PANIC_EXIT) {
-            WorkerStats::add(&stats.panics, 1);
-        }
-    });
+    let killed = children.wait_all(Instant::now() + drain_timeout + CHILD_MARGIN);
     if killed > 0 {
         WorkerStats::add(&stats.drain_forced, killed as u64);
         tracing::warn!("{killed} {what}(es) still running at the drain deadline: killed");

@@ -128,14 +128,9 @@ impl Children {
 
     /// Wait for every child to exit, reaping them, until `deadline`; then kill the
     /// ones left with SIGKILL and reap them too. Returns how many were killed.
-    /// Each child reaped (not the killed ones) is shown to `on_reap`.
-    pub(crate) fn wait_all_reaping(
-        &mut self,
-        deadline: Instant,
-        mut on_reap: impl FnMut(&Reaped),
-    ) -> usize {
+    pub(crate) fn wait_all(&mut self, deadline: Instant) -> usize {
         loop {
-            self.reap().iter().for_each(&mut on_reap);
+            self.reap();
             if self.live.is_empty() {
                 return 0;
             }
