@@ -170,6 +170,11 @@ impl<S: Session> Session for Guarded<S> {
             out.truncate(mark);
         }
     }
+
+    fn take_requests(&mut self) -> u64 {
+        self.guard("take_requests", |s| s.take_requests())
+            .unwrap_or(0)
+    }
 }
 
 impl<S> Drop for Guarded<S> {
