@@ -116,6 +116,7 @@ use slab::Slab;
 
 use super::WorkerCtx;
 use crate::accept::{AcceptGuard, Accepted, accept_one};
+use crate::config::DRAIN_FRESH_GRACE;
 use crate::conn::Conn;
 use crate::ratelog::RateLog;
 use crate::stats::WorkerStats;
@@ -159,6 +160,7 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
             slots: Slab::new(),
             lingering: VecDeque::new(),
             draining: false,
+            fresh_grace_end: None,
             next_generation: 0,
         }),
         queue: Mutex::new(Queue {
@@ -510,6 +512,10 @@ impl<A: App> Reactor<A> {
         self.listener = None;
         let mut table = lock(&self.shared.table);
         table.draining = true;
+        let grace_end = self.now + DRAIN_FRESH_GRACE;
+        table.fresh_grace_end = Some(grace_end);
+        // The timer sweep hands back the connections still deferred then.
+        self.next_sweep = Some(self.next_sweep.map_or(grace_end, |t| t.min(grace_end)));
         let open = table.slots.len();
         for (key, slot) in table.slots.iter_mut() {
             if let Some(entry) = slot.entry.take() {
@@ -546,14 +552,16 @@ impl<A: App> Reactor<A> {
         }
         let (idle, request) = (self.shared.idle_timeout, self.shared.header_timeout);
         let mut table = lock(&self.shared.table);
+        // After the fresh-connection grace, a parked connection whose drain is still
+        // deferred is due too: its worker applies the drain.
+        let grace_over = table.fresh_grace_end.is_some_and(|t| now >= t);
         let keys: Vec<(usize, u32)> = table
             .slots
             .iter_mut()
             .filter_map(|(k, slot)| {
-                let due = slot
-                    .entry
-                    .as_mut()
-                    .is_some_and(|e| e.conn.timers_due(now, idle, request));
+                let due = slot.entry.as_mut().is_some_and(|e| {
+                    (grace_over && e.conn.drain_deferred()) || e.conn.timers_due(now, idle, request)
+                });
                 due.then_some((k, slot.generation))
             })
             .collect();

@@ -37,7 +37,7 @@ use slab::Slab;
 use self::conn::{Spare, UConn};
 use super::{Availability, WorkerCtx};
 use crate::accept::AcceptGuard;
-use crate::config::{Config, LINGER, UringConfig};
+use crate::config::{Config, DRAIN_FRESH_GRACE, LINGER, UringConfig};
 use crate::conn::{Env, Phase, Timeout};
 use crate::stats::{UringStats, WorkerStats};
 
@@ -141,6 +141,10 @@ struct Worker<A: App> {
     guard: AcceptGuard,
     lingering: VecDeque<(Instant, usize, u32)>,
     drain_deadline: Option<Instant>,
+    /// The shutdown pipe reported: drain once this batch of completions is processed.
+    drain_requested: bool,
+    /// When connections whose drain was deferred (no byte yet) are drained.
+    fresh_grace: Option<Instant>,
     next_sweep: Option<Instant>,
     next_serial: u32,
     dirty: Vec<usize>,
@@ -167,6 +171,8 @@ pub(crate) fn run<A: App>(mut ctx: WorkerCtx<A>) -> io::Result<()> {
         guard: AcceptGuard::new(),
         lingering: VecDeque::new(),
         drain_deadline: None,
+        drain_requested: false,
+        fresh_grace: None,
         next_sweep: None,
         next_serial: 0,
         dirty: Vec::new(),
@@ -215,6 +221,11 @@ impl<A: App> Worker<A> {
             for c in completions.drain(..) {
                 self.dispatch(c);
             }
+            // After the whole batch: bytes that came with the shutdown's completion
+            // are requests in flight, not idle connections.
+            if std::mem::take(&mut self.drain_requested) {
+                self.begin_drain();
+            }
             self.settle_dirty();
             self.run_timers();
             self.settle_dirty();
@@ -258,7 +269,7 @@ impl<A: App> Worker<A> {
                         self.check_flag_at = Some(self.now + SWEEP_EVERY);
                     }
                 }
-                _ => self.begin_drain(),
+                _ => self.drain_requested = true,
             },
             tag => self.on_conn(c, (tag >> 32) as usize, tag as u32),
         }
@@ -431,7 +442,7 @@ impl<A: App> Worker<A> {
             return;
         };
         let conn = &mut entry.conn;
-        if draining && conn.phase() == Phase::Open && conn.is_idle() {
+        if draining && conn.phase() == Phase::Open && conn.is_idle() && !conn.drain_deferred() {
             conn.close_gracefully();
         }
         let tag = conn_tag(key, entry.serial);
@@ -515,7 +526,14 @@ impl<A: App> Worker<A> {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             if let Some(entry) = self.conns.get_mut(key) {
-                entry.conn.start_drain();
+                let conn = &mut entry.conn;
+                // Received bytes whose completion has not been processed are a
+                // request in flight: the drain waits for them like for a fresh
+                // connection's first request.
+                let waiting = conn.phase() == Phase::Open && conn.is_idle() && conn.bytes_waiting();
+                if conn.start_drain_unless_fresh(waiting) {
+                    self.fresh_grace = Some(self.now + DRAIN_FRESH_GRACE);
+                }
             }
             self.mark(key);
         }
@@ -567,6 +585,7 @@ impl<A: App> Worker<A> {
             self.drain_deadline,
             self.next_sweep,
             self.check_flag_at,
+            self.fresh_grace,
         ]
         .into_iter()
         .flatten()
@@ -583,6 +602,19 @@ impl<A: App> Worker<A> {
             self.lingering.pop_front();
             if self.conns.get(key).is_some_and(|e| e.serial == serial) {
                 self.close(key);
+            }
+        }
+        if self.fresh_grace.is_some_and(|t| t <= now) {
+            self.fresh_grace = None;
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                if let Some(entry) = self.conns.get_mut(key) {
+                    if !entry.conn.drain_deferred() {
+                        continue;
+                    }
+                    entry.conn.start_drain();
+                }
+                self.mark(key);
             }
         }
         // The accept is re-armed by the loop once the pause is over.
