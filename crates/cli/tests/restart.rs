@@ -397,14 +397,16 @@ fn expect_full_hello(mut stream: &TcpStream, what: &str) {
     );
 }
 
-/// The drain race, pinned on the pool and io_uring: a request sent just before
-/// SIGTERM (already in the server's receive buffer, or its completion not processed
-/// yet, when the drain starts) is answered in full, on a keep-alive connection that
-/// already had a request served and on a fresh one. Repeated, since the race
-/// depends on where the request is when the signal lands (bounded: 40 rounds each).
+/// The drain race, pinned on the pool and io_uring: requests sent just before
+/// SIGTERM (already in the server's receive buffer, or their completions not
+/// processed yet, when the drain starts) are answered in full, on keep-alive
+/// connections that already had a request served and on a fresh one. Repeated,
+/// since the race depends on where each request is when the signal lands (bounded:
+/// 40 rounds each).
 #[test]
 fn a_request_sent_just_before_sigterm_is_answered() {
     const ROUNDS: usize = 40;
+    const KEPT: usize = 8;
     for (strategy, extra) in [
         ("pool", &["--workers", "1"][..]),
         ("pool", &["--workers", "4"][..]),
@@ -412,18 +414,24 @@ fn a_request_sent_just_before_sigterm_is_answered() {
     ] {
         for round in 0..ROUNDS {
             let mut server = Server::start(strategy, "http", extra);
-            // Fresh first, so that serving the keep-alive one (accepted after it,
-            // by the one accepting loop) shows that both were accepted.
+            // Fresh first, so that serving the keep-alive ones (accepted after it,
+            // by the one accepting loop) shows that it was accepted.
             let fresh = connect(server.addr());
-            let kept = connect(server.addr());
-            (&kept).write_all(GET).unwrap();
-            let reply = read_http_response(&mut BufReader::new(&kept));
-            assert_eq!(reply.status, 200, "{strategy} round {round}: first request");
-            (&kept).write_all(GET_CLOSE).unwrap();
+            let kept: Vec<TcpStream> = (0..KEPT).map(|_| connect(server.addr())).collect();
+            for (i, k) in kept.iter().enumerate() {
+                (&*k).write_all(GET).unwrap();
+                let reply = read_http_response(&mut BufReader::new(k));
+                assert_eq!(reply.status, 200, "{strategy} round {round}: conn {i}");
+            }
+            for k in &kept {
+                (&*k).write_all(GET_CLOSE).unwrap();
+            }
             (&fresh).write_all(GET_CLOSE).unwrap();
             server.sigterm();
             let what = format!("{strategy} {extra:?} round {round}");
-            expect_full_hello(&kept, &format!("{what}, keep-alive connection"));
+            for (i, k) in kept.iter().enumerate() {
+                expect_full_hello(k, &format!("{what}, keep-alive connection {i}"));
+            }
             expect_full_hello(&fresh, &format!("{what}, fresh connection"));
             drop((fresh, kept));
             let status = server.wait_exit(Duration::from_secs(20));
