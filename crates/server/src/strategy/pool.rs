@@ -62,13 +62,21 @@
 //! **Drain.** On shutdown the reactor stops watching the wake pipe, drops the
 //! listener, sets `table.draining` and moves every parked connection to the queue (a
 //! job with no readiness). A worker settling any connection while `draining` is set
-//! applies the drain first ([`Conn::start_drain`] once, then a graceful close when
-//! idle), outside the lock, and only then parks it. Because the flag is read under
-//! the same lock that parks, a connection is either swept by the reactor or sees the
-//! flag: none stays idle and open. Lingering connections are closed by their linger
-//! timer, in-flight ones finish, and at `--drain-timeout` the reactor closes the
-//! parked ones and dooms the rest. The reactor exits when the table is empty, then
-//! closes the queue and joins the workers.
+//! applies the drain first, outside the lock, and only then parks it: once, it reads
+//! what the kernel already holds (edge-style, until `EAGAIN`: a request in flight is
+//! not an idle connection) and calls [`Conn::start_drain_unless_fresh`]; then it
+//! closes the connection gracefully when idle. A connection that has not received a
+//! byte yet is deferred instead (its first request is most likely on the way): it is
+//! parked and re-armed as usual, [`Conn::on_readable`] applies the drain once its
+//! first bytes are served, and after `DRAIN_FRESH_GRACE` (`table.fresh_grace_end`)
+//! the timer sweep below takes a parked one that is still deferred out like a due
+//! timer, and the worker (seeing the grace over) reads once more and applies the
+//! drain. Because the flag is read under the same lock that parks, a connection is
+//! either swept by the reactor or sees the flag: none stays idle and open (a
+//! deferred one at most until the next sweep after the grace). Lingering connections
+//! are closed by their linger timer, in-flight ones finish, and at `--drain-timeout`
+//! the reactor closes the parked ones and dooms the rest. The reactor exits when the
+//! table is empty, then closes the queue and joins the workers.
 //!
 //! **Timers** (linger deadlines, the EMFILE back-off, the drain deadline, and a sweep
 //! of the parked connections' idle and request timers once a second) belong to the

@@ -329,13 +329,14 @@ impl<A: App> Worker<A> {
 
     fn admit(&mut self, socket: Socket) {
         let c = &self.ctx;
-        if self.listener.is_none()
-            || !self
-                .guard
-                .admit(self.now, &c.open, c.config.max_conns, &c.stats)
+        // Accepted while the accept was being cancelled for the drain: served like
+        // a connection fresh at drain (its client is waiting; on an inherited socket
+        // it is gone from the queue the next instance accepts from).
+        if !self
+            .guard
+            .admit(self.now, &c.open, c.config.max_conns, &c.stats)
         {
-            // Refused (counted by the guard), or accepted while the accept was being
-            // cancelled for the drain.
+            // Refused (counted by the guard).
             let _ = self.ring.close(socket);
             return;
         }
@@ -364,6 +365,15 @@ impl<A: App> Worker<A> {
             dirty: false,
             linger_armed: false,
         });
+        if self.drain_deadline.is_some() {
+            let deferred = self
+                .conns
+                .get_mut(key)
+                .is_some_and(|e| e.conn.start_drain_unless_fresh(false));
+            if deferred {
+                self.fresh_grace = Some(self.now + DRAIN_FRESH_GRACE);
+            }
+        }
         self.mark(key);
     }
 

@@ -49,7 +49,8 @@ pub(super) struct Ready {
 /// A connection and the pool's flags for it; moves between slot, queue and worker.
 pub(super) struct Entry<S> {
     pub(super) conn: Conn<S>,
-    /// [`Conn::start_drain`] was applied.
+    /// The drain was applied ([`Conn::start_drain_unless_fresh`]; the connection may
+    /// still be deferred, see [`Conn::drain_deferred`]).
     pub(super) drained: bool,
     /// Its linger deadline is in the table's FIFO.
     pub(super) linger_armed: bool,
