@@ -230,6 +230,7 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
             drain_deadline: None,
             forced: false,
             next_sweep: None,
+            grace_sweep: None,
             now: Instant::now(),
             jobs: Vec::new(),
             pending: Vec::new(),
@@ -268,6 +269,8 @@ struct Reactor<A: App> {
     forced: bool,
     /// When parked connections' idle and request timers are checked next.
     next_sweep: Option<Instant>,
+    /// The end of the drain's fresh-connection grace, until the sweep at it ran.
+    grace_sweep: Option<Instant>,
     now: Instant,
     /// Jobs gathered in one loop iteration, queued together.
     jobs: Vec<Job<A::Session>>,
@@ -300,6 +303,7 @@ impl<A: App> Reactor<A> {
                 linger_front,
                 self.drain_deadline.filter(|_| !self.forced),
                 self.next_sweep.filter(|_| !empty),
+                self.grace_sweep,
             ]
             .into_iter()
             .flatten()
@@ -523,7 +527,7 @@ impl<A: App> Reactor<A> {
         let grace_end = self.now + DRAIN_FRESH_GRACE;
         table.fresh_grace_end = Some(grace_end);
         // The timer sweep hands back the connections still deferred then.
-        self.next_sweep = Some(self.next_sweep.map_or(grace_end, |t| t.min(grace_end)));
+        self.grace_sweep = Some(grace_end);
         let open = table.slots.len();
         for (key, slot) in table.slots.iter_mut() {
             if let Some(entry) = slot.entry.take() {
@@ -540,7 +544,8 @@ impl<A: App> Reactor<A> {
         tracing::debug!("pool {}: draining {open} connection(s)", self.id);
     }
 
-    /// About once a second, hand every parked connection whose idle or request timer is
+    /// About once a second (and once at the end of the drain's fresh-connection grace),
+    /// hand every parked connection whose idle or request timer is
     /// due to a worker (as for a readiness report: taken out of its slot while its
     /// one-shot registration may still be armed, which `take_ready` tolerates; the
     /// worker checks the timers, then settles it as usual).
@@ -550,7 +555,12 @@ impl<A: App> Reactor<A> {
             .min(self.shared.idle_timeout / 4)
             .min(self.shared.header_timeout / 4)
             .max(Duration::from_millis(10));
+        let grace_due = self.grace_sweep.is_some_and(|t| t <= now);
+        if grace_due {
+            self.grace_sweep = None;
+        }
         match self.next_sweep {
+            _ if grace_due => self.next_sweep = Some(now + every),
             _ if empty => {
                 self.next_sweep = Some(now + every);
                 return;
