@@ -339,6 +339,16 @@ fn thread_to_prefork() {
     handover("thread", &[], "prefork", &["--workers", "8"]);
 }
 
+#[test]
+fn pool_to_uring() {
+    handover("pool", &["--workers", "2"], "uring", &["--workers", "2"]);
+}
+
+#[test]
+fn uring_to_pool() {
+    handover("uring", &["--workers", "2"], "pool", &["--workers", "2"]);
+}
+
 /// The drain rule behind a clean handover, pinned on each event loop: a connection
 /// accepted before SIGTERM whose first request arrives after it (here 100 ms later)
 /// is answered, not closed as idle; one that never sends is closed after the grace
