@@ -62,13 +62,21 @@
 //! **Drain.** On shutdown the reactor stops watching the wake pipe, drops the
 //! listener, sets `table.draining` and moves every parked connection to the queue (a
 //! job with no readiness). A worker settling any connection while `draining` is set
-//! applies the drain first ([`Conn::start_drain`] once, then a graceful close when
-//! idle), outside the lock, and only then parks it. Because the flag is read under
-//! the same lock that parks, a connection is either swept by the reactor or sees the
-//! flag: none stays idle and open. Lingering connections are closed by their linger
-//! timer, in-flight ones finish, and at `--drain-timeout` the reactor closes the
-//! parked ones and dooms the rest. The reactor exits when the table is empty, then
-//! closes the queue and joins the workers.
+//! applies the drain first, outside the lock, and only then parks it: once, it reads
+//! what the kernel already holds (edge-style, until `EAGAIN`: a request in flight is
+//! not an idle connection) and calls [`Conn::start_drain_unless_fresh`]; then it
+//! closes the connection gracefully when idle. A connection that has not received a
+//! byte yet is deferred instead (its first request is most likely on the way): it is
+//! parked and re-armed as usual, [`Conn::on_readable`] applies the drain once its
+//! first bytes are served, and after `DRAIN_FRESH_GRACE` (`table.fresh_grace_end`)
+//! the timer sweep below takes a parked one that is still deferred out like a due
+//! timer, and the worker (seeing the grace over) reads once more and applies the
+//! drain. Because the flag is read under the same lock that parks, a connection is
+//! either swept by the reactor or sees the flag: none stays idle and open (a
+//! deferred one at most until the next sweep after the grace). Lingering connections
+//! are closed by their linger timer, in-flight ones finish, and at `--drain-timeout`
+//! the reactor closes the parked ones and dooms the rest. The reactor exits when the
+//! table is empty, then closes the queue and joins the workers.
 //!
 //! **Timers** (linger deadlines, the EMFILE back-off, the drain deadline, and a sweep
 //! of the parked connections' idle and request timers once a second) belong to the
@@ -116,6 +124,7 @@ use slab::Slab;
 
 use super::WorkerCtx;
 use crate::accept::{AcceptGuard, Accepted, accept_one};
+use crate::config::DRAIN_FRESH_GRACE;
 use crate::conn::Conn;
 use crate::ratelog::RateLog;
 use crate::stats::WorkerStats;
@@ -159,6 +168,7 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
             slots: Slab::new(),
             lingering: VecDeque::new(),
             draining: false,
+            fresh_grace_end: None,
             next_generation: 0,
         }),
         queue: Mutex::new(Queue {
@@ -220,6 +230,7 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
             drain_deadline: None,
             forced: false,
             next_sweep: None,
+            grace_sweep: None,
             now: Instant::now(),
             jobs: Vec::new(),
             pending: Vec::new(),
@@ -258,6 +269,8 @@ struct Reactor<A: App> {
     forced: bool,
     /// When parked connections' idle and request timers are checked next.
     next_sweep: Option<Instant>,
+    /// The end of the drain's fresh-connection grace, until the sweep at it ran.
+    grace_sweep: Option<Instant>,
     now: Instant,
     /// Jobs gathered in one loop iteration, queued together.
     jobs: Vec<Job<crate::panic_guard::Guarded<A::Session>>>,
@@ -290,6 +303,7 @@ impl<A: App> Reactor<A> {
                 linger_front,
                 self.drain_deadline.filter(|_| !self.forced),
                 self.next_sweep.filter(|_| !empty),
+                self.grace_sweep,
             ]
             .into_iter()
             .flatten()
@@ -510,6 +524,10 @@ impl<A: App> Reactor<A> {
         self.listener = None;
         let mut table = lock(&self.shared.table);
         table.draining = true;
+        let grace_end = self.now + DRAIN_FRESH_GRACE;
+        table.fresh_grace_end = Some(grace_end);
+        // The timer sweep hands back the connections still deferred then.
+        self.grace_sweep = Some(grace_end);
         let open = table.slots.len();
         for (key, slot) in table.slots.iter_mut() {
             if let Some(entry) = slot.entry.take() {
@@ -532,7 +550,8 @@ impl<A: App> Reactor<A> {
         tracing::debug!("pool {}: draining {open} connection(s)", self.id);
     }
 
-    /// About once a second, hand every parked connection whose idle or request timer is
+    /// About once a second (and once at the end of the drain's fresh-connection grace),
+    /// hand every parked connection whose idle or request timer is
     /// due to a worker (as for a readiness report: taken out of its slot while its
     /// one-shot registration may still be armed, which `take_ready` tolerates; the
     /// worker checks the timers, then settles it as usual).
@@ -542,7 +561,12 @@ impl<A: App> Reactor<A> {
             .min(self.shared.idle_timeout / 4)
             .min(self.shared.header_timeout / 4)
             .max(Duration::from_millis(10));
+        let grace_due = self.grace_sweep.is_some_and(|t| t <= now);
+        if grace_due {
+            self.grace_sweep = None;
+        }
         match self.next_sweep {
+            _ if grace_due => self.next_sweep = Some(now + every),
             _ if empty => {
                 self.next_sweep = Some(now + every);
                 return;
@@ -552,14 +576,16 @@ impl<A: App> Reactor<A> {
         }
         let (idle, request) = (self.shared.idle_timeout, self.shared.header_timeout);
         let mut table = lock(&self.shared.table);
+        // After the fresh-connection grace, a parked connection whose drain is still
+        // deferred is due too: its worker applies the drain.
+        let grace_over = table.fresh_grace_end.is_some_and(|t| now >= t);
         let keys: Vec<(usize, u32)> = table
             .slots
             .iter_mut()
             .filter_map(|(k, slot)| {
-                let due = slot
-                    .entry
-                    .as_mut()
-                    .is_some_and(|e| e.conn.timers_due(now, idle, request));
+                let due = slot.entry.as_mut().is_some_and(|e| {
+                    (grace_over && e.conn.drain_deferred()) || e.conn.timers_due(now, idle, request)
+                });
                 due.then_some((k, slot.generation))
             })
             .collect();

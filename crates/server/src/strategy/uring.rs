@@ -37,7 +37,7 @@ use slab::Slab;
 use self::conn::{Spare, UConn};
 use super::{Availability, WorkerCtx};
 use crate::accept::AcceptGuard;
-use crate::config::{Config, LINGER, UringConfig};
+use crate::config::{Config, DRAIN_FRESH_GRACE, LINGER, UringConfig};
 use crate::conn::{Env, Phase, Timeout};
 use crate::stats::{UringStats, WorkerStats};
 
@@ -141,6 +141,10 @@ struct Worker<A: App> {
     guard: AcceptGuard,
     lingering: VecDeque<(Instant, usize, u32)>,
     drain_deadline: Option<Instant>,
+    /// The shutdown pipe reported: drain once this batch of completions is processed.
+    drain_requested: bool,
+    /// When connections whose drain was deferred (no byte yet) are drained.
+    fresh_grace: Option<Instant>,
     next_sweep: Option<Instant>,
     next_serial: u32,
     dirty: Vec<usize>,
@@ -148,9 +152,6 @@ struct Worker<A: App> {
     /// Failed polls of the shutdown pipe; after a few, the flag is checked on a timer.
     wake_failures: u32,
     check_flag_at: Option<Instant>,
-    /// The shutdown poll completed in this batch: drain once the whole batch (receives
-    /// that arrived with it included) has been handled.
-    drain_requested: bool,
 }
 
 /// Run one worker until it has drained after shutdown.
@@ -170,13 +171,14 @@ pub(crate) fn run<A: App>(mut ctx: WorkerCtx<A>) -> io::Result<()> {
         guard: AcceptGuard::new(),
         lingering: VecDeque::new(),
         drain_deadline: None,
+        drain_requested: false,
+        fresh_grace: None,
         next_sweep: None,
         next_serial: 0,
         dirty: Vec::new(),
         spare: Spare::default(),
         wake_failures: 0,
         check_flag_at: None,
-        drain_requested: false,
         ctx,
     };
     w.arm_accept()?;
@@ -219,6 +221,8 @@ impl<A: App> Worker<A> {
             for c in completions.drain(..) {
                 self.dispatch(c);
             }
+            // After the whole batch: bytes that came with the shutdown's completion
+            // are requests in flight, not idle connections.
             if std::mem::take(&mut self.drain_requested) {
                 self.begin_drain();
             }
@@ -326,13 +330,14 @@ impl<A: App> Worker<A> {
 
     fn admit(&mut self, socket: Socket) {
         let c = &self.ctx;
-        if self.listener.is_none()
-            || !self
-                .guard
-                .admit(self.now, &c.open, c.config.max_conns, &c.stats)
+        // Accepted while the accept was being cancelled for the drain: served like
+        // a connection fresh at drain (its client is waiting; on an inherited socket
+        // it is gone from the queue the next instance accepts from).
+        if !self
+            .guard
+            .admit(self.now, &c.open, c.config.max_conns, &c.stats)
         {
-            // Refused (counted by the guard), or accepted while the accept was being
-            // cancelled for the drain.
+            // Refused (counted by the guard).
             let _ = self.ring.close(socket);
             return;
         }
@@ -361,6 +366,15 @@ impl<A: App> Worker<A> {
             dirty: false,
             linger_armed: false,
         });
+        if self.drain_deadline.is_some() {
+            let deferred = self
+                .conns
+                .get_mut(key)
+                .is_some_and(|e| e.conn.start_drain_unless_fresh(false));
+            if deferred {
+                self.fresh_grace = Some(self.now + DRAIN_FRESH_GRACE);
+            }
+        }
         self.mark(key);
     }
 
@@ -439,7 +453,7 @@ impl<A: App> Worker<A> {
             return;
         };
         let conn = &mut entry.conn;
-        if draining && conn.phase() == Phase::Open && conn.is_idle() {
+        if draining && conn.phase() == Phase::Open && conn.is_idle() && !conn.drain_deferred() {
             conn.close_gracefully();
         }
         let tag = conn_tag(key, entry.serial);
@@ -523,7 +537,14 @@ impl<A: App> Worker<A> {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             if let Some(entry) = self.conns.get_mut(key) {
-                entry.conn.start_drain();
+                let conn = &mut entry.conn;
+                // Received bytes whose completion has not been processed are a
+                // request in flight: the drain waits for them like for a fresh
+                // connection's first request.
+                let waiting = conn.phase() == Phase::Open && conn.is_idle() && conn.bytes_waiting();
+                if conn.start_drain_unless_fresh(waiting) {
+                    self.fresh_grace = Some(self.now + DRAIN_FRESH_GRACE);
+                }
             }
             self.mark(key);
         }
@@ -575,6 +596,7 @@ impl<A: App> Worker<A> {
             self.drain_deadline,
             self.next_sweep,
             self.check_flag_at,
+            self.fresh_grace,
         ]
         .into_iter()
         .flatten()
@@ -591,6 +613,19 @@ impl<A: App> Worker<A> {
             self.lingering.pop_front();
             if self.conns.get(key).is_some_and(|e| e.serial == serial) {
                 self.close(key);
+            }
+        }
+        if self.fresh_grace.is_some_and(|t| t <= now) {
+            self.fresh_grace = None;
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                if let Some(entry) = self.conns.get_mut(key) {
+                    if !entry.conn.drain_deferred() {
+                        continue;
+                    }
+                    entry.conn.start_drain();
+                }
+                self.mark(key);
             }
         }
         // The accept is re-armed by the loop once the pause is over.

@@ -49,7 +49,8 @@ pub(super) struct Ready {
 /// A connection and the pool's flags for it; moves between slot, queue and worker.
 pub(super) struct Entry<S> {
     pub(super) conn: Conn<S>,
-    /// [`Conn::start_drain`] was applied.
+    /// The drain was applied ([`Conn::start_drain_unless_fresh`]; the connection may
+    /// still be deferred, see [`Conn::drain_deferred`]).
     pub(super) drained: bool,
     /// Its linger deadline is in the table's FIFO.
     pub(super) linger_armed: bool,
@@ -73,6 +74,9 @@ pub(super) struct Table<S> {
     pub(super) lingering: VecDeque<(Instant, usize, u32)>,
     /// Shutdown has started (set once, by the reactor).
     pub(super) draining: bool,
+    /// Set with `draining`: when the drain of connections that had not received a
+    /// byte yet stops being deferred ([`Conn::start_drain_unless_fresh`]).
+    pub(super) fresh_grace_end: Option<Instant>,
     pub(super) next_generation: u32,
 }
 
@@ -177,23 +181,25 @@ impl<S: Session> Shared<S> {
                 conn.on_readable(bufs, &env, false, ready.hup);
             }
         }
-        self.settle(key, generation, entry);
+        self.settle(key, generation, entry, bufs, &env);
     }
 
     /// Close the connection, or park it and re-arm its one-shot registration.
-    pub(super) fn settle(&self, key: usize, generation: u32, mut entry: Box<Entry<S>>) {
+    pub(super) fn settle(
+        &self,
+        key: usize,
+        generation: u32,
+        mut entry: Box<Entry<S>>,
+        bufs: &mut Bufs,
+        env: &Env<'_>,
+    ) {
         let mut table = lock(&self.table);
         if table.draining {
             // Session code runs outside the lock. `draining` never goes back to
             // false, so once applied here nothing more is needed below.
+            let grace_over = table.fresh_grace_end.is_none_or(|t| Instant::now() >= t);
             drop(table);
-            if !entry.drained {
-                entry.drained = true;
-                entry.conn.start_drain();
-            }
-            if entry.conn.phase() == Phase::Open && entry.conn.is_idle() {
-                entry.conn.close_gracefully();
-            }
+            apply_drain(&mut entry, bufs, env, grace_over);
             table = lock(&self.table);
         }
         let t = &mut *table;
@@ -288,6 +294,37 @@ impl<S: Session> Shared<S> {
         // A full counter (never, at one per wake) or any other error: the reactor
         // still wakes at its next timer.
         let _ = rustix::io::write(&self.nudge, &1u64.to_ne_bytes());
+    }
+}
+
+/// The drain, as a worker applies it to the connection it owns (outside the table
+/// lock). The first time: take in what the kernel has already received (a request
+/// in flight is not an idle connection; the drain sweep's jobs carry no readiness),
+/// then [`Conn::start_drain_unless_fresh`]: a connection without a single byte yet
+/// stays open (its first request is most likely on the way), and the drain applies
+/// after that request ([`Conn::on_readable`] does it) or once `grace_over` (the
+/// reactor's timer sweep hands such parked connections back after the grace).
+/// Finally an idle connection whose drain applies closes gracefully.
+fn apply_drain<S: Session>(entry: &mut Entry<S>, bufs: &mut Bufs, env: &Env<'_>, grace_over: bool) {
+    let conn = &mut entry.conn;
+    if !entry.drained {
+        entry.drained = true;
+        if conn.phase() == Phase::Open {
+            conn.on_readable(bufs, env, true, false);
+        }
+        conn.start_drain_unless_fresh();
+    }
+    if conn.drain_deferred() && grace_over {
+        // Bytes that came just now still count as a first request.
+        if conn.phase() == Phase::Open {
+            conn.on_readable(bufs, env, true, false);
+        }
+        if conn.drain_deferred() {
+            conn.start_drain();
+        }
+    }
+    if conn.phase() == Phase::Open && conn.is_idle() && !conn.drain_deferred() {
+        conn.close_gracefully();
     }
 }
 

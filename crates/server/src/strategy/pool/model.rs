@@ -13,16 +13,22 @@
 //! | worker pops | `next_job` |
 //! | worker reads | `Conn::on_readable` (one read: some or all of what is waiting) |
 //! | worker settles | `settle`: under the table lock, close, or park and `EPOLL_CTL_MOD` |
-//! | worker drains | `settle` seeing `draining`: drop the lock, apply the drain |
+//! | worker drains | `settle` seeing `draining`: drop the lock, read what waits, apply the drain (deferred while nothing was ever received, until the grace is over) |
 //! | reactor drains | `begin_drain`: set `draining`, move parked entries to the queue |
+//! | grace passes | `DRAIN_FRESH_GRACE` after the drain started |
+//! | reactor sweeps | `sweep_timers` after the grace: take a parked deferred entry out, queue it |
 //! | reactor forces | `run_timers` at the drain deadline: close parked, doom the rest |
 //!
 //! Checked in every state: the connection is held in exactly one place while open,
-//! and an armed registration has its entry parked (except after the drain sweep,
-//! whose stray reports are ignored). Checked in every final state (nothing left to
-//! do): no message is left unread on an open connection (no lost wake-up), and after
-//! a drain the connection is closed. The model also runs a broken protocol, re-arming
-//! *before* parking, to show that it catches the lost wake-up that would cause.
+//! an armed registration has its entry parked (except after the drain sweep, whose
+//! stray reports are ignored), and the drain never judged the connection idle with a
+//! message on the socket unread, nor closed it before the grace while it had not
+//! received anything. Checked in every final state (nothing left to do): no message
+//! is left unread on an open connection (no lost wake-up), and after a drain the
+//! connection is closed. The model also runs two broken protocols to show that it
+//! catches what they cause: re-arming *before* parking (a lost wake-up), and the drain
+//! as it was before the fix, judging without reading and without the grace (a
+//! request closed unread).
 
 use std::collections::HashSet;
 
@@ -37,6 +43,8 @@ struct Conn {
     drained: bool,
     /// The drain found it idle: it closes when settled.
     closing: bool,
+    /// The drain reached it before its first message: deferred.
+    deferred: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -63,7 +71,11 @@ struct State {
     queue: Vec<Conn>,
     serving: [Option<(Conn, Stage)>; WORKERS],
     draining: bool,
+    /// `DRAIN_FRESH_GRACE` has passed since the drain started.
+    grace_over: bool,
     forced: bool,
+    /// The drain closed a request unread, or a fresh connection before the grace.
+    lost: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -74,6 +86,8 @@ struct Options {
     force: bool,
     /// Re-arm before parking (the broken order).
     arm_before_park: bool,
+    /// The drain as it was: judge idle from what was read, no grace (broken).
+    judge_unread: bool,
 }
 
 fn initial() -> State {
@@ -82,6 +96,7 @@ fn initial() -> State {
             consumed: 0,
             drained: false,
             closing: false,
+            deferred: false,
         })),
         armed: true,
         ..State::default()
@@ -133,6 +148,12 @@ fn successors(s: &State, o: Options) -> Vec<State> {
                     n.unread -= k;
                     let mut c = conn;
                     c.consumed += k;
+                    if c.deferred && k > 0 {
+                        // `on_readable` applies the deferred drain after serving:
+                        // every message is a whole request, so it is idle.
+                        c.deferred = false;
+                        c.closing = true;
+                    }
                     n.serving[w] = Some((c, Stage::Settle));
                     next.push(n);
                 }
@@ -158,6 +179,21 @@ fn successors(s: &State, o: Options) -> Vec<State> {
         }
         next.push(n);
     }
+    if s.draining && !s.grace_over {
+        let mut n = s.clone();
+        n.grace_over = true;
+        next.push(n);
+    }
+    if s.grace_over {
+        if let Some(Some(conn)) = s.slot {
+            if conn.deferred {
+                let mut n = s.clone();
+                n.slot = Some(None);
+                n.queue.push(conn); // still armed: its reports are ignored
+                next.push(n);
+            }
+        }
+    }
     if o.force && s.draining && !s.forced {
         let mut n = s.clone();
         n.forced = true;
@@ -181,11 +217,27 @@ fn close(n: &mut State) {
 /// The worker's `settle`, one critical section (or the drain step outside it).
 fn settle(s: &State, w: usize, mut conn: Conn, o: Options) -> State {
     let mut n = s.clone();
-    if n.draining && !conn.drained {
-        // Outside the lock: apply the drain; every message is a whole request, so
-        // the session is idle and closes. Then settle again.
+    if n.draining && o.judge_unread && !conn.drained {
+        // The drain before the fix: judged from what was read; every message is a
+        // whole request, so the session is idle and closes.
         conn.drained = true;
         conn.closing = true;
+        judged(&mut n, conn);
+        n.serving[w] = Some((conn, Stage::Settle));
+        return n;
+    }
+    if n.draining && (!conn.drained || (conn.deferred && n.grace_over)) {
+        // Outside the lock: read what the socket holds, then apply the drain, or
+        // defer it while nothing was ever received (until the grace is over). Then
+        // settle again.
+        conn.drained = true;
+        conn.consumed += n.unread;
+        n.unread = 0;
+        conn.deferred = conn.consumed == 0 && !n.grace_over;
+        conn.closing = !conn.deferred;
+        if conn.closing {
+            judged(&mut n, conn);
+        }
         n.serving[w] = Some((conn, Stage::Settle));
         return n;
     }
@@ -206,6 +258,15 @@ fn settle(s: &State, w: usize, mut conn: Conn, o: Options) -> State {
     n
 }
 
+/// The drain judged the connection idle (it will close): nothing may be waiting
+/// unread, and a connection that never received anything is closed only after the
+/// grace.
+fn judged(n: &mut State, conn: Conn) {
+    if n.unread > 0 || (conn.consumed == 0 && !n.grace_over) {
+        n.lost = true;
+    }
+}
+
 /// Invariants of every state.
 fn check(s: &State, o: Options) -> Result<(), String> {
     let parked = matches!(s.slot, Some(Some(_)));
@@ -215,6 +276,11 @@ fn check(s: &State, o: Options) -> Result<(), String> {
     if held != want {
         return Err(format!(
             "connection held in {held} places, want {want}: {s:?}"
+        ));
+    }
+    if s.lost {
+        return Err(format!(
+            "the drain closed a request unread or a fresh connection early: {s:?}"
         ));
     }
     // (Not checked for the broken order, so that its test shows the consequence.)
@@ -277,6 +343,7 @@ fn the_hand_off_never_loses_or_duplicates_a_connection() {
             drain,
             force,
             arm_before_park: false,
+            judge_unread: false,
         };
         match explore(o) {
             Ok(states) => {
@@ -294,7 +361,20 @@ fn the_model_catches_re_arming_before_parking() {
         drain: false,
         force: false,
         arm_before_park: true,
+        judge_unread: false,
     };
     let err = explore(o).expect_err("re-arming before parking must be caught");
     assert!(err.contains("lost wake-up"), "{err}");
+}
+
+#[test]
+fn the_model_catches_a_drain_that_judges_without_reading() {
+    let o = Options {
+        drain: true,
+        force: false,
+        arm_before_park: false,
+        judge_unread: true,
+    };
+    let err = explore(o).expect_err("closing a request unread must be caught");
+    assert!(err.contains("closed a request unread"), "{err}");
 }

@@ -67,6 +67,11 @@ pub(super) struct UConn<S> {
     phase: Phase,
     discarded: usize,
     timers: Timers,
+    /// At least one byte was received.
+    received: bool,
+    /// The drain reached this connection before its next bytes did
+    /// ([`UConn::start_drain_unless_fresh`]).
+    drain_deferred: bool,
 }
 
 impl<S: Session> UConn<S> {
@@ -86,6 +91,8 @@ impl<S: Session> UConn<S> {
             phase: Phase::Open,
             discarded: 0,
             timers: Timers::default(),
+            received: false,
+            drain_deferred: false,
         }
     }
 
@@ -150,11 +157,41 @@ impl<S: Session> UConn<S> {
     /// The server is draining: let the session finish its request, and close the
     /// connection now if it is idle.
     pub(super) fn start_drain(&mut self) {
+        self.drain_deferred = false;
         self.session.start_drain();
         if self.phase == Phase::Open && (self.is_idle() || self.session.wants_close()) {
             self.phase = Phase::Closing;
             self.advance();
         }
+    }
+
+    /// [`start_drain`](UConn::start_drain), except for an idle connection that has
+    /// not received a byte yet (its first request is most likely on the way: accepted
+    /// just before a restart's SIGTERM) or whose next bytes are `waiting` in the
+    /// kernel (received, their completion not processed yet): it stays open, those
+    /// bytes are served and then the drain applies, or the loop applies it after
+    /// [`DRAIN_FRESH_GRACE`](crate::config::DRAIN_FRESH_GRACE). Returns true when
+    /// deferred.
+    pub(super) fn start_drain_unless_fresh(&mut self, waiting: bool) -> bool {
+        if self.phase == Phase::Open && self.is_idle() && (!self.received || waiting) {
+            self.drain_deferred = true;
+            return true;
+        }
+        self.start_drain();
+        false
+    }
+
+    /// The drain is deferred until bytes arrive (or the grace ends).
+    pub(super) fn drain_deferred(&self) -> bool {
+        self.drain_deferred
+    }
+
+    /// Whether the kernel holds received bytes not delivered to us yet (a peek; a
+    /// receive completion may be on its way or its task work not run yet).
+    pub(super) fn bytes_waiting(&self) -> bool {
+        let mut one = [0u8; 1];
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        matches!(rustix::net::recv(&self.socket, &mut one[..], flags), Ok((n, _)) if n > 0)
     }
 
     /// Stop processing input and close once the output is flushed.
@@ -168,6 +205,7 @@ impl<S: Session> UConn<S> {
     /// Bytes arrived.
     pub(super) fn on_data(&mut self, data: &[u8], spare: &mut Spare, env: &Env<'_>) {
         WorkerStats::add(&env.stats.bytes_in, data.len() as u64);
+        self.received |= !data.is_empty();
         self.timers.active(env.now);
         match self.phase {
             Phase::Open => self.feed(data, spare, env),
@@ -180,6 +218,14 @@ impl<S: Session> UConn<S> {
             Phase::Done => {}
         }
         self.advance();
+        self.apply_deferred_drain();
+    }
+
+    /// A deferred drain applies once bytes were served (or the connection closes).
+    fn apply_deferred_drain(&mut self) {
+        if self.drain_deferred && (self.received || self.phase != Phase::Open) {
+            self.start_drain();
+        }
     }
 
     /// The peer closed its write side.
@@ -193,6 +239,7 @@ impl<S: Session> UConn<S> {
             self.phase = Phase::Closing;
         }
         self.advance();
+        self.apply_deferred_drain();
     }
 
     /// A send finished; returns a buffer for reuse.
