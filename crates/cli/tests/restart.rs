@@ -349,13 +349,18 @@ fn uring_to_pool() {
     handover("uring", &["--workers", "2"], "pool", &["--workers", "2"]);
 }
 
-/// The drain rule behind a clean handover, pinned on each event loop: a connection
+/// The drain rule behind a clean handover, pinned on each event loop and on the
+/// blocking adapter (thread, fork, green; prefork's workers hold one connection
+/// each, the same code): a connection
 /// accepted before SIGTERM whose first request arrives after it (here 100 ms later)
 /// is answered, not closed as idle; one that never sends is closed after the grace
 /// and the server still exits 0.
 #[test]
 fn a_request_arriving_just_after_sigterm_on_a_fresh_connection_is_answered() {
-    for strategy in ["epoll-et", "epoll-lt", "poll", "select", "pool", "uring"] {
+    for strategy in [
+        "epoll-et", "epoll-lt", "poll", "select", "pool", "uring", "thread", "fork", "green",
+    ] {
+        eprintln!("strategy {strategy}");
         let mut server = Server::start(strategy, "http", &[]);
         let late = connect(server.addr());
         let silent = connect(server.addr());

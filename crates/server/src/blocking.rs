@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use c10k_proto::{Cx, Peer, Session};
 use rustix::event::PollFlags;
 
-use crate::config::{LINGER, MAX_PENDING_INPUT, READ_CHUNK};
+use crate::config::{DRAIN_FRESH_GRACE, LINGER, MAX_PENDING_INPUT, READ_CHUNK};
 use crate::conn::LINGER_MAX_DISCARD;
 use crate::handler::{Conn, ConnLimits, PollPark, Waited};
 use crate::service::Service;
@@ -122,6 +122,7 @@ pub(crate) fn serve_session<S: Session>(conn: &Conn<'_>, session: S) {
         pending: Vec::new(),
         out: Vec::new(),
         drain_told: false,
+        received: false,
         timers: Timers::started(Instant::now()),
     };
     d.run();
@@ -156,6 +157,8 @@ struct Driver<'a, 'c, S> {
     out: Vec<u8>,
     /// The session was told about the drain.
     drain_told: bool,
+    /// At least one byte was received: the connection is not fresh.
+    received: bool,
     /// Idle and request clocks.
     timers: Timers,
 }
@@ -178,10 +181,25 @@ impl<S: Session> Driver<'_, '_, S> {
     fn serve(&mut self) -> Result<Next, Stop> {
         let mut poll_first = true;
         loop {
-            if self.conn.drain_deadline().is_some() {
+            // Judged only before a poll: a read that is due (the buffer filled, or
+            // the fresh grace below saw bytes arrive) comes first.
+            if poll_first && self.conn.drain_deadline().is_some() {
                 // Told only now, with every byte received offered: input held back
                 // while a large reply was written is a request in flight too.
                 if !self.drain_told {
+                    if !self.received && self.is_idle() {
+                        // A fresh connection (accepted just before SIGTERM, on a
+                        // restart): its first request is most likely on the way. Wait
+                        // up to DRAIN_FRESH_GRACE for it, as the event loops do.
+                        match self.fresh_grace() {
+                            Some(Waited::Ready) => {
+                                poll_first = false;
+                                continue;
+                            }
+                            Some(Waited::Failed) => return Err(Stop::Failed),
+                            _ => {}
+                        }
+                    }
                     self.drain_told = true;
                     self.session.start_drain();
                 }
@@ -229,6 +247,7 @@ impl<S: Session> Driver<'_, '_, S> {
                 return Ok(Next::Read);
             }
             WorkerStats::add(&self.conn.stats().bytes_in, n as u64);
+            self.received = true;
             self.timers.active(Instant::now());
             if self.feed(n)? == Next::Close {
                 return Ok(Next::Close);
@@ -242,6 +261,20 @@ impl<S: Session> Driver<'_, '_, S> {
                 self.buf.resize(self.buf.len() * 2, 0);
             }
         }
+    }
+
+    /// A fresh connection at drain: wait for its first bytes until
+    /// `DRAIN_FRESH_GRACE` after the drain began. `None`: the grace is over.
+    fn fresh_grace(&mut self) -> Option<Waited> {
+        let started = self
+            .conn
+            .drain_deadline()?
+            .checked_sub(self.conn.limits().drain_timeout)?;
+        let end = started + DRAIN_FRESH_GRACE;
+        if Instant::now() >= end {
+            return None;
+        }
+        Some(self.wait(PollFlags::IN, Some(end)))
     }
 
     /// Nothing in flight: no partial request (output is always flushed here).
