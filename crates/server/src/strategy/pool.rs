@@ -128,6 +128,7 @@ use crate::config::DRAIN_FRESH_GRACE;
 use crate::conn::Conn;
 use crate::ratelog::RateLog;
 use crate::stats::WorkerStats;
+use crate::timers::sweep_interval;
 
 mod handoff;
 #[cfg(test)]
@@ -557,10 +558,7 @@ impl<A: App> Reactor<A> {
     /// worker checks the timers, then settles it as usual).
     fn sweep_timers(&mut self, empty: bool) {
         let now = Instant::now();
-        let every = Duration::from_secs(1)
-            .min(self.shared.idle_timeout / 4)
-            .min(self.shared.header_timeout / 4)
-            .max(Duration::from_millis(10));
+        let every = sweep_interval(self.shared.idle_timeout, self.shared.header_timeout);
         let grace_due = self.grace_sweep.is_some_and(|t| t <= now);
         if grace_due {
             self.grace_sweep = None;

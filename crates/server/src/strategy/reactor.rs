@@ -18,11 +18,11 @@ use slab::Slab;
 
 use super::WorkerCtx;
 use crate::accept::{AcceptGuard, Accepted, accept_one};
-use crate::config::Config;
 use crate::config::{DRAIN_FRESH_GRACE, LINGER};
 use crate::conn::{Bufs, Conn, Env, Phase, Timeout};
 use crate::ratelog::RateLog;
 use crate::stats::WorkerStats;
+use crate::timers::{SweepClock, sweep_interval};
 
 /// What a registration is for (a backend may treat them differently: the listener is
 /// registered with `EPOLLEXCLUSIVE` when shared, say).
@@ -81,16 +81,6 @@ pub(crate) trait Poller {
 pub(crate) const LISTENER: u64 = u64::MAX;
 /// Token of the shutdown pipe.
 pub(crate) const WAKE: u64 = u64::MAX - 1;
-/// Longest time between two checks of the connections' timers.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// How often to check timers: every second, or more often for short timeouts.
-fn sweep_interval(config: &Config) -> Duration {
-    SWEEP_EVERY
-        .min(config.idle_timeout / 4)
-        .min(config.header_timeout / 4)
-        .max(Duration::from_millis(10))
-}
 
 /// Connections a level-triggered loop accepts per listener report.
 const ACCEPT_BATCH: usize = 64;
@@ -124,7 +114,7 @@ struct Reactor<A: App, P> {
     /// When connections whose drain was deferred (no byte received yet) are drained.
     fresh_grace: Option<Instant>,
     /// When the connections' timers are checked next (while there are connections).
-    next_sweep: Option<Instant>,
+    next_sweep: SweepClock,
     next_serial: u64,
 }
 
@@ -149,7 +139,7 @@ pub(crate) fn run<A: App, P: Poller>(mut ctx: WorkerCtx<A>, mut poller: P) -> io
         lingering: VecDeque::new(),
         drain_deadline: None,
         fresh_grace: None,
-        next_sweep: None,
+        next_sweep: SweepClock::default(),
         next_serial: 0,
         ctx,
     };
@@ -414,23 +404,14 @@ impl<A: App, P: Poller> Reactor<A, P> {
         }
     }
 
-    /// Check every connection's idle and request timers, about once per
-    /// [`SWEEP_EVERY`] (O(connections) per sweep: 10,000 connections take tens of
-    /// microseconds, once a second, instead of a timer per connection on the hot path).
+    /// Check every connection's idle and request timers when the [`SweepClock`] says
+    /// so (about once a second).
     fn sweep(&mut self, now: Instant) {
-        if self.conns.is_empty() {
-            self.next_sweep = None;
+        let c = &self.ctx.config;
+        let every = sweep_interval(c.idle_timeout, c.header_timeout);
+        if !self.next_sweep.due(now, !self.conns.is_empty(), every) {
             return;
         }
-        match self.next_sweep {
-            None => {
-                self.next_sweep = Some(now + sweep_interval(&self.ctx.config));
-                return;
-            }
-            Some(t) if t > now => return,
-            Some(_) => {}
-        }
-        self.next_sweep = Some(now + sweep_interval(&self.ctx.config));
         let (idle, request) = (self.ctx.config.idle_timeout, self.ctx.config.header_timeout);
         let output_cap = self.ctx.config.output_cap;
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
@@ -458,7 +439,7 @@ impl<A: App, P: Poller> Reactor<A, P> {
             self.guard.paused_until(),
             self.lingering.front().map(|l| l.0),
             self.drain_deadline,
-            self.next_sweep,
+            self.next_sweep.next(),
             self.fresh_grace,
         ]
         .into_iter()

@@ -37,15 +37,17 @@ use slab::Slab;
 use self::conn::{Spare, UConn};
 use super::{Availability, WorkerCtx};
 use crate::accept::AcceptGuard;
-use crate::config::{Config, DRAIN_FRESH_GRACE, LINGER, UringConfig};
+use crate::config::{DRAIN_FRESH_GRACE, LINGER, UringConfig};
 use crate::conn::{Env, Phase, Timeout};
 use crate::stats::{UringStats, WorkerStats};
+use crate::timers::{SweepClock, sweep_interval};
 
 /// Tag of the listener's accept.
 const LISTENER: u64 = u64::MAX;
 /// Tag of the shutdown pipe's poll.
 const WAKE: u64 = u64::MAX - 1;
-/// Longest time between two checks of the connections' timers.
+/// How long to wait before checking the shutdown flag again when its pipe cannot be
+/// polled.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long a worker waits at exit for the kernel to return what it still holds.
 const TEARDOWN: Duration = Duration::from_secs(2);
@@ -108,14 +110,6 @@ fn ring_config(c: &UringConfig) -> RingConfig {
     }
 }
 
-/// How often to check timers: every second, or more often for short timeouts.
-fn sweep_interval(config: &Config) -> Duration {
-    SWEEP_EVERY
-        .min(config.idle_timeout / 4)
-        .min(config.header_timeout / 4)
-        .max(Duration::from_millis(10))
-}
-
 fn conn_tag(key: usize, serial: u32) -> u64 {
     ((key as u64) << 32) | u64::from(serial)
 }
@@ -145,7 +139,7 @@ struct Worker<A: App> {
     drain_requested: bool,
     /// When connections whose drain was deferred (no byte yet) are drained.
     fresh_grace: Option<Instant>,
-    next_sweep: Option<Instant>,
+    next_sweep: SweepClock,
     next_serial: u32,
     dirty: Vec<usize>,
     spare: Spare,
@@ -173,7 +167,7 @@ pub(crate) fn run<A: App>(mut ctx: WorkerCtx<A>) -> io::Result<()> {
         drain_deadline: None,
         drain_requested: false,
         fresh_grace: None,
-        next_sweep: None,
+        next_sweep: SweepClock::default(),
         next_serial: 0,
         dirty: Vec::new(),
         spare: Spare::default(),
@@ -552,19 +546,11 @@ impl<A: App> Worker<A> {
 
     /// Check every connection's idle and request timers about once a second.
     fn sweep(&mut self, now: Instant) {
-        if self.conns.is_empty() {
-            self.next_sweep = None;
+        let c = &self.ctx.config;
+        let every = sweep_interval(c.idle_timeout, c.header_timeout);
+        if !self.next_sweep.due(now, !self.conns.is_empty(), every) {
             return;
         }
-        match self.next_sweep {
-            None => {
-                self.next_sweep = Some(now + sweep_interval(&self.ctx.config));
-                return;
-            }
-            Some(t) if t > now => return,
-            Some(_) => {}
-        }
-        self.next_sweep = Some(now + sweep_interval(&self.ctx.config));
         let (idle, request) = (self.ctx.config.idle_timeout, self.ctx.config.header_timeout);
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
@@ -594,7 +580,7 @@ impl<A: App> Worker<A> {
             self.guard.paused_until(),
             self.lingering.front().map(|l| l.0),
             self.drain_deadline,
-            self.next_sweep,
+            self.next_sweep.next(),
             self.check_flag_at,
             self.fresh_grace,
         ]
