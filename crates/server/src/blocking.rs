@@ -11,18 +11,14 @@
 //! nothing waiting; a read that fills the whole buffer is followed by another read
 //! without polling.
 //!
+//! Every decision (timers, close sequence, linger, drain) is the [`ConnCore`]'s; this
+//! shell reads, writes, waits, and applies the drain only before a wait, so that
+//! bytes already received count as a request in flight.
+//!
 //! - Backpressure is natural: the driver writes the whole reply before it reads again,
 //!   so a client that does not read stops being read once the kernel's buffers fill.
-//!   The session's `OUT_BATCH_LIMIT` bounds the reply produced by one call.
-//! - Half-close: EOF -> `handle_eof` -> flush -> close.
-//! - Protocol error or `wants_close`: flush the reply, `shutdown(SHUT_WR)`, read and
-//!   discard for at most [`LINGER`] (so the last reply is not destroyed by a reset),
-//!   close.
-//! - Drain (a shutdown fd became readable): a reply being written is finished and the
-//!   input already received is offered; then the session is told (`start_drain`); an
-//!   idle connection (no partial request) is closed gracefully; a busy one is served
-//!   until it is idle, at most `--drain-timeout` from the moment this connection saw
-//!   the shutdown, then closed.
+//! - Drain (a shutdown fd became readable): bounded by `--drain-timeout` from the
+//!   moment this connection saw the shutdown, then closed.
 
 use std::io;
 use std::net::TcpStream;
@@ -32,12 +28,11 @@ use std::time::{Duration, Instant, SystemTime};
 use c10k_proto::{Cx, Peer, Session};
 use rustix::event::PollFlags;
 
-use crate::config::{DRAIN_FRESH_GRACE, LINGER, MAX_PENDING_INPUT, READ_CHUNK};
-use crate::conn::LINGER_MAX_DISCARD;
+use crate::config::{DEFAULT_OUTPUT_CAP, DRAIN_FRESH_GRACE, READ_CHUNK};
 use crate::handler::{Conn, ConnLimits, PollPark, Waited};
+use crate::lifecycle::{ConnCore, Env, Limits, OutputPool, Phase};
 use crate::service::Service;
 use crate::stats::WorkerStats;
-use crate::timers::{Timeout, Timers};
 
 /// First size of a blocking connection's read buffer. Every connection owns one, so it
 /// starts small: an idle connection (or one exchanging small messages) keeps 4 KiB.
@@ -45,10 +40,6 @@ pub(crate) const BLOCKING_READ_MIN: usize = 4 * 1024;
 /// A read that fills the buffer doubles it, up to this (the event loops' read size),
 /// so that bulk transfers take few reads.
 pub(crate) const BLOCKING_READ_MAX: usize = READ_CHUNK;
-
-/// Output capacity kept between replies; a larger buffer (a big `GET` reply) is freed
-/// once written.
-const OUT_KEEP: usize = 64 * 1024;
 
 /// What a blocking driver needs from its strategy.
 pub(crate) struct BlockingEnv<'a> {
@@ -107,23 +98,27 @@ pub(crate) fn serve_blocking<A: Service>(
 }
 
 /// The sans-IO adapter: serve `session` over `conn` until the connection should
-/// close, with the request and idle timeouts, backpressure and drain of the blocking
-/// driver. Works over any [`Park`](crate::handler::Park): an OS thread or a green one.
+/// close, with the timers, backpressure and drain of [`ConnCore`]. Works over any
+/// [`Park`](crate::handler::Park): an OS thread or a green one.
 pub(crate) fn serve_session<S: Session>(conn: &Conn<'_>, session: S) {
     if session.wants_close() {
         // Refused at open (--max-conns-per-ip): closed unread.
         return;
     }
+    let l = conn.limits();
     let mut d = Driver {
         conn,
-        session,
+        core: ConnCore::new(session, Instant::now()),
         cx: Cx::new(SystemTime::now()),
+        limits: Limits {
+            // The driver writes every reply out before it reads again: the cap only
+            // bounds how much the session produces between two flushes.
+            output_cap: DEFAULT_OUTPUT_CAP,
+            idle_timeout: l.idle_timeout,
+            header_timeout: l.header_timeout,
+        },
         buf: vec![0; BLOCKING_READ_MIN],
-        pending: Vec::new(),
-        out: Vec::new(),
-        drain_told: false,
-        received: false,
-        timers: Timers::started(Instant::now()),
+        pool: OutputPool::default(),
     };
     d.run();
 }
@@ -137,38 +132,33 @@ enum Stop {
     Forced,
 }
 
-/// What to do after input was offered to the session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Next {
-    /// Keep reading.
-    Read,
-    /// Flushed; close gracefully (shut, linger).
-    Close,
-}
-
+/// The blocking shell around a [`ConnCore`].
 struct Driver<'a, 'c, S> {
     conn: &'a Conn<'c>,
-    session: S,
+    core: ConnCore<S>,
     cx: Cx,
+    limits: Limits,
     buf: Vec<u8>,
-    /// Received bytes the session has not consumed yet (an incomplete request).
-    pending: Vec<u8>,
-    /// Reply bytes being written; always empty between requests.
-    out: Vec<u8>,
-    /// The session was told about the drain.
-    drain_told: bool,
-    /// At least one byte was received: the connection is not fresh.
-    received: bool,
-    /// Idle and request clocks.
-    timers: Timers,
+    pool: OutputPool,
+}
+
+/// The environment of one event, built from the driver's fields.
+macro_rules! env {
+    ($d:expr) => {
+        Env {
+            cx: &$d.cx,
+            now: Instant::now(),
+            stats: $d.conn.stats(),
+            limits: &$d.limits,
+        }
+    };
 }
 
 impl<S: Session> Driver<'_, '_, S> {
     fn run(&mut self) {
         match self.serve() {
-            Ok(Next::Close) => self.linger(),
-            Ok(Next::Read) => {}
-            Err(Stop::Failed) => WorkerStats::add(&self.conn.stats().io_errors, 1),
+            Ok(()) => {}
+            Err(Stop::Failed) => self.core.failed(&env!(self)),
             Err(Stop::Forced) => {
                 tracing::debug!("drain deadline passed; closing a busy connection");
                 WorkerStats::add(&self.conn.stats().drain_forced, 1);
@@ -176,35 +166,37 @@ impl<S: Session> Driver<'_, '_, S> {
         }
     }
 
-    /// Serve until the connection should close. `Ok(Next::Read)` means the peer's EOF
-    /// was answered: close without lingering.
-    fn serve(&mut self) -> Result<Next, Stop> {
+    /// Serve until the core says the connection is done.
+    fn serve(&mut self) -> Result<(), Stop> {
         let mut poll_first = true;
-        loop {
+        while !self.core.is_closed() {
             // Judged only before a poll: a read that is due (the buffer filled, or
-            // the fresh grace below saw bytes arrive) comes first.
-            if poll_first && self.conn.drain_deadline().is_some() {
-                // Told only now, with every byte received offered: input held back
-                // while a large reply was written is a request in flight too.
-                if !self.drain_told {
-                    if !self.received && self.is_idle() {
-                        // A fresh connection (accepted just before SIGTERM, on a
-                        // restart): its first request is most likely on the way. Wait
-                        // up to DRAIN_FRESH_GRACE for it, as the event loops do.
-                        match self.fresh_grace() {
-                            Some(Waited::Ready) => {
-                                poll_first = false;
-                                continue;
-                            }
-                            Some(Waited::Failed) => return Err(Stop::Failed),
-                            _ => {}
-                        }
-                    }
-                    self.drain_told = true;
-                    self.session.start_drain();
+            // the fresh grace below saw bytes arrive) comes first, so that input held
+            // back while a large reply was written counts as a request in flight.
+            if poll_first
+                && self.conn.drain_deadline().is_some()
+                && self.core.phase() == Phase::Open
+            {
+                if !self.core.drain_started() {
+                    self.cx.set_now(SystemTime::now());
+                    self.core.start_drain(&env!(self), false, &mut self.pool);
                 }
-                if self.is_idle() || self.session.wants_close() {
-                    return Ok(Next::Close);
+                if self.core.drain_deferred() {
+                    // A fresh connection (accepted just before SIGTERM, on a
+                    // restart): its first request is most likely on the way. Wait
+                    // up to DRAIN_FRESH_GRACE for it, as the event loops do.
+                    match self.fresh_grace() {
+                        Some(Waited::Ready) => {
+                            poll_first = false;
+                            continue;
+                        }
+                        Some(Waited::Failed) => return Err(Stop::Failed),
+                        _ => self.core.end_grace(&env!(self), &mut self.pool),
+                    }
+                }
+                self.flush()?;
+                if self.core.is_closed() {
+                    break;
                 }
             }
             if poll_first {
@@ -214,15 +206,20 @@ impl<S: Session> Driver<'_, '_, S> {
                     .conn
                     .stash_buffer(std::mem::take(&mut self.buf))
                     .unwrap_or_default();
-                let timers = self.timer_deadline();
-                match self.wait(PollFlags::IN, Some(timers)) {
+                let until = self.core.poll_timeout(&self.limits);
+                match self.conn.wait(PollFlags::IN, until) {
                     Waited::Ready => {}
                     Waited::Drain => continue,
-                    Waited::Timeout if self.drain_passed() => return Err(Stop::Forced),
-                    Waited::Timeout => {
-                        if let Some(next) = self.timer_fired() {
-                            return next;
+                    Waited::Timeout if self.conn.drain_passed() => {
+                        if self.core.phase() == Phase::Lingering {
+                            return Ok(());
                         }
+                        return Err(Stop::Forced);
+                    }
+                    Waited::Timeout => {
+                        self.cx.set_now(SystemTime::now());
+                        self.core.on_timeout(&env!(self), &mut self.pool);
+                        self.flush()?;
                         continue;
                     }
                     Waited::Failed => return Err(Stop::Failed),
@@ -240,20 +237,16 @@ impl<S: Session> Driver<'_, '_, S> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return Err(Stop::Failed),
             };
+            self.cx.set_now(SystemTime::now());
             if n == 0 {
-                self.cx.set_now(SystemTime::now());
-                self.session.handle_eof(&self.cx, &mut self.out);
+                self.core.eof(&env!(self), &mut self.pool);
                 self.flush()?;
-                return Ok(Next::Read);
+                poll_first = true;
+                continue;
             }
-            WorkerStats::add(&self.conn.stats().bytes_in, n as u64);
-            self.received = true;
-            self.timers.active(Instant::now());
-            if self.feed(n)? == Next::Close {
-                return Ok(Next::Close);
-            }
-            let in_request = !self.is_idle();
-            self.timers.track(Instant::now(), in_request);
+            self.core
+                .received(&env!(self), &self.buf[..n], &mut self.pool);
+            self.flush()?;
             // A full buffer probably left more waiting: read again before polling,
             // into a larger buffer.
             poll_first = n < self.buf.len();
@@ -261,6 +254,7 @@ impl<S: Session> Driver<'_, '_, S> {
                 self.buf.resize(self.buf.len() * 2, 0);
             }
         }
+        Ok(())
     }
 
     /// A fresh connection at drain: wait for its first bytes until
@@ -274,102 +268,30 @@ impl<S: Session> Driver<'_, '_, S> {
         if Instant::now() >= end {
             return None;
         }
-        Some(self.wait(PollFlags::IN, Some(end)))
+        Some(self.conn.wait(PollFlags::IN, Some(end)))
     }
 
-    /// Nothing in flight: no partial request (output is always flushed here).
-    fn is_idle(&self) -> bool {
-        self.pending.is_empty() && !self.session.mid_request()
-    }
-
-    /// Offer `buf[..n]` (after any pending bytes) to the session, writing each reply
-    /// out in full.
-    fn feed(&mut self, n: usize) -> Result<Next, Stop> {
-        self.cx.set_now(SystemTime::now());
-        let owned = !self.pending.is_empty();
-        if owned {
-            self.pending.extend_from_slice(&self.buf[..n]);
-        }
-        let len = if owned { self.pending.len() } else { n };
-        let mut consumed = 0;
-        let mut closing = false;
-        while consumed < len {
-            let used = {
-                let input = if owned {
-                    &self.pending[consumed..]
-                } else {
-                    &self.buf[consumed..n]
-                };
-                match self.session.handle_input(&self.cx, input, &mut self.out) {
-                    Ok(used) => used.min(input.len()),
-                    Err(e) => {
-                        tracing::debug!("protocol error: {e}");
-                        WorkerStats::add(&self.conn.stats().proto_errors, 1);
-                        closing = true;
-                        input.len()
-                    }
-                }
-            };
-            WorkerStats::add(&self.conn.stats().requests, self.session.take_requests());
-            consumed += used;
-            closing |= self.session.wants_close();
-            self.flush()?;
-            if closing || used == 0 {
+    /// Write everything the core has, waiting for the socket as long as it takes
+    /// (until the idle timer, or the drain deadline once draining); shut the write
+    /// side when the core says so.
+    fn flush(&mut self) -> Result<(), Stop> {
+        loop {
+            let data = self.core.transmit();
+            if data.is_empty() {
                 break;
             }
-        }
-        if closing {
-            self.pending = Vec::new();
-            return Ok(Next::Close);
-        }
-        if owned {
-            self.pending.drain(..consumed);
-            if self.pending.is_empty() {
-                self.pending = Vec::new();
-            }
-        } else {
-            self.pending.extend_from_slice(&self.buf[consumed..n]);
-        }
-        if self.pending.len() > MAX_PENDING_INPUT {
-            tracing::debug!(
-                "closing a connection with {} unconsumed input bytes",
-                self.pending.len()
-            );
-            WorkerStats::add(&self.conn.stats().proto_errors, 1);
-            self.pending = Vec::new();
-            return Ok(Next::Close);
-        }
-        Ok(Next::Read)
-    }
-
-    /// Write all of `out`, waiting for the socket as long as it takes (until the
-    /// drain deadline, once draining).
-    fn flush(&mut self) -> Result<(), Stop> {
-        if !self.out.is_empty() {
-            // A reply is progress: the request timer restarts with the next request.
-            self.timers.replied();
-        }
-        let mut pos = 0;
-        while pos < self.out.len() {
-            match self.conn.try_write(&self.out[pos..]) {
+            match self.conn.try_write(data) {
                 Ok(0) => return Err(Stop::Failed),
-                Ok(n) => {
-                    pos += n;
-                    self.timers.active(Instant::now());
-                    WorkerStats::add(&self.conn.stats().bytes_out, n as u64);
-                }
+                Ok(n) => self.core.sent(&env!(self), n, &mut self.pool),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Unsent output is a request in flight: a drain lets it finish. A
                     // peer that stops reading it for the idle timeout is given up.
-                    let stalled = self
-                        .timers
-                        .idle_deadline(Instant::now(), self.conn.limits().idle_timeout);
-                    match self.wait(PollFlags::OUT, Some(stalled)) {
+                    let until = self.core.poll_timeout(&self.limits);
+                    match self.conn.wait(PollFlags::OUT, until) {
                         Waited::Ready | Waited::Drain => {}
-                        Waited::Timeout if self.drain_passed() => return Err(Stop::Forced),
+                        Waited::Timeout if self.conn.drain_passed() => return Err(Stop::Forced),
                         Waited::Timeout => {
-                            WorkerStats::add(&self.conn.stats().timeouts_idle, 1);
-                            return Err(Stop::Failed);
+                            self.core.on_timeout(&env!(self), &mut self.pool);
                         }
                         Waited::Failed => return Err(Stop::Failed),
                     }
@@ -378,81 +300,10 @@ impl<S: Session> Driver<'_, '_, S> {
                 Err(_) => return Err(Stop::Failed),
             }
         }
-        self.out.clear();
-        if self.out.capacity() > OUT_KEEP {
-            self.out = Vec::new();
+        if self.core.take_shutdown_write() {
+            let _ = self.conn.shutdown_write();
         }
         Ok(())
-    }
-
-    /// Shut our side (the peer sees EOF after our last reply), then read and discard
-    /// until the peer closes, for at most [`LINGER`] or 1 MiB.
-    fn linger(&mut self) {
-        let _ = self.conn.shutdown_write();
-        if self.buf.is_empty() {
-            self.buf = self.conn.fresh_buffer(BLOCKING_READ_MIN);
-        }
-        let until = Instant::now() + LINGER;
-        let mut discarded = 0;
-        while discarded <= LINGER_MAX_DISCARD {
-            match self.conn.try_read(&mut self.buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    WorkerStats::add(&self.conn.stats().bytes_in, n as u64);
-                    discarded += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if matches!(
-                        self.wait(PollFlags::IN, Some(until)),
-                        Waited::Timeout | Waited::Failed
-                    ) {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return,
-            }
-        }
-    }
-
-    /// Wait until the connection is ready for `flags`, shutdown is noticed (the first
-    /// time only), or `until` / the drain deadline passes.
-    fn wait(&mut self, flags: PollFlags, until: Option<Instant>) -> Waited {
-        self.conn.wait(flags, until)
-    }
-
-    /// When the idle or request timer fires next.
-    fn timer_deadline(&self) -> Instant {
-        let l = self.conn.limits();
-        self.timers
-            .deadline(Instant::now(), l.idle_timeout, l.header_timeout)
-    }
-
-    /// The drain deadline has passed.
-    fn drain_passed(&self) -> bool {
-        self.conn.drain_passed()
-    }
-
-    /// A timer's deadline passed: what to do, or `None` when none has fired yet.
-    fn timer_fired(&mut self) -> Option<Result<Next, Stop>> {
-        let l = self.conn.limits();
-        let stats = self.conn.stats();
-        let due = self
-            .timers
-            .due(Instant::now(), l.idle_timeout, l.header_timeout, true)?;
-        match due {
-            Timeout::Request => {
-                WorkerStats::add(&stats.timeouts_request, 1);
-                self.cx.set_now(SystemTime::now());
-                self.session.handle_timeout(&self.cx, &mut self.out);
-                self.pending = Vec::new();
-                Some(self.flush().map(|()| Next::Close))
-            }
-            Timeout::Idle => {
-                WorkerStats::add(&stats.timeouts_idle, 1);
-                Some(Ok(Next::Close))
-            }
-        }
     }
 }
 

@@ -53,6 +53,7 @@ mod config;
 mod conn;
 mod gate;
 mod handler;
+mod lifecycle;
 mod metrics;
 mod panic_guard;
 mod per_ip;

@@ -124,8 +124,8 @@ use slab::Slab;
 
 use super::WorkerCtx;
 use crate::accept::{AcceptGuard, Accepted, accept_one};
-use crate::config::DRAIN_FRESH_GRACE;
-use crate::conn::Conn;
+use crate::conn::ReadyConn;
+use crate::lifecycle::{DrainClock, Limits, LingerQueue};
 use crate::ratelog::RateLog;
 use crate::stats::WorkerStats;
 use crate::timers::sweep_interval;
@@ -167,7 +167,7 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
         nudge: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?,
         table: Mutex::new(Table {
             slots: Slab::new(),
-            lingering: VecDeque::new(),
+            lingering: LingerQueue::default(),
             draining: false,
             fresh_grace_end: None,
             next_generation: 0,
@@ -178,9 +178,7 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
             closed: false,
         }),
         work: Condvar::new(),
-        output_cap: config.output_cap,
-        idle_timeout: config.idle_timeout,
-        header_timeout: config.header_timeout,
+        limits: Limits::of(&config),
         stats,
         open,
     });
@@ -228,10 +226,8 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
             listening: false,
             guard: AcceptGuard::new(),
             refused_log: RateLog::new(Duration::from_secs(1)),
-            drain_deadline: None,
-            forced: false,
+            drain: DrainClock::default(),
             next_sweep: None,
-            grace_sweep: None,
             now: Instant::now(),
             jobs: Vec::new(),
             pending: Vec::new(),
@@ -265,13 +261,10 @@ struct Reactor<A: App> {
     listening: bool,
     guard: AcceptGuard,
     refused_log: RateLog,
-    drain_deadline: Option<Instant>,
-    /// The drain deadline has been enforced.
-    forced: bool,
+    /// The drain deadline and the fresh-connection grace (whose end runs a sweep).
+    drain: DrainClock,
     /// When parked connections' idle and request timers are checked next.
     next_sweep: Option<Instant>,
-    /// The end of the drain's fresh-connection grace, until the sweep at it ran.
-    grace_sweep: Option<Instant>,
     now: Instant,
     /// Jobs gathered in one loop iteration, queued together.
     jobs: Vec<Job<crate::panic_guard::Guarded<A::Session>>>,
@@ -289,12 +282,12 @@ impl<A: App> Reactor<A> {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(1024);
         let (mut empty, mut linger_front) = {
             let t = lock(&self.shared.table);
-            (t.slots.is_empty(), t.lingering.front().map(|l| l.0))
+            (t.slots.is_empty(), t.lingering.next())
         };
         loop {
             // Read at the end of the last iteration; a worker that changes either
             // since (the first linger, the last close of a drain) wakes us.
-            if self.drain_deadline.is_some() && empty {
+            if self.drain.draining() && empty {
                 return Ok(());
             }
             let deadline = [
@@ -302,9 +295,8 @@ impl<A: App> Reactor<A> {
                     .paused_until()
                     .filter(|_| self.listener.is_some()),
                 linger_front,
-                self.drain_deadline.filter(|_| !self.forced),
+                self.drain.next(),
                 self.next_sweep.filter(|_| !empty),
-                self.grace_sweep,
             ]
             .into_iter()
             .flatten()
@@ -450,7 +442,7 @@ impl<A: App> Reactor<A> {
                         WorkerStats::add(&s.stats.closed, 1);
                         continue;
                     }
-                    self.register(Conn::new(stream, session));
+                    self.register(ReadyConn::new(stream, session, self.now));
                 }
                 Accepted::Empty => return,
                 Accepted::Retry => {}
@@ -469,7 +461,7 @@ impl<A: App> Reactor<A> {
     }
 
     /// Step 1: park a new connection and arm it.
-    fn register(&mut self, conn: Conn<crate::panic_guard::Guarded<A::Session>>) {
+    fn register(&mut self, conn: ReadyConn<crate::panic_guard::Guarded<A::Session>>) {
         let s = &self.shared;
         let mut table = lock(&s.table);
         let t = &mut *table;
@@ -479,7 +471,6 @@ impl<A: App> Reactor<A> {
         let key = vacant.key();
         let entry = Box::new(Entry {
             conn,
-            drained: false,
             linger_armed: false,
         });
         let added = if u32::try_from(key).is_err() {
@@ -515,20 +506,19 @@ impl<A: App> Reactor<A> {
     /// Shutdown: stop accepting and sweep every parked connection to the workers,
     /// which apply the drain.
     fn begin_drain(&mut self) {
-        if self.drain_deadline.is_some() {
+        if !self.drain.begin(self.now, self.drain_timeout) {
             return;
         }
-        self.drain_deadline = Some(self.now + self.drain_timeout);
         // The pipe stays readable: stop watching it, or every wait would return at once.
         let _ = epoll::delete(&self.shared.epoll, self.shutdown_wake.wake_fd());
         self.unlisten();
         self.listener = None;
         let mut table = lock(&self.shared.table);
         table.draining = true;
-        let grace_end = self.now + DRAIN_FRESH_GRACE;
-        table.fresh_grace_end = Some(grace_end);
-        // The timer sweep hands back the connections still deferred then.
-        self.grace_sweep = Some(grace_end);
+        // The grace runs for every connection from now; the timer sweep at its end
+        // hands back the connections still deferred then.
+        self.drain.deferred(self.now);
+        table.fresh_grace_end = self.drain.grace_end();
         let open = table.slots.len();
         for (key, slot) in table.slots.iter_mut() {
             if let Some(entry) = slot.entry.take() {
@@ -558,11 +548,11 @@ impl<A: App> Reactor<A> {
     /// worker checks the timers, then settles it as usual).
     fn sweep_timers(&mut self, empty: bool) {
         let now = Instant::now();
-        let every = sweep_interval(self.shared.idle_timeout, self.shared.header_timeout);
-        let grace_due = self.grace_sweep.is_some_and(|t| t <= now);
-        if grace_due {
-            self.grace_sweep = None;
-        }
+        let every = sweep_interval(
+            self.shared.limits.idle_timeout,
+            self.shared.limits.header_timeout,
+        );
+        let grace_due = self.drain.grace_over(now);
         match self.next_sweep {
             _ if grace_due => self.next_sweep = Some(now + every),
             _ if empty => {
@@ -572,7 +562,6 @@ impl<A: App> Reactor<A> {
             Some(t) if t > now => return,
             _ => self.next_sweep = Some(now + every),
         }
-        let (idle, request) = (self.shared.idle_timeout, self.shared.header_timeout);
         let mut table = lock(&self.shared.table);
         // After the fresh-connection grace, a parked connection whose drain is still
         // deferred is due too: its worker applies the drain.
@@ -582,7 +571,8 @@ impl<A: App> Reactor<A> {
             .iter_mut()
             .filter_map(|(k, slot)| {
                 let due = slot.entry.as_mut().is_some_and(|e| {
-                    (grace_over && e.conn.drain_deferred()) || e.conn.timers_due(now, idle, request)
+                    (grace_over && e.conn.core().drain_deferred())
+                        || e.conn.timers_due(now, &self.shared.limits)
                 });
                 due.then_some((k, slot.generation))
             })
@@ -608,16 +598,11 @@ impl<A: App> Reactor<A> {
         let state = {
             let mut table = lock(&self.shared.table);
             let t = &mut *table;
-            while let Some(&(deadline, key, generation)) = t.lingering.front() {
-                if deadline > now {
-                    break;
-                }
-                t.lingering.pop_front();
-                close_or_doom(t, key, generation, &mut to_close);
+            while let Some((key, generation)) = t.lingering.pop_due(now) {
+                close_or_doom(t, key, generation as u32, &mut to_close);
             }
-            if let Some(deadline) = self.drain_deadline {
-                if now >= deadline && !self.forced {
-                    self.forced = true;
+            {
+                if !self.drain.forced() && self.drain.force_due(now) {
                     let n = t.slots.len();
                     if n > 0 {
                         tracing::warn!(
@@ -633,7 +618,7 @@ impl<A: App> Reactor<A> {
                     }
                 }
             }
-            (t.slots.is_empty(), t.lingering.front().map(|l| l.0))
+            (t.slots.is_empty(), t.lingering.next())
         };
         for entry in to_close {
             self.shared.closed(entry);

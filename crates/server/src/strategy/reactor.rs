@@ -2,11 +2,10 @@
 //!
 //! Everything a readiness-based worker does apart from asking the kernel what is ready
 //! lives here once: accepting (with `--max-conns` and the EMFILE back-off), driving
-//! connections through [`Conn`], keeping each connection's registration up to date,
+//! connections through [`ReadyConn`] (and so [`ConnCore`](crate::lifecycle::ConnCore)), keeping each connection's registration up to date,
 //! linger timers, and graceful drain. The kernel interface is a [`Poller`] value, in
 //! the style of mio's `sys` backends: epoll (level or edge), poll(2) or select(2).
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -17,12 +16,11 @@ use c10k_proto::{App, Cx, Peer, Session};
 use slab::Slab;
 
 use super::WorkerCtx;
-use crate::accept::{AcceptGuard, Accepted, accept_one};
-use crate::config::{DRAIN_FRESH_GRACE, LINGER};
-use crate::conn::{Bufs, Conn, Env, Phase, Timeout};
+use crate::accept::{Accepted, accept_one};
+use crate::conn::{Bufs, ReadyConn};
+use crate::lifecycle::{ConnTable, Env, Limits, Phase, Settled, WorkerCore};
 use crate::ratelog::RateLog;
 use crate::stats::WorkerStats;
-use crate::timers::{SweepClock, sweep_interval};
 
 /// What a registration is for (a backend may treat them differently: the listener is
 /// registered with `EPOLLEXCLUSIVE` when shared, say).
@@ -86,7 +84,7 @@ pub(crate) const WAKE: u64 = u64::MAX - 1;
 const ACCEPT_BATCH: usize = 64;
 
 struct Entry<S> {
-    conn: Conn<S>,
+    conn: ReadyConn<S>,
     /// What the connection is registered for (level-triggered only).
     interest: Interest,
     /// Tells a reused slab slot from the connection a timer was set for.
@@ -95,26 +93,25 @@ struct Entry<S> {
     linger_armed: bool,
 }
 
+/// One readiness worker: its lifecycle ([`WorkerCore`]) and its connections.
 struct Reactor<A: App, P> {
+    worker: WorkerCore,
+    conns: Conns<A, P>,
+}
+
+/// A readiness worker's connections, the poller that watches them, and the listener.
+struct Conns<A: App, P> {
     ctx: WorkerCtx<A>,
     poller: P,
-    conns: Slab<Entry<crate::panic_guard::Guarded<A::Session>>>,
+    slab: Slab<Entry<crate::panic_guard::Guarded<A::Session>>>,
     bufs: Bufs,
     cx: Cx,
     now: Instant,
+    limits: Limits,
     /// The listener, until draining starts; and whether it is registered.
     listener: Option<Arc<TcpListener>>,
     listening: bool,
-    guard: AcceptGuard,
     refused_log: RateLog,
-    /// Lingering connections by deadline (all lingers are equally long, so FIFO order
-    /// is deadline order).
-    lingering: VecDeque<(Instant, usize, u64)>,
-    drain_deadline: Option<Instant>,
-    /// When connections whose drain was deferred (no byte received yet) are drained.
-    fresh_grace: Option<Instant>,
-    /// When the connections' timers are checked next (while there are connections).
-    next_sweep: SweepClock,
     next_serial: u64,
 }
 
@@ -127,24 +124,23 @@ pub(crate) fn run<A: App, P: Poller>(mut ctx: WorkerCtx<A>, mut poller: P) -> io
     poller.add(ctx.shutdown.wake_fd(), WAKE, read, Source::Wake)?;
     let listener = ctx.listener.take();
     let mut r = Reactor {
-        poller,
-        conns: Slab::new(),
-        bufs: Bufs::new(),
-        cx: Cx::new(SystemTime::now()),
-        now: Instant::now(),
-        listener,
-        listening: false,
-        guard: AcceptGuard::new(),
-        refused_log: RateLog::new(Duration::from_secs(1)),
-        lingering: VecDeque::new(),
-        drain_deadline: None,
-        fresh_grace: None,
-        next_sweep: SweepClock::default(),
-        next_serial: 0,
-        ctx,
+        worker: WorkerCore::new(ctx.id, &ctx.config),
+        conns: Conns {
+            poller,
+            slab: Slab::new(),
+            bufs: Bufs::new(),
+            cx: Cx::new(SystemTime::now()),
+            now: Instant::now(),
+            limits: Limits::of(&ctx.config),
+            listener,
+            listening: false,
+            refused_log: RateLog::new(Duration::from_secs(1)),
+            next_serial: 0,
+            ctx,
+        },
     };
-    r.listen()?;
-    if r.ctx.shutdown.is_requested() {
+    r.conns.listen()?;
+    if r.conns.ctx.shutdown.is_requested() {
         r.begin_drain();
     }
     r.run()
@@ -155,22 +151,27 @@ impl<A: App, P: Poller> Reactor<A, P> {
         let mut ready: Vec<Ready> = Vec::with_capacity(1024);
         loop {
             let timeout = self
+                .worker
                 .next_deadline()
                 .map(|t| t.saturating_duration_since(Instant::now()) + Duration::from_millis(1));
             ready.clear();
-            match self.poller.wait(&mut ready, timeout) {
+            match self.conns.poller.wait(&mut ready, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            self.now = Instant::now();
-            self.cx.set_now(SystemTime::now());
+            let c = &mut self.conns;
+            c.now = Instant::now();
+            c.cx.set_now(SystemTime::now());
             let mut wake = false;
             for r in &ready {
                 match r.token {
                     LISTENER => self.accept_ready(),
                     WAKE => wake = true,
-                    key => self.conn_ready(key as usize, *r),
+                    key => {
+                        let settled = self.conns.conn_ready(key as usize, *r);
+                        self.worker.settled(key as usize, settled);
+                    }
                 }
             }
             // Serve what was reported together with the shutdown first, so that a
@@ -179,13 +180,89 @@ impl<A: App, P: Poller> Reactor<A, P> {
             if wake {
                 self.begin_drain();
             }
-            self.run_timers();
-            if self.drain_deadline.is_some() && self.conns.is_empty() {
+            let now = Instant::now();
+            self.conns.now = now;
+            if self.worker.run_timers(&mut self.conns, now) && self.conns.listener.is_some() {
+                if let Err(e) = self.conns.listen() {
+                    tracing::error!(
+                        "worker {}: cannot watch the listener again: {e}",
+                        self.conns.ctx.id
+                    );
+                }
+            }
+            if self.worker.finished(&self.conns) {
                 return Ok(());
             }
         }
     }
 
+    fn accept_ready(&mut self) {
+        let batch = if self.conns.poller.edge() {
+            usize::MAX
+        } else {
+            ACCEPT_BATCH
+        };
+        for _ in 0..batch {
+            let c = &mut self.conns;
+            let Some(listener) = &c.listener else {
+                return;
+            };
+            match accept_one(listener) {
+                Accepted::Conn(stream, addr) => {
+                    let x = &c.ctx;
+                    if !self
+                        .worker
+                        .accept
+                        .admit(c.now, &x.open, x.config.max_conns, &x.stats)
+                    {
+                        continue;
+                    }
+                    let peer = Peer {
+                        addr,
+                        local: Some(x.local_addr),
+                    };
+                    let session = crate::panic_guard::open_guarded(&*x.app, &peer, &x.stats);
+                    if session.wants_close() {
+                        // Refused at open (--max-conns-per-ip): closed unread.
+                        x.open.release();
+                        WorkerStats::add(&x.stats.closed, 1);
+                        continue;
+                    }
+                    let now = c.now;
+                    c.register(ReadyConn::new(stream, session, now));
+                }
+                Accepted::Empty => return,
+                Accepted::Retry => {}
+                Accepted::Exhausted(e) => {
+                    self.worker
+                        .accept
+                        .exhausted(c.now, &e, &c.ctx.stats, &c.ctx.open);
+                    c.unlisten();
+                    return;
+                }
+                Accepted::Failed(e) => {
+                    self.worker.accept.failed(c.now, &e, &c.ctx.stats);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn begin_drain(&mut self) {
+        let c = &mut self.conns;
+        if self.worker.draining() {
+            return;
+        }
+        // The pipe stays readable: stop watching it, or every wait would return at once.
+        let _ = c.poller.delete(c.ctx.shutdown.wake_fd(), WAKE);
+        c.unlisten();
+        c.listener = None;
+        let now = c.now;
+        self.worker.begin_drain(&mut self.conns, now);
+    }
+}
+
+impl<A: App, P: Poller> Conns<A, P> {
     fn listen(&mut self) -> io::Result<()> {
         let Some(l) = &self.listener else {
             return Ok(());
@@ -209,60 +286,12 @@ impl<A: App, P: Poller> Reactor<A, P> {
         self.listening = false;
     }
 
-    fn accept_ready(&mut self) {
-        let batch = if self.poller.edge() {
-            usize::MAX
-        } else {
-            ACCEPT_BATCH
-        };
-        for _ in 0..batch {
-            let Some(listener) = &self.listener else {
-                return;
-            };
-            match accept_one(listener) {
-                Accepted::Conn(stream, addr) => {
-                    let c = &self.ctx;
-                    if !self
-                        .guard
-                        .admit(self.now, &c.open, c.config.max_conns, &c.stats)
-                    {
-                        continue;
-                    }
-                    let peer = Peer {
-                        addr,
-                        local: Some(c.local_addr),
-                    };
-                    let session = crate::panic_guard::open_guarded(&*c.app, &peer, &c.stats);
-                    if session.wants_close() {
-                        // Refused at open (--max-conns-per-ip): closed unread.
-                        c.open.release();
-                        WorkerStats::add(&c.stats.closed, 1);
-                        continue;
-                    }
-                    self.register(Conn::new(stream, session));
-                }
-                Accepted::Empty => return,
-                Accepted::Retry => {}
-                Accepted::Exhausted(e) => {
-                    self.guard
-                        .exhausted(self.now, &e, &self.ctx.stats, &self.ctx.open);
-                    self.unlisten();
-                    return;
-                }
-                Accepted::Failed(e) => {
-                    self.guard.failed(self.now, &e, &self.ctx.stats);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn register(&mut self, conn: Conn<crate::panic_guard::Guarded<A::Session>>) {
+    fn register(&mut self, conn: ReadyConn<crate::panic_guard::Guarded<A::Session>>) {
         let interest = Interest {
             read: true,
             write: self.poller.edge(),
         };
-        let vacant = self.conns.vacant_entry();
+        let vacant = self.slab.vacant_entry();
         let key = vacant.key();
         if let Err(e) = self
             .poller
@@ -286,57 +315,64 @@ impl<A: App, P: Poller> Reactor<A, P> {
         });
     }
 
-    fn conn_ready(&mut self, key: usize, ready: Ready) {
-        let edge = self.poller.edge();
-        let output_cap = self.ctx.config.output_cap;
-        let Some(entry) = self.conns.get_mut(key) else {
-            return;
+    /// Serve `f` on a connection with the loop's environment, then settle it.
+    fn serve(
+        &mut self,
+        key: usize,
+        now: Instant,
+        f: impl FnOnce(&mut ReadyConn<crate::panic_guard::Guarded<A::Session>>, &mut Bufs, &Env<'_>),
+    ) -> Settled {
+        let Some(entry) = self.slab.get_mut(key) else {
+            return Settled::Open;
         };
         let env = Env {
             cx: &self.cx,
-            now: self.now,
+            now,
             stats: &self.ctx.stats,
-            output_cap,
+            limits: &self.limits,
         };
-        let conn = &mut entry.conn;
-        if (ready.writable || ready.hup) && conn.wants_write() {
-            conn.on_writable(&mut self.bufs, &env, edge);
-        }
-        if ready.readable || ready.hup {
-            conn.on_readable(&mut self.bufs, &env, edge, ready.hup);
-        }
-        self.settle(key);
+        f(&mut entry.conn, &mut self.bufs, &env);
+        self.settle(key)
+    }
+
+    fn conn_ready(&mut self, key: usize, ready: Ready) -> Settled {
+        let edge = self.poller.edge();
+        self.serve(key, self.now, |conn, bufs, env| {
+            if (ready.writable || ready.hup) && conn.wants_write() {
+                conn.on_writable(bufs, env, edge);
+            }
+            if ready.readable || ready.hup {
+                conn.on_readable(bufs, env, edge, ready.hup);
+            }
+        })
     }
 
     /// After a connection was served: close it, start its linger timer, or bring its
     /// registration up to date.
-    fn settle(&mut self, key: usize) {
-        let draining = self.drain_deadline.is_some();
-        let Some(entry) = self.conns.get_mut(key) else {
-            return;
+    fn settle(&mut self, key: usize) -> Settled {
+        let Some(entry) = self.slab.get_mut(key) else {
+            return Settled::Open;
         };
-        if draining
-            && entry.conn.phase() == Phase::Open
-            && entry.conn.is_idle()
-            && !entry.conn.drain_deferred()
-        {
-            entry.conn.close_gracefully();
-        }
+        let mut settled = Settled::Open;
         match entry.conn.phase() {
             Phase::Done => {
                 self.close(key);
-                return;
+                return Settled::Closed;
             }
             Phase::Lingering if !entry.linger_armed => {
                 entry.linger_armed = true;
-                self.lingering
-                    .push_back((self.now + LINGER, key, entry.serial));
+                if let Some(deadline) = entry.conn.core().linger_deadline() {
+                    settled = Settled::Lingering {
+                        deadline,
+                        serial: entry.serial,
+                    };
+                }
             }
             _ => {}
         }
         if !self.poller.edge() {
             let want = Interest {
-                read: entry.conn.wants_read(self.ctx.config.output_cap),
+                read: entry.conn.wants_read(self.limits.output_cap),
                 write: entry.conn.wants_write(),
             };
             if want != entry.interest {
@@ -346,15 +382,48 @@ impl<A: App, P: Poller> Reactor<A, P> {
                     .is_err()
                 {
                     self.close(key);
-                    return;
+                    return Settled::Closed;
                 }
                 entry.interest = want;
             }
         }
+        settled
+    }
+}
+
+impl<A: App, P: Poller> ConnTable for Conns<A, P> {
+    type Session = crate::panic_guard::Guarded<A::Session>;
+
+    fn keys(&self) -> Vec<usize> {
+        self.slab.iter().map(|(k, _)| k).collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    fn serial(&self, key: usize) -> Option<u64> {
+        self.slab.get(key).map(|e| e.serial)
+    }
+
+    fn on_timeout(&mut self, key: usize, now: Instant) -> Settled {
+        self.serve(key, now, |conn, bufs, env| conn.on_timeout(bufs, env))
+    }
+
+    fn end_grace(&mut self, key: usize, now: Instant) -> Settled {
+        self.serve(key, now, |conn, bufs, env| conn.end_grace(bufs, env))
+    }
+
+    fn start_drain(&mut self, key: usize, now: Instant) -> (bool, Settled) {
+        let mut deferred = false;
+        let settled = self.serve(key, now, |conn, bufs, env| {
+            deferred = conn.start_drain(bufs, env);
+        });
+        (deferred, settled)
     }
 
     fn close(&mut self, key: usize) {
-        if let Some(entry) = self.conns.try_remove(key) {
+        if let Some(entry) = self.slab.try_remove(key) {
             self.poller.forget(entry.conn.stream().as_fd(), key as u64);
             drop(entry);
             self.ctx.open.release();
@@ -362,137 +431,7 @@ impl<A: App, P: Poller> Reactor<A, P> {
         }
     }
 
-    fn begin_drain(&mut self) {
-        if self.drain_deadline.is_some() {
-            return;
-        }
-        self.drain_deadline = Some(self.now + self.ctx.config.drain_timeout);
-        // The pipe stays readable: stop watching it, or every wait would return at once.
-        let _ = self.poller.delete(self.ctx.shutdown.wake_fd(), WAKE);
-        self.unlisten();
-        self.listener = None;
-        tracing::debug!(
-            "worker {}: draining {} connection(s)",
-            self.ctx.id,
-            self.conns.len()
-        );
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        let output_cap = self.ctx.config.output_cap;
-        let env = Env {
-            cx: &self.cx,
-            now: self.now,
-            stats: &self.ctx.stats,
-            output_cap,
-        };
-        for &key in &keys {
-            if let Some(entry) = self.conns.get_mut(key) {
-                // Bytes the kernel has already received are a request in flight, not
-                // an idle connection: take them in before judging (the blocking driver
-                // does the same). Matters on a restart, where a connection accepted
-                // just before SIGTERM has its request waiting, unread. (Not while
-                // backpressured: that connection is busy anyway.)
-                if entry.conn.phase() == Phase::Open && entry.conn.wants_read(output_cap) {
-                    entry.conn.on_readable(&mut self.bufs, &env, true, false);
-                }
-                if entry.conn.start_drain_unless_fresh() {
-                    self.fresh_grace = Some(self.now + DRAIN_FRESH_GRACE);
-                }
-            }
-        }
-        for key in keys {
-            self.settle(key);
-        }
-    }
-
-    /// Check every connection's idle and request timers when the [`SweepClock`] says
-    /// so (about once a second).
-    fn sweep(&mut self, now: Instant) {
-        let c = &self.ctx.config;
-        let every = sweep_interval(c.idle_timeout, c.header_timeout);
-        if !self.next_sweep.due(now, !self.conns.is_empty(), every) {
-            return;
-        }
-        let (idle, request) = (self.ctx.config.idle_timeout, self.ctx.config.header_timeout);
-        let output_cap = self.ctx.config.output_cap;
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            let Some(entry) = self.conns.get_mut(key) else {
-                continue;
-            };
-            let env = Env {
-                cx: &self.cx,
-                now,
-                stats: &self.ctx.stats,
-                output_cap,
-            };
-            match entry.conn.check_timers(&mut self.bufs, &env, idle, request) {
-                None => continue,
-                Some(Timeout::Idle) => WorkerStats::add(&self.ctx.stats.timeouts_idle, 1),
-                Some(Timeout::Request) => WorkerStats::add(&self.ctx.stats.timeouts_request, 1),
-            }
-            self.settle(key);
-        }
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        [
-            self.guard.paused_until(),
-            self.lingering.front().map(|l| l.0),
-            self.drain_deadline,
-            self.next_sweep.next(),
-            self.fresh_grace,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
-    fn run_timers(&mut self) {
-        let now = Instant::now();
-        self.sweep(now);
-        while let Some(&(deadline, key, serial)) = self.lingering.front() {
-            if deadline > now {
-                break;
-            }
-            self.lingering.pop_front();
-            if self.conns.get(key).is_some_and(|e| e.serial == serial) {
-                self.close(key);
-            }
-        }
-        if self.guard.resume_due(now) && self.listener.is_some() {
-            if let Err(e) = self.listen() {
-                tracing::error!(
-                    "worker {}: cannot watch the listener again: {e}",
-                    self.ctx.id
-                );
-            }
-        }
-        if self.fresh_grace.is_some_and(|t| t <= now) {
-            self.fresh_grace = None;
-            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-            for key in keys {
-                if let Some(entry) = self.conns.get_mut(key) {
-                    if !entry.conn.drain_deferred() {
-                        continue;
-                    }
-                    entry.conn.start_drain();
-                }
-                self.settle(key);
-            }
-        }
-        if let Some(deadline) = self.drain_deadline {
-            if now >= deadline && !self.conns.is_empty() {
-                let n = self.conns.len();
-                tracing::warn!(
-                    "worker {}: drain deadline passed; closing {n} connection(s)",
-                    self.ctx.id
-                );
-                WorkerStats::add(&self.ctx.stats.drain_forced, n as u64);
-                let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-                for key in keys {
-                    self.close(key);
-                }
-            }
-        }
+    fn stats(&self) -> &WorkerStats {
+        &self.ctx.stats
     }
 }

@@ -24,7 +24,6 @@
 
 mod conn;
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, OnceLock};
@@ -34,13 +33,11 @@ use c10k_proto::{App, Cx, Peer, Session};
 use c10k_sys::uring::{Completion, Event, OpId, Ring, RingConfig, Socket};
 use slab::Slab;
 
-use self::conn::{Spare, UConn};
+use self::conn::RingConn;
 use super::{Availability, WorkerCtx};
-use crate::accept::AcceptGuard;
-use crate::config::{DRAIN_FRESH_GRACE, LINGER, UringConfig};
-use crate::conn::{Env, Phase, Timeout};
+use crate::config::UringConfig;
+use crate::lifecycle::{ConnTable, Env, Limits, OutputPool, Phase, Settled, WorkerCore};
 use crate::stats::{UringStats, WorkerStats};
-use crate::timers::{SweepClock, sweep_interval};
 
 /// Tag of the listener's accept.
 const LISTENER: u64 = u64::MAX;
@@ -115,7 +112,7 @@ fn conn_tag(key: usize, serial: u32) -> u64 {
 }
 
 struct Entry<S> {
-    conn: UConn<S>,
+    conn: RingConn<S>,
     /// Tells a reused slab slot from the connection a completion or timer was for.
     serial: u32,
     /// Queued for `settle` at the end of this iteration.
@@ -123,29 +120,31 @@ struct Entry<S> {
     linger_armed: bool,
 }
 
+/// One ring worker: its lifecycle ([`WorkerCore`]) and its connections.
 struct Worker<A: App> {
-    ctx: WorkerCtx<A>,
-    ring: Ring,
-    conns: Slab<Entry<crate::panic_guard::Guarded<A::Session>>>,
-    cx: Cx,
-    now: Instant,
-    /// The listener, until draining starts.
-    listener: Option<Arc<TcpListener>>,
-    accept: Option<OpId>,
-    guard: AcceptGuard,
-    lingering: VecDeque<(Instant, usize, u32)>,
-    drain_deadline: Option<Instant>,
+    worker: WorkerCore,
+    conns: RingConns<A>,
     /// The shutdown pipe reported: drain once this batch of completions is processed.
     drain_requested: bool,
-    /// When connections whose drain was deferred (no byte yet) are drained.
-    fresh_grace: Option<Instant>,
-    next_sweep: SweepClock,
-    next_serial: u32,
-    dirty: Vec<usize>,
-    spare: Spare,
     /// Failed polls of the shutdown pipe; after a few, the flag is checked on a timer.
     wake_failures: u32,
     check_flag_at: Option<Instant>,
+}
+
+/// A ring worker's ring, connections and listener.
+struct RingConns<A: App> {
+    ctx: WorkerCtx<A>,
+    ring: Ring,
+    slab: Slab<Entry<crate::panic_guard::Guarded<A::Session>>>,
+    cx: Cx,
+    now: Instant,
+    limits: Limits,
+    /// The listener, until draining starts.
+    listener: Option<Arc<TcpListener>>,
+    accept: Option<OpId>,
+    next_serial: u32,
+    dirty: Vec<usize>,
+    pool: OutputPool,
 }
 
 /// Run one worker until it has drained after shutdown.
@@ -156,41 +155,40 @@ pub(crate) fn run<A: App>(mut ctx: WorkerCtx<A>) -> io::Result<()> {
     ring.poll_readable(ctx.shutdown.wake_fd().try_clone_to_owned()?, WAKE)?;
     let listener = ctx.listener.take();
     let mut w = Worker {
-        ring,
-        conns: Slab::new(),
-        cx: Cx::new(SystemTime::now()),
-        now: Instant::now(),
-        listener,
-        accept: None,
-        guard: AcceptGuard::new(),
-        lingering: VecDeque::new(),
-        drain_deadline: None,
+        worker: WorkerCore::new(ctx.id, &ctx.config),
+        conns: RingConns {
+            ring,
+            slab: Slab::new(),
+            cx: Cx::new(SystemTime::now()),
+            now: Instant::now(),
+            limits: Limits::of(&ctx.config),
+            listener,
+            accept: None,
+            next_serial: 0,
+            dirty: Vec::new(),
+            pool: OutputPool::default(),
+            ctx,
+        },
         drain_requested: false,
-        fresh_grace: None,
-        next_sweep: SweepClock::default(),
-        next_serial: 0,
-        dirty: Vec::new(),
-        spare: Spare::default(),
         wake_failures: 0,
         check_flag_at: None,
-        ctx,
     };
-    w.arm_accept()?;
-    if w.ctx.shutdown.is_requested() {
+    w.conns.arm_accept()?;
+    if w.conns.ctx.shutdown.is_requested() {
         w.begin_drain();
     }
-    w.publish();
+    w.conns.publish();
     let result = w.run();
-    for key in w.conns.iter().map(|(k, _)| k).collect::<Vec<_>>() {
-        w.close(key);
+    for key in w.conns.keys() {
+        w.conns.close(key);
     }
-    let leaked = w.ring.shutdown(TEARDOWN);
-    w.publish();
-    w.log_counters();
+    let leaked = w.conns.ring.shutdown(TEARDOWN);
+    w.conns.publish();
+    w.conns.log_counters();
     if leaked > 0 {
         tracing::warn!(
             "worker {}: {leaked} io_uring operation(s) did not complete at exit; their buffers were leaked on purpose",
-            w.ctx.id
+            w.conns.ctx.id
         );
     }
     result
@@ -200,18 +198,20 @@ impl<A: App> Worker<A> {
     fn run(&mut self) -> io::Result<()> {
         let mut completions: Vec<Completion> = Vec::with_capacity(1024);
         loop {
-            let timeout = self
-                .next_deadline()
+            let timeout = [self.worker.next_deadline(), self.check_flag_at]
+                .into_iter()
+                .flatten()
+                .min()
                 .map(|t| t.saturating_duration_since(Instant::now()) + Duration::from_millis(1));
-            match self.ring.submit_and_wait(timeout) {
+            match self.conns.ring.submit_and_wait(timeout) {
                 Ok(()) => {}
                 // A signal: go around (the wait is retried after the timers ran).
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
-            self.now = Instant::now();
-            self.cx.set_now(SystemTime::now());
-            self.ring.reap(&mut completions);
+            self.conns.now = Instant::now();
+            self.conns.cx.set_now(SystemTime::now());
+            self.conns.ring.reap(&mut completions);
             for c in completions.drain(..) {
                 self.dispatch(c);
             }
@@ -220,65 +220,66 @@ impl<A: App> Worker<A> {
             if std::mem::take(&mut self.drain_requested) {
                 self.begin_drain();
             }
-            self.settle_dirty();
+            self.conns.settle_dirty(&mut self.worker);
             self.run_timers();
-            self.settle_dirty();
-            if self.drain_deadline.is_some() && self.conns.is_empty() {
+            self.conns.settle_dirty(&mut self.worker);
+            if self.worker.finished(&self.conns) {
                 return Ok(());
             }
-            if self.listener.is_some()
-                && self.accept.is_none()
-                && self.guard.paused_until().is_none()
+            if self.conns.listener.is_some()
+                && self.conns.accept.is_none()
+                && self.worker.accept.paused_until().is_none()
             {
-                self.arm_accept()?;
+                self.conns.arm_accept()?;
             }
-            self.publish();
+            self.conns.publish();
         }
-    }
-
-    fn arm_accept(&mut self) -> io::Result<()> {
-        if let Some(l) = &self.listener {
-            self.accept = Some(self.ring.accept_multi(Arc::clone(l), LISTENER)?);
-        }
-        Ok(())
     }
 
     fn dispatch(&mut self, c: Completion) {
         match c.tag {
             LISTENER => self.on_accept(c),
             WAKE => match c.event {
-                Event::Polled(Err(e)) if !self.ctx.shutdown.is_requested() => {
+                Event::Polled(Err(e)) if !self.conns.ctx.shutdown.is_requested() => {
                     // Not a shutdown: watch the pipe again (a few times), else check
                     // the flag on a timer.
-                    tracing::warn!("worker {}: shutdown poll failed: {e}", self.ctx.id);
+                    let x = &mut self.conns;
+                    tracing::warn!("worker {}: shutdown poll failed: {e}", x.ctx.id);
                     self.wake_failures += 1;
                     let rearmed = self.wake_failures <= 3
-                        && self
-                            .ctx
+                        && x.ctx
                             .shutdown
                             .wake_fd()
                             .try_clone_to_owned()
-                            .is_ok_and(|fd| self.ring.poll_readable(fd, WAKE).is_ok());
+                            .is_ok_and(|fd| x.ring.poll_readable(fd, WAKE).is_ok());
                     if !rearmed {
-                        self.check_flag_at = Some(self.now + SWEEP_EVERY);
+                        self.check_flag_at = Some(x.now + SWEEP_EVERY);
                     }
                 }
                 // Not at once: a receive later in this batch is a request in flight.
                 _ => self.drain_requested = true,
             },
-            tag => self.on_conn(c, (tag >> 32) as usize, tag as u32),
+            tag => self.conns.on_conn(c, (tag >> 32) as usize, tag as u32),
         }
     }
 
     fn on_accept(&mut self, c: Completion) {
+        let x = &mut self.conns;
         if !c.more {
-            self.accept = None;
+            x.accept = None;
         }
         let Event::Accepted(result) = c.event else {
             return;
         };
+        let guard = &mut self.worker.accept;
         match result {
-            Ok(socket) => self.admit(socket),
+            Ok(socket) => {
+                if let Some(key) = x.admit(socket, guard) {
+                    let now = x.now;
+                    self.worker
+                        .admitted_while_draining(&mut self.conns, key, now);
+                }
+            }
             Err(e) => match e.raw_os_error() {
                 Some(libc_errno::ECANCELED) => {}
                 Some(
@@ -287,12 +288,11 @@ impl<A: App> Worker<A> {
                     | libc_errno::ENOBUFS
                     | libc_errno::ENOMEM,
                 ) => {
-                    self.guard
-                        .exhausted(self.now, &e, &self.ctx.stats, &self.ctx.open);
+                    guard.exhausted(x.now, &e, &x.ctx.stats, &x.ctx.open);
                     // Pause: stop the accept if it is still armed; it is re-armed
                     // when the back-off is over.
-                    if let Some(op) = self.accept {
-                        let _ = self.ring.cancel(op);
+                    if let Some(op) = x.accept {
+                        let _ = x.ring.cancel(op);
                     }
                 }
                 // Errors already pending on a connection that failed before we got
@@ -311,29 +311,65 @@ impl<A: App> Worker<A> {
                     | libc_errno::ENOPROTOOPT,
                 ) => {}
                 _ => {
-                    self.guard.failed(self.now, &e, &self.ctx.stats);
+                    guard.failed(x.now, &e, &x.ctx.stats);
                     // Re-arming at once could spin on a persistent error: back off.
-                    if self.accept.is_none() {
-                        self.guard
-                            .exhausted(self.now, &e, &self.ctx.stats, &self.ctx.open);
+                    if x.accept.is_none() {
+                        guard.exhausted(x.now, &e, &x.ctx.stats, &x.ctx.open);
                     }
                 }
             },
         }
     }
 
-    fn admit(&mut self, socket: Socket) {
+    fn begin_drain(&mut self) {
+        if self.worker.draining() {
+            return;
+        }
+        let x = &mut self.conns;
+        if let Some(op) = x.accept {
+            let _ = x.ring.cancel(op);
+        }
+        // The accept holds its own reference until its last completion.
+        x.listener = None;
+        let now = x.now;
+        self.worker.begin_drain(&mut self.conns, now);
+    }
+
+    fn run_timers(&mut self) {
+        let now = Instant::now();
+        self.conns.now = now;
+        // The accept is re-armed by the loop once the pause is over.
+        let _ = self.worker.run_timers(&mut self.conns, now);
+        if let Some(t) = self.check_flag_at {
+            if now >= t {
+                self.check_flag_at = Some(now + SWEEP_EVERY);
+                if self.conns.ctx.shutdown.is_requested() {
+                    self.check_flag_at = None;
+                    self.begin_drain();
+                }
+            }
+        }
+    }
+}
+
+impl<A: App> RingConns<A> {
+    fn arm_accept(&mut self) -> io::Result<()> {
+        if let Some(l) = &self.listener {
+            self.accept = Some(self.ring.accept_multi(Arc::clone(l), LISTENER)?);
+        }
+        Ok(())
+    }
+
+    /// Take in an accepted socket; returns its key. A connection accepted while the
+    /// accept was being cancelled for the drain is served like a connection fresh at
+    /// drain (its client is waiting; on an inherited socket it is gone from the queue
+    /// the next instance accepts from).
+    fn admit(&mut self, socket: Socket, guard: &mut crate::accept::AcceptGuard) -> Option<usize> {
         let c = &self.ctx;
-        // Accepted while the accept was being cancelled for the drain: served like
-        // a connection fresh at drain (its client is waiting; on an inherited socket
-        // it is gone from the queue the next instance accepts from).
-        if !self
-            .guard
-            .admit(self.now, &c.open, c.config.max_conns, &c.stats)
-        {
+        if !guard.admit(self.now, &c.open, c.config.max_conns, &c.stats) {
             // Refused (counted by the guard).
             let _ = self.ring.close(socket);
-            return;
+            return None;
         }
         // Replies are written whole; Nagle would only delay them.
         let _ = rustix::net::sockopt::set_tcp_nodelay(&socket, true);
@@ -351,29 +387,21 @@ impl<A: App> Worker<A> {
             let _ = self.ring.close(socket);
             c.open.release();
             WorkerStats::add(&c.stats.closed, 1);
-            return;
+            return None;
         }
         self.next_serial = self.next_serial.wrapping_add(1);
-        let key = self.conns.insert(Entry {
-            conn: UConn::new(socket, session),
+        let key = self.slab.insert(Entry {
+            conn: RingConn::new(socket, session, self.now),
             serial: self.next_serial,
             dirty: false,
             linger_armed: false,
         });
-        if self.drain_deadline.is_some() {
-            let deferred = self
-                .conns
-                .get_mut(key)
-                .is_some_and(|e| e.conn.start_drain_unless_fresh(false));
-            if deferred {
-                self.fresh_grace = Some(self.now + DRAIN_FRESH_GRACE);
-            }
-        }
         self.mark(key);
+        Some(key)
     }
 
     fn mark(&mut self, key: usize) {
-        if let Some(e) = self.conns.get_mut(key) {
+        if let Some(e) = self.slab.get_mut(key) {
             if !e.dirty {
                 e.dirty = true;
                 self.dirty.push(key);
@@ -381,55 +409,75 @@ impl<A: App> Worker<A> {
         }
     }
 
-    fn on_conn(&mut self, c: Completion, key: usize, serial: u32) {
-        let Some(entry) = self.conns.get_mut(key).filter(|e| e.serial == serial) else {
-            // A connection already closed: what the operation owned is dropped
-            // here (a receive buffer goes back to the ring).
-            if let Event::Sent { buf, .. } = c.event {
-                self.spare.put(buf);
-            }
+    /// Serve `f` on a connection with the loop's environment; it is settled at the
+    /// end of the iteration.
+    fn serve(
+        &mut self,
+        key: usize,
+        now: Instant,
+        f: impl FnOnce(
+            &mut RingConn<crate::panic_guard::Guarded<A::Session>>,
+            &mut OutputPool,
+            &Env<'_>,
+        ),
+    ) {
+        let Some(entry) = self.slab.get_mut(key) else {
             return;
         };
         let env = Env {
             cx: &self.cx,
-            now: self.now,
+            now,
             stats: &self.ctx.stats,
-            output_cap: self.ctx.config.output_cap,
+            limits: &self.limits,
         };
-        let conn = &mut entry.conn;
-        match c.event {
+        f(&mut entry.conn, &mut self.pool, &env);
+        self.mark(key);
+    }
+
+    fn on_conn(&mut self, c: Completion, key: usize, serial: u32) {
+        if !self.slab.get(key).is_some_and(|e| e.serial == serial) {
+            // A connection already closed: what the operation owned is dropped
+            // here (a receive buffer goes back to the ring).
+            if let Event::Sent { buf, .. } = c.event {
+                self.pool.put(buf);
+            }
+            return;
+        }
+        let more = c.more;
+        self.serve(key, self.now, |conn, pool, env| match c.event {
             Event::Received(result) => {
-                if !c.more {
+                if !more {
                     conn.recv = None;
                     conn.recv_cancelled = false;
                 }
                 match result {
-                    Ok(Some(buf)) => conn.on_data(&buf, &mut self.spare, &env),
-                    Ok(None) => conn.on_eof(&mut self.spare, &env),
+                    Ok(Some(buf)) => conn.on_data(&buf, pool, env),
+                    Ok(None) => conn.on_eof(pool, env),
                     Err(e) => match e.raw_os_error() {
                         // Out of buffers, or cancelled: re-armed by `settle` if wanted.
                         Some(libc_errno::ENOBUFS | libc_errno::ECANCELED) => {}
-                        _ => conn.on_recv_error(&env),
+                        _ => conn.on_recv_error(env),
                     },
                 }
             }
             Event::Sent { result, buf, pos } => {
-                let reuse = conn.on_sent(result, buf, pos, &mut self.spare, &env);
-                self.spare.put(reuse);
+                if let Some(reuse) = conn.on_sent(result, buf, pos, pool, env) {
+                    pool.put(reuse);
+                }
             }
             Event::Accepted(_) | Event::Polled(_) => {}
-        }
-        self.mark(key);
+        });
     }
 
-    fn settle_dirty(&mut self) {
+    fn settle_dirty(&mut self, worker: &mut WorkerCore) {
         // Bounded: settling never marks another connection dirty.
         let dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {
-            if let Some(e) = self.conns.get_mut(key) {
+            if let Some(e) = self.slab.get_mut(key) {
                 e.dirty = false;
             }
-            self.settle(key);
+            let settled = self.settle(key);
+            worker.settled(key, settled);
         }
         let mut dirty = dirty;
         dirty.clear();
@@ -439,44 +487,46 @@ impl<A: App> Worker<A> {
     }
 
     /// After a connection was served: queue its send, (re-)arm or cancel its
-    /// receive, start its linger timer, or close it.
-    fn settle(&mut self, key: usize) {
-        let draining = self.drain_deadline.is_some();
-        let output_cap = self.ctx.config.output_cap;
-        let Some(entry) = self.conns.get_mut(key) else {
-            return;
+    /// receive, shut its write side, start its linger timer, or close it.
+    fn settle(&mut self, key: usize) -> Settled {
+        let output_cap = self.limits.output_cap;
+        let Some(entry) = self.slab.get_mut(key) else {
+            return Settled::Open;
         };
         let conn = &mut entry.conn;
-        if draining && conn.phase() == Phase::Open && conn.is_idle() && !conn.drain_deferred() {
-            conn.close_gracefully();
-        }
         let tag = conn_tag(key, entry.serial);
-        if let Some((buf, pos)) = conn.take_send() {
+        if let Some((buf, pos)) = conn.core_mut().take_transmit() {
             if let Err((e, buf)) = self.ring.send(conn.socket(), buf, pos, tag) {
                 tracing::debug!("cannot queue a send: {e}");
-                self.spare.put(buf);
+                self.pool.put(buf);
                 let env = Env {
                     cx: &self.cx,
                     now: self.now,
                     stats: &self.ctx.stats,
-                    output_cap,
+                    limits: &self.limits,
                 };
-                conn.send_failed(&env);
+                conn.core_mut().send_failed(&env);
             }
         }
+        conn.shutdown_if_due();
+        let mut settled = Settled::Open;
         match conn.phase() {
             Phase::Done => {
                 self.close(key);
-                return;
+                return Settled::Closed;
             }
             Phase::Lingering if !entry.linger_armed => {
                 entry.linger_armed = true;
-                self.lingering
-                    .push_back((self.now + LINGER, key, entry.serial));
+                if let Some(deadline) = conn.core().linger_deadline() {
+                    settled = Settled::Lingering {
+                        deadline,
+                        serial: u64::from(entry.serial),
+                    };
+                }
             }
             _ => {}
         }
-        let wants = conn.wants_read(output_cap);
+        let wants = conn.core().wants_read(output_cap);
         match (wants, conn.recv) {
             (true, None) => match self.ring.recv_multi(conn.socket(), tag) {
                 Ok(op) => conn.recv = Some(op),
@@ -484,6 +534,7 @@ impl<A: App> Worker<A> {
                     tracing::debug!("cannot queue a receive: {e}");
                     WorkerStats::add(&self.ctx.stats.io_errors, 1);
                     self.close(key);
+                    return Settled::Closed;
                 }
             },
             (false, Some(op)) if !conn.recv_cancelled => {
@@ -494,151 +545,7 @@ impl<A: App> Worker<A> {
             }
             _ => {}
         }
-    }
-
-    /// Forget a connection; its socket is closed through the ring, behind a cancel
-    /// of whatever is still in flight on it (whose buffers the ring keeps until the
-    /// completions return).
-    fn close(&mut self, key: usize) {
-        if let Some(entry) = self.conns.try_remove(key) {
-            let (socket, bufs) = entry.conn.into_socket();
-            for buf in bufs {
-                self.spare.put(buf);
-            }
-            if let Err(e) = self.ring.close(socket) {
-                tracing::warn!("cannot close a socket through the ring ({e}); leaking it");
-            }
-            self.ctx.open.release();
-            WorkerStats::add(&self.ctx.stats.closed, 1);
-        }
-    }
-
-    fn begin_drain(&mut self) {
-        if self.drain_deadline.is_some() {
-            return;
-        }
-        self.drain_deadline = Some(self.now + self.ctx.config.drain_timeout);
-        if let Some(op) = self.accept {
-            let _ = self.ring.cancel(op);
-        }
-        // The accept holds its own reference until its last completion.
-        self.listener = None;
-        tracing::debug!(
-            "worker {}: draining {} connection(s)",
-            self.ctx.id,
-            self.conns.len()
-        );
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            if let Some(entry) = self.conns.get_mut(key) {
-                let conn = &mut entry.conn;
-                // Received bytes whose completion has not been processed are a
-                // request in flight: the drain waits for them like for a fresh
-                // connection's first request.
-                let waiting = conn.phase() == Phase::Open && conn.is_idle() && conn.bytes_waiting();
-                if conn.start_drain_unless_fresh(waiting) {
-                    self.fresh_grace = Some(self.now + DRAIN_FRESH_GRACE);
-                }
-            }
-            self.mark(key);
-        }
-    }
-
-    /// Check every connection's idle and request timers about once a second.
-    fn sweep(&mut self, now: Instant) {
-        let c = &self.ctx.config;
-        let every = sweep_interval(c.idle_timeout, c.header_timeout);
-        if !self.next_sweep.due(now, !self.conns.is_empty(), every) {
-            return;
-        }
-        let (idle, request) = (self.ctx.config.idle_timeout, self.ctx.config.header_timeout);
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            let Some(entry) = self.conns.get_mut(key) else {
-                continue;
-            };
-            let env = Env {
-                cx: &self.cx,
-                now,
-                stats: &self.ctx.stats,
-                output_cap: self.ctx.config.output_cap,
-            };
-            match entry
-                .conn
-                .check_timers(&mut self.spare, &env, idle, request)
-            {
-                None => continue,
-                Some(Timeout::Idle) => WorkerStats::add(&self.ctx.stats.timeouts_idle, 1),
-                Some(Timeout::Request) => WorkerStats::add(&self.ctx.stats.timeouts_request, 1),
-            }
-            self.mark(key);
-        }
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        [
-            self.guard.paused_until(),
-            self.lingering.front().map(|l| l.0),
-            self.drain_deadline,
-            self.next_sweep.next(),
-            self.check_flag_at,
-            self.fresh_grace,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
-    fn run_timers(&mut self) {
-        let now = Instant::now();
-        self.sweep(now);
-        while let Some(&(deadline, key, serial)) = self.lingering.front() {
-            if deadline > now {
-                break;
-            }
-            self.lingering.pop_front();
-            if self.conns.get(key).is_some_and(|e| e.serial == serial) {
-                self.close(key);
-            }
-        }
-        if self.fresh_grace.is_some_and(|t| t <= now) {
-            self.fresh_grace = None;
-            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-            for key in keys {
-                if let Some(entry) = self.conns.get_mut(key) {
-                    if !entry.conn.drain_deferred() {
-                        continue;
-                    }
-                    entry.conn.start_drain();
-                }
-                self.mark(key);
-            }
-        }
-        // The accept is re-armed by the loop once the pause is over.
-        let _ = self.guard.resume_due(now);
-        if let Some(t) = self.check_flag_at {
-            if now >= t {
-                self.check_flag_at = Some(now + SWEEP_EVERY);
-                if self.ctx.shutdown.is_requested() {
-                    self.check_flag_at = None;
-                    self.begin_drain();
-                }
-            }
-        }
-        if let Some(deadline) = self.drain_deadline {
-            if now >= deadline && !self.conns.is_empty() {
-                let n = self.conns.len();
-                tracing::warn!(
-                    "worker {}: drain deadline passed; closing {n} connection(s)",
-                    self.ctx.id
-                );
-                WorkerStats::add(&self.ctx.stats.drain_forced, n as u64);
-                let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-                for key in keys {
-                    self.close(key);
-                }
-            }
-        }
+        settled
     }
 
     /// Copy the ring's counters into the worker's stats.
@@ -704,6 +611,65 @@ impl<A: App> Worker<A> {
             s.parked_at_close,
             s.leaked_ops
         );
+    }
+}
+
+impl<A: App> ConnTable for RingConns<A> {
+    type Session = crate::panic_guard::Guarded<A::Session>;
+
+    fn keys(&self) -> Vec<usize> {
+        self.slab.iter().map(|(k, _)| k).collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    fn serial(&self, key: usize) -> Option<u64> {
+        self.slab.get(key).map(|e| u64::from(e.serial))
+    }
+
+    fn on_timeout(&mut self, key: usize, now: Instant) -> Settled {
+        self.serve(key, now, |conn, pool, env| {
+            conn.core_mut().on_timeout(env, pool);
+        });
+        Settled::Open
+    }
+
+    fn end_grace(&mut self, key: usize, now: Instant) -> Settled {
+        self.serve(key, now, |conn, pool, env| {
+            conn.core_mut().end_grace(env, pool)
+        });
+        Settled::Open
+    }
+
+    fn start_drain(&mut self, key: usize, now: Instant) -> (bool, Settled) {
+        let mut deferred = false;
+        self.serve(key, now, |conn, pool, env| {
+            deferred = conn.start_drain(pool, env);
+        });
+        (deferred, Settled::Open)
+    }
+
+    /// Forget a connection; its socket is closed through the ring, behind a cancel
+    /// of whatever is still in flight on it (whose buffers the ring keeps until the
+    /// completions return).
+    fn close(&mut self, key: usize) {
+        if let Some(entry) = self.slab.try_remove(key) {
+            let (socket, bufs) = entry.conn.into_socket();
+            for buf in bufs {
+                self.pool.put(buf);
+            }
+            if let Err(e) = self.ring.close(socket) {
+                tracing::warn!("cannot close a socket through the ring ({e}); leaking it");
+            }
+            self.ctx.open.release();
+            WorkerStats::add(&self.ctx.stats.closed, 1);
+        }
+    }
+
+    fn stats(&self) -> &WorkerStats {
+        &self.ctx.stats
     }
 }
 

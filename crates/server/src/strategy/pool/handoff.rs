@@ -6,14 +6,14 @@ use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use c10k_proto::{Cx, Session};
 use rustix::event::epoll::{self, EventData, EventFlags};
 use slab::Slab;
 
-use crate::config::LINGER;
-use crate::conn::{Bufs, Conn, Env, Phase, Timeout};
+use crate::conn::{Bufs, ReadyConn};
+use crate::lifecycle::{Env, Limits, LingerQueue, Phase};
 use crate::stats::{OpenConns, WorkerStats};
 
 /// Generations use 31 bits, so a connection's token never has the top bit set and
@@ -48,10 +48,7 @@ pub(super) struct Ready {
 
 /// A connection and the pool's flags for it; moves between slot, queue and worker.
 pub(super) struct Entry<S> {
-    pub(super) conn: Conn<S>,
-    /// The drain was applied ([`Conn::start_drain_unless_fresh`]; the connection may
-    /// still be deferred, see [`Conn::drain_deferred`]).
-    pub(super) drained: bool,
+    pub(super) conn: ReadyConn<S>,
     /// Its linger deadline is in the table's FIFO.
     pub(super) linger_armed: bool,
 }
@@ -69,13 +66,12 @@ pub(super) struct Slot<S> {
 /// Every open connection, by key.
 pub(super) struct Table<S> {
     pub(super) slots: Slab<Slot<S>>,
-    /// Lingering connections by deadline `(deadline, key, generation)`; all lingers
-    /// are equally long, so FIFO order is deadline order.
-    pub(super) lingering: VecDeque<(Instant, usize, u32)>,
+    /// Lingering connections by deadline (the serial is the generation).
+    pub(super) lingering: LingerQueue,
     /// Shutdown has started (set once, by the reactor).
     pub(super) draining: bool,
     /// Set with `draining`: when the drain of connections that had not received a
-    /// byte yet stops being deferred ([`Conn::start_drain_unless_fresh`]).
+    /// byte yet stops being deferred ([`ReadyConn::start_drain`]).
     pub(super) fresh_grace_end: Option<Instant>,
     pub(super) next_generation: u32,
 }
@@ -108,10 +104,8 @@ pub(super) struct Shared<S> {
     pub(super) table: Mutex<Table<S>>,
     pub(super) queue: Mutex<Queue<S>>,
     pub(super) work: Condvar,
-    pub(super) output_cap: usize,
-    /// `--idle-timeout` and `--header-timeout`.
-    pub(super) idle_timeout: Duration,
-    pub(super) header_timeout: Duration,
+    /// `--output-cap`, `--idle-timeout` and `--header-timeout`.
+    pub(super) limits: Limits,
     /// The pool's counters, shared by the reactor and every worker.
     pub(super) stats: Arc<WorkerStats>,
     pub(super) open: Arc<OpenConns>,
@@ -164,15 +158,11 @@ impl<S: Session> Shared<S> {
             cx,
             now: std::time::Instant::now(),
             stats: &self.stats,
-            output_cap: self.output_cap,
+            limits: &self.limits,
         };
         let conn = &mut entry.conn;
         if timers {
-            match conn.check_timers(bufs, &env, self.idle_timeout, self.header_timeout) {
-                Some(Timeout::Idle) => WorkerStats::add(&self.stats.timeouts_idle, 1),
-                Some(Timeout::Request) => WorkerStats::add(&self.stats.timeouts_request, 1),
-                None => {}
-            }
+            conn.on_timeout(bufs, &env);
         } else {
             if (ready.writable || ready.hup) && conn.wants_write() {
                 conn.on_writable(bufs, &env, false);
@@ -229,10 +219,11 @@ impl<S: Session> Shared<S> {
         if phase == Phase::Lingering && !entry.linger_armed {
             entry.linger_armed = true;
             wake = t.lingering.is_empty();
-            t.lingering
-                .push_back((Instant::now() + LINGER, key, generation));
+            if let Some(deadline) = entry.conn.core().linger_deadline() {
+                t.lingering.push(deadline, key, u64::from(generation));
+            }
         }
-        let flags = interest(&entry.conn, self.output_cap);
+        let flags = interest(&entry.conn, self.limits.output_cap);
         let Some(slot) = t.slots.get_mut(key) else {
             return; // checked above
         };
@@ -298,38 +289,25 @@ impl<S: Session> Shared<S> {
 }
 
 /// The drain, as a worker applies it to the connection it owns (outside the table
-/// lock). The first time: take in what the kernel has already received (a request
-/// in flight is not an idle connection; the drain sweep's jobs carry no readiness),
-/// then [`Conn::start_drain_unless_fresh`]: a connection without a single byte yet
-/// stays open (its first request is most likely on the way), and the drain applies
-/// after that request ([`Conn::on_readable`] does it) or once `grace_over` (the
-/// reactor's timer sweep hands such parked connections back after the grace).
-/// Finally an idle connection whose drain applies closes gracefully.
+/// lock). The first time: [`ReadyConn::start_drain`] (which takes in what the kernel
+/// has already received: a request in flight is not an idle connection, and the
+/// drain sweep's jobs carry no readiness); a connection without a single byte yet
+/// stays open (its first request is most likely on the way), and the core applies
+/// the drain after that request, or once `grace_over` (the reactor's timer sweep
+/// hands such parked connections back after the grace). The core closes an idle
+/// connection whose drain applies.
 fn apply_drain<S: Session>(entry: &mut Entry<S>, bufs: &mut Bufs, env: &Env<'_>, grace_over: bool) {
     let conn = &mut entry.conn;
-    if !entry.drained {
-        entry.drained = true;
-        if conn.phase() == Phase::Open {
-            conn.on_readable(bufs, env, true, false);
-        }
-        conn.start_drain_unless_fresh();
+    if !conn.core().drain_started() {
+        conn.start_drain(bufs, env);
     }
-    if conn.drain_deferred() && grace_over {
-        // Bytes that came just now still count as a first request.
-        if conn.phase() == Phase::Open {
-            conn.on_readable(bufs, env, true, false);
-        }
-        if conn.drain_deferred() {
-            conn.start_drain();
-        }
-    }
-    if conn.phase() == Phase::Open && conn.is_idle() && !conn.drain_deferred() {
-        conn.close_gracefully();
+    if grace_over {
+        conn.end_grace(bufs, env);
     }
 }
 
 /// What a parked connection is armed for: one report, for what it wants now.
-pub(super) fn interest<S: Session>(conn: &Conn<S>, output_cap: usize) -> EventFlags {
+pub(super) fn interest<S: Session>(conn: &ReadyConn<S>, output_cap: usize) -> EventFlags {
     let mut flags = EventFlags::ONESHOT;
     if conn.wants_read(output_cap) {
         // RDHUP only while reading: a half-closed peer keeps it raised, and a

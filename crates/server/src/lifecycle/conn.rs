@@ -1,0 +1,644 @@
+//! [`ConnCore`]: one connection's whole server-side life, sans-IO.
+//!
+//! The core owns the protocol session, the input the session has not consumed, the
+//! output the socket has not taken, the phase (open, closing, lingering, done), the
+//! drain state, backpressure and the three timers (idle, header, linger). It owns no
+//! descriptor and makes no system call: a driver (the readiness shell in
+//! `crate::conn`, the io_uring shell in `strategy/uring/conn.rs`, the blocking
+//! driver in `crate::blocking`) moves bytes between a socket and the core and reports
+//! what happened:
+//!
+//! ```text
+//! core.received(env, bytes, pool)      bytes arrived
+//! core.eof(env, pool)                  the peer shut its write side
+//! core.transmit() -> &[u8]             what to write next; then core.sent(env, n, pool)
+//! core.take_transmit() -> (Vec, pos)   the same for a send that owns its buffer
+//!                                      (io_uring); then core.sent_owned(...)
+//! core.failed(env)                     an I/O error: done
+//! core.take_shutdown_write()           shut our write side now (entering linger)
+//! core.poll_timeout(limits)            the next timer; core.on_timeout(env, pool)
+//! core.start_drain(env, waiting)       the server drains; core.end_grace(env, pool)
+//! core.wants_read(cap) / wants_write() / is_closed()
+//! ```
+//!
+//! The rules, once for every strategy:
+//! - **Backpressure**: the session is offered input only while the unsent output is
+//!   at most `--output-cap`; above it, input waits in the core and `wants_read` is
+//!   false, so a driver stops reading. Each confirmed send offers what waited.
+//! - **Close sequence**: a protocol error, `wants_close`, EOF or a timeout moves the
+//!   connection to `Closing`: no more input is processed, output is flushed; then,
+//!   unless the peer already closed, our write side is shut (`take_shutdown_write`)
+//!   and the connection `Lingers`, reading and discarding (at most
+//!   [`LINGER_MAX_DISCARD`]) until the peer closes or [`LINGER`] passes, so that our
+//!   last reply is not destroyed by a reset.
+//! - **Timers**: the idle timer runs from the last byte moved either way; the header
+//!   timer from the start of an incomplete request until a reply is produced
+//!   (slowloris); the linger timer from the moment the write side is shut.
+//! - **Drain**: [`start_drain`](ConnCore::start_drain) tells the session, closes an
+//!   idle connection at once and a busy one as soon as it becomes idle; a
+//!   connection that has not received a byte yet (or whose bytes the driver knows
+//!   are `waiting` in the kernel) is *deferred*: its first bytes are served, then the
+//!   drain applies, or [`end_grace`](ConnCore::end_grace) applies it.
+
+use std::time::{Duration, Instant};
+
+use c10k_proto::{Cx, Session};
+
+use crate::config::{LINGER, MAX_PENDING_INPUT};
+use crate::stats::WorkerStats;
+use crate::timers::{Timeout, Timers};
+
+/// Input discarded while closing before the core gives up and closes hard.
+pub(crate) const LINGER_MAX_DISCARD: usize = 1024 * 1024;
+
+/// Output buffers kept for reuse by a worker, and the largest one kept.
+const POOL_MAX: usize = 256;
+const POOL_MAX_CAPACITY: usize = 256 * 1024;
+
+/// Emptied output buffers of one worker, lent to whichever connection produces
+/// output next: a reply costs no allocation, and an idle connection holds none.
+#[derive(Default)]
+pub(crate) struct OutputPool(Vec<Vec<u8>>);
+
+impl OutputPool {
+    fn take(&mut self) -> Vec<u8> {
+        self.0.pop().unwrap_or_default()
+    }
+
+    /// Give back a buffer (kept if it is not too large and the pool not too full).
+    pub(crate) fn put(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() > 0 && buf.capacity() <= POOL_MAX_CAPACITY && self.0.len() < POOL_MAX {
+            buf.clear();
+            self.0.push(buf);
+        }
+    }
+}
+
+/// The limits every connection of a server obeys.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// `--output-cap`: stop feeding the session above this much unsent output.
+    pub(crate) output_cap: usize,
+    /// `--idle-timeout`.
+    pub(crate) idle_timeout: Duration,
+    /// `--header-timeout`: how long a request may stay incomplete.
+    pub(crate) header_timeout: Duration,
+}
+
+impl Limits {
+    pub(crate) fn of(config: &crate::config::Config) -> Self {
+        Limits {
+            output_cap: config.output_cap,
+            idle_timeout: config.idle_timeout,
+            header_timeout: config.header_timeout,
+        }
+    }
+}
+
+/// What a driver passes with each event.
+pub(crate) struct Env<'a> {
+    /// The protocol's clock (wall time, for HTTP `Date`).
+    pub(crate) cx: &'a Cx,
+    /// The loop's notion of now (for the timers).
+    pub(crate) now: Instant,
+    pub(crate) stats: &'a WorkerStats,
+    pub(crate) limits: &'a Limits,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Reading requests and writing replies.
+    Open,
+    /// No more input is processed; pending output is still being flushed.
+    Closing,
+    /// Output flushed and our write side shut; reading and discarding until the peer
+    /// closes, so that our last reply is not destroyed by a reset.
+    Lingering,
+    /// Finished: close the socket now.
+    Done,
+}
+
+/// Where a connection is in the server's drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// The server is not draining (as far as this connection knows).
+    No,
+    /// Draining, but this connection's first bytes are awaited first.
+    Deferred,
+    /// Draining: the session was told; the connection closes once idle.
+    Applied,
+}
+
+/// One connection's protocol-side state. See the [module docs](self).
+pub(crate) struct ConnCore<S> {
+    session: S,
+    /// Input received but not consumed by the session (an incomplete request, or
+    /// input held back by backpressure).
+    pending_in: Vec<u8>,
+    /// Output not handed to the driver yet.
+    out: Vec<u8>,
+    /// What a partial write left: `rest[rest_pos..]`, written before `out`.
+    rest: Vec<u8>,
+    rest_pos: usize,
+    /// Bytes handed to the driver by [`take_transmit`](Self::take_transmit) and not
+    /// confirmed yet (a send in flight).
+    lent: usize,
+    sending: bool,
+    /// The peer closed its write side.
+    eof: bool,
+    phase: Phase,
+    drain: Drain,
+    /// At least one byte was received.
+    received: bool,
+    /// The driver must shut our write side (set on entering `Lingering`).
+    shut_write: bool,
+    /// Input discarded while closing.
+    discarded: usize,
+    timers: Timers,
+    /// When lingering ends.
+    linger_until: Option<Instant>,
+}
+
+impl<S: Session> ConnCore<S> {
+    /// A connection accepted at `now` (its idle clock starts then).
+    pub(crate) fn new(session: S, now: Instant) -> Self {
+        let mut core = ConnCore {
+            session,
+            pending_in: Vec::new(),
+            out: Vec::new(),
+            rest: Vec::new(),
+            rest_pos: 0,
+            lent: 0,
+            sending: false,
+            eof: false,
+            phase: Phase::Open,
+            drain: Drain::No,
+            received: false,
+            shut_write: false,
+            discarded: 0,
+            timers: Timers::started(now),
+            linger_until: None,
+        };
+        if core.session.wants_close() {
+            // Refused at open (--max-conns-per-ip): closed unread.
+            core.phase = Phase::Done;
+        }
+        core
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Finished: the driver closes the socket.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// Output produced and not confirmed written.
+    pub(crate) fn out_pending(&self) -> usize {
+        self.lent + (self.rest.len() - self.rest_pos) + self.out.len()
+    }
+
+    /// Should the driver read (or keep a receive armed)? While closing, input is read
+    /// and discarded, so that the peer's last bytes do not turn our close into a
+    /// reset.
+    pub(crate) fn wants_read(&self, output_cap: usize) -> bool {
+        match self.phase {
+            Phase::Open => !self.eof && self.out_pending() <= output_cap,
+            Phase::Closing | Phase::Lingering => !self.eof,
+            Phase::Done => false,
+        }
+    }
+
+    /// Is there output to write (and no send of it in flight)?
+    pub(crate) fn wants_write(&self) -> bool {
+        self.phase != Phase::Done && !self.sending && self.out_pending() > 0
+    }
+
+    /// Nothing in flight: no pending output, no partial request.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.out_pending() == 0 && self.pending_in.is_empty() && !self.session.mid_request()
+    }
+
+    /// The drain reached this connection before its first bytes did.
+    pub(crate) fn drain_deferred(&self) -> bool {
+        self.drain == Drain::Deferred
+    }
+
+    /// The drain was applied or deferred.
+    pub(crate) fn drain_started(&self) -> bool {
+        self.drain != Drain::No
+    }
+
+    /// Our write side must be shut now (once, on entering `Lingering`).
+    pub(crate) fn take_shutdown_write(&mut self) -> bool {
+        std::mem::take(&mut self.shut_write)
+    }
+
+    /// When the linger timer runs out, while lingering.
+    pub(crate) fn linger_deadline(&self) -> Option<Instant> {
+        self.linger_until
+    }
+
+    // ----- bytes in -----------------------------------------------------------------
+
+    /// Bytes arrived.
+    pub(crate) fn received(&mut self, env: &Env<'_>, data: &[u8], pool: &mut OutputPool) {
+        if data.is_empty() {
+            return;
+        }
+        WorkerStats::add(&env.stats.bytes_in, data.len() as u64);
+        self.received = true;
+        self.timers.active(env.now);
+        match self.phase {
+            Phase::Open => self.feed(env, data, pool),
+            Phase::Closing | Phase::Lingering => {
+                self.discarded += data.len();
+                if self.discarded > LINGER_MAX_DISCARD {
+                    self.finish();
+                }
+            }
+            Phase::Done => {}
+        }
+        self.after_event(env, pool);
+    }
+
+    /// The peer shut its write side.
+    pub(crate) fn eof(&mut self, env: &Env<'_>, pool: &mut OutputPool) {
+        self.eof = true;
+        if self.phase == Phase::Open {
+            self.lend_output(pool);
+            let before = self.out.len();
+            self.session.handle_eof(env.cx, &mut self.out);
+            self.replied(before);
+            self.pending_in = Vec::new();
+            self.phase = Phase::Closing;
+        }
+        self.after_event(env, pool);
+    }
+
+    /// An I/O error: the connection is beyond saving.
+    pub(crate) fn failed(&mut self, env: &Env<'_>) {
+        if self.phase != Phase::Done {
+            WorkerStats::add(&env.stats.io_errors, 1);
+            self.finish();
+        }
+    }
+
+    // ----- bytes out ----------------------------------------------------------------
+
+    /// What to write next (empty: nothing, or a send is in flight).
+    pub(crate) fn transmit(&self) -> &[u8] {
+        if self.sending || self.phase == Phase::Done {
+            &[]
+        } else if self.rest_pos < self.rest.len() {
+            &self.rest[self.rest_pos..]
+        } else {
+            &self.out
+        }
+    }
+
+    /// The driver wrote `n` bytes of [`transmit`](Self::transmit).
+    pub(crate) fn sent(&mut self, env: &Env<'_>, n: usize, pool: &mut OutputPool) {
+        if n == 0 || self.phase == Phase::Done {
+            return;
+        }
+        self.count_sent(env, n);
+        if self.rest_pos < self.rest.len() {
+            self.rest_pos = (self.rest_pos + n).min(self.rest.len());
+            if self.rest_pos == self.rest.len() {
+                pool.put(std::mem::take(&mut self.rest));
+                self.rest_pos = 0;
+            }
+        } else if n >= self.out.len() {
+            pool.put(std::mem::take(&mut self.out));
+        } else {
+            // A partial write: the rest goes next, before what is produced meanwhile.
+            self.rest = std::mem::take(&mut self.out);
+            self.rest_pos = n;
+        }
+        self.after_sent(env, pool);
+    }
+
+    /// The output to hand to the kernel in a send that owns its buffer (a buffer and
+    /// where to start in it), if there is some and no send is in flight. Confirmed by
+    /// [`sent_owned`](Self::sent_owned).
+    pub(crate) fn take_transmit(&mut self) -> Option<(Vec<u8>, usize)> {
+        if self.sending || self.phase == Phase::Done {
+            return None;
+        }
+        let (buf, pos) = if self.rest_pos < self.rest.len() {
+            let pos = std::mem::take(&mut self.rest_pos);
+            (std::mem::take(&mut self.rest), pos)
+        } else if !self.out.is_empty() {
+            (std::mem::take(&mut self.out), 0)
+        } else {
+            return None;
+        };
+        self.sending = true;
+        self.lent = buf.len() - pos;
+        Some((buf, pos))
+    }
+
+    /// The send of [`take_transmit`](Self::take_transmit)'s `buf` from `pos` took
+    /// `result` bytes (0 or an error: the connection is beyond saving). Returns the
+    /// buffer for reuse when it is finished with.
+    pub(crate) fn sent_owned(
+        &mut self,
+        env: &Env<'_>,
+        result: std::io::Result<usize>,
+        buf: Vec<u8>,
+        pos: usize,
+        pool: &mut OutputPool,
+    ) -> Option<Vec<u8>> {
+        self.sending = false;
+        self.lent = 0;
+        let n = match result {
+            Ok(n) if n > 0 => n,
+            _ => {
+                self.failed(env);
+                return Some(buf);
+            }
+        };
+        self.count_sent(env, n);
+        let done = (pos + n).min(buf.len());
+        let reuse = if done < buf.len() && self.phase != Phase::Done {
+            self.rest_pos = done;
+            Some(std::mem::replace(&mut self.rest, buf)).filter(|b| b.capacity() > 0)
+        } else {
+            Some(buf)
+        };
+        self.after_sent(env, pool);
+        reuse
+    }
+
+    /// A send could not even be queued: the connection is beyond saving.
+    pub(crate) fn send_failed(&mut self, env: &Env<'_>) {
+        self.sending = false;
+        self.lent = 0;
+        self.failed(env);
+    }
+
+    /// The output buffers, for reuse once the connection is closed.
+    pub(crate) fn into_buffers(self) -> [Vec<u8>; 2] {
+        [self.out, self.rest]
+    }
+
+    // ----- timers -------------------------------------------------------------------
+
+    /// When the next timer runs out (`None`: none runs).
+    pub(crate) fn poll_timeout(&self, limits: &Limits) -> Option<Instant> {
+        match self.phase {
+            Phase::Open => Some(
+                self.timers
+                    .deadline(limits.idle_timeout, limits.header_timeout),
+            ),
+            Phase::Closing => Some(self.timers.idle_deadline(limits.idle_timeout)),
+            Phase::Lingering => self.linger_until,
+            Phase::Done => None,
+        }
+    }
+
+    /// Act on the timers that have run out at `env.now`: a request incomplete for
+    /// the header timeout gets the protocol's timeout reply (HTTP 408) and a graceful
+    /// close; a connection where no byte moved for the idle timeout is closed,
+    /// gracefully when idle, at once when stuck (a peer that stopped reading our
+    /// output); a linger that ran out ends. Counts the timeout; returns which fired.
+    pub(crate) fn on_timeout(&mut self, env: &Env<'_>, pool: &mut OutputPool) -> Option<Timeout> {
+        let l = env.limits;
+        if self.phase == Phase::Lingering {
+            if self.linger_until.is_some_and(|t| env.now >= t) {
+                self.finish();
+                return Some(Timeout::Linger);
+            }
+            return None;
+        }
+        if self.phase == Phase::Done {
+            return None;
+        }
+        let open = self.phase == Phase::Open;
+        match self
+            .timers
+            .due(env.now, l.idle_timeout, l.header_timeout, open)?
+        {
+            Timeout::Header => {
+                WorkerStats::add(&env.stats.timeouts_request, 1);
+                self.lend_output(pool);
+                self.session.handle_timeout(env.cx, &mut self.out);
+                self.timers.replied();
+                self.pending_in = Vec::new();
+                self.phase = Phase::Closing;
+                self.after_event(env, pool);
+                Some(Timeout::Header)
+            }
+            Timeout::Idle | Timeout::Linger => {
+                WorkerStats::add(&env.stats.timeouts_idle, 1);
+                if self.phase == Phase::Open && self.is_idle() {
+                    self.phase = Phase::Closing;
+                    self.advance(env.now);
+                } else {
+                    // Stuck on a peer that does not read: close at once.
+                    self.finish();
+                }
+                Some(Timeout::Idle)
+            }
+        }
+    }
+
+    // ----- drain --------------------------------------------------------------------
+
+    /// The server drains. The session is told and the connection closes once idle
+    /// (at once if it is idle now), unless it is fresh: no byte received yet, or
+    /// (`waiting`) its next bytes are known to wait in the kernel. A fresh one is
+    /// deferred until those bytes are served or [`end_grace`](Self::end_grace).
+    /// Returns true when deferred.
+    pub(crate) fn start_drain(
+        &mut self,
+        env: &Env<'_>,
+        waiting: bool,
+        pool: &mut OutputPool,
+    ) -> bool {
+        if self.drain != Drain::No {
+            return self.drain == Drain::Deferred;
+        }
+        if self.phase == Phase::Open && self.is_idle() && (!self.received || waiting) {
+            self.drain = Drain::Deferred;
+            return true;
+        }
+        self.apply_drain(env, pool);
+        false
+    }
+
+    /// The fresh-connection grace is over: a deferred drain applies now.
+    pub(crate) fn end_grace(&mut self, env: &Env<'_>, pool: &mut OutputPool) {
+        if self.drain == Drain::Deferred {
+            self.apply_drain(env, pool);
+        }
+    }
+
+    fn apply_drain(&mut self, env: &Env<'_>, pool: &mut OutputPool) {
+        self.drain = Drain::Applied;
+        self.session.start_drain();
+        self.after_event(env, pool);
+    }
+
+    // ----- internals ----------------------------------------------------------------
+
+    fn count_sent(&mut self, env: &Env<'_>, n: usize) {
+        WorkerStats::add(&env.stats.bytes_out, n as u64);
+        self.timers.active(env.now);
+    }
+
+    fn after_sent(&mut self, env: &Env<'_>, pool: &mut OutputPool) {
+        if self.phase == Phase::Open && self.out_pending() <= env.limits.output_cap {
+            // Backpressure released: offer what waited.
+            self.pump(env, pool);
+        }
+        self.after_event(env, pool);
+    }
+
+    /// After every event: a deferred drain applies once bytes were served (or the
+    /// connection closes); a drained connection closes once idle; a closing one
+    /// moves on once flushed.
+    fn after_event(&mut self, env: &Env<'_>, pool: &mut OutputPool) {
+        if self.drain == Drain::Deferred && (self.received || self.phase != Phase::Open) {
+            self.apply_drain(env, pool);
+            return;
+        }
+        if self.drain == Drain::Applied
+            && self.phase == Phase::Open
+            && (self.is_idle() || self.session.wants_close())
+        {
+            self.phase = Phase::Closing;
+        }
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            pool.put(std::mem::take(&mut self.out));
+        }
+        self.advance(env.now);
+    }
+
+    fn lend_output(&mut self, pool: &mut OutputPool) {
+        if self.out.capacity() == 0 {
+            self.out = pool.take();
+        }
+    }
+
+    /// Output was produced: a reply is progress, the header timer restarts.
+    fn replied(&mut self, before: usize) {
+        if self.out.len() > before {
+            self.timers.replied();
+        }
+    }
+
+    /// Offer received bytes to the session (or queue them while over the cap).
+    fn feed(&mut self, env: &Env<'_>, data: &[u8], pool: &mut OutputPool) {
+        if self.pending_in.is_empty() && self.out_pending() <= env.limits.output_cap {
+            // Fast path: the session reads straight from the driver's buffer.
+            let used = self.call(env, data, pool);
+            if self.phase == Phase::Open && used < data.len() {
+                self.pending_in.extend_from_slice(&data[used..]);
+            }
+            if used > 0 {
+                self.pump(env, pool);
+            }
+        } else {
+            self.pending_in.extend_from_slice(data);
+            self.pump(env, pool);
+        }
+        self.track_request(env.now);
+        if self.phase == Phase::Open && self.pending_in.len() > MAX_PENDING_INPUT {
+            tracing::debug!(
+                "closing a connection with {} unconsumed input bytes",
+                self.pending_in.len()
+            );
+            WorkerStats::add(&env.stats.proto_errors, 1);
+            self.phase = Phase::Closing;
+            self.pending_in = Vec::new();
+        }
+    }
+
+    /// Offer pending input while the session makes progress and output has room
+    /// (a session may stop early on a large pipelined batch).
+    fn pump(&mut self, env: &Env<'_>, pool: &mut OutputPool) {
+        while self.phase == Phase::Open
+            && !self.pending_in.is_empty()
+            && self.out_pending() <= env.limits.output_cap
+        {
+            let pending = std::mem::take(&mut self.pending_in);
+            let used = self.call(env, &pending, pool);
+            self.pending_in = pending;
+            if self.phase != Phase::Open {
+                self.pending_in = Vec::new();
+            } else {
+                self.pending_in.drain(..used);
+                if self.pending_in.is_empty() {
+                    self.pending_in = Vec::new();
+                }
+            }
+            if used == 0 {
+                break;
+            }
+        }
+        self.track_request(env.now);
+    }
+
+    /// Offer `input` to the session; on a protocol error the error reply is already
+    /// in `out` and the connection closes.
+    fn call(&mut self, env: &Env<'_>, input: &[u8], pool: &mut OutputPool) -> usize {
+        self.lend_output(pool);
+        let before = self.out.len();
+        let used = match self.session.handle_input(env.cx, input, &mut self.out) {
+            Ok(n) => n.min(input.len()),
+            Err(e) => {
+                tracing::debug!("protocol error: {e}");
+                WorkerStats::add(&env.stats.proto_errors, 1);
+                self.phase = Phase::Closing;
+                input.len()
+            }
+        };
+        self.replied(before);
+        WorkerStats::add(&env.stats.requests, self.session.take_requests());
+        if self.session.wants_close() {
+            self.phase = Phase::Closing;
+        }
+        used
+    }
+
+    /// Start or stop the header timer after input was processed.
+    fn track_request(&mut self, now: Instant) {
+        let in_request = self.phase == Phase::Open
+            && (!self.pending_in.is_empty() || self.session.mid_request());
+        self.timers.track(now, in_request);
+    }
+
+    /// Done at once: output dropped (a send in flight is the driver's to cancel).
+    fn finish(&mut self) {
+        self.phase = Phase::Done;
+        self.out = Vec::new();
+        self.rest = Vec::new();
+        self.rest_pos = 0;
+        self.pending_in = Vec::new();
+        self.linger_until = None;
+    }
+
+    /// Move from Closing to Lingering or Done once the output is flushed.
+    fn advance(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Closing if self.out_pending() == 0 => {
+                if self.eof {
+                    self.phase = Phase::Done;
+                } else {
+                    // Shut our side (the peer sees EOF after our last reply), then
+                    // read and discard until it closes too.
+                    self.shut_write = true;
+                    self.linger_until = Some(now + LINGER);
+                    self.phase = Phase::Lingering;
+                }
+            }
+            Phase::Lingering if self.eof => self.finish(),
+            _ => {}
+        }
+    }
+}

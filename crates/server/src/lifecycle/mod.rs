@@ -1,0 +1,9 @@
+//! The server's lifecycle, written once and sans-IO: [`conn::ConnCore`] for one
+//! connection, [`worker::WorkerCore`] for one event loop. Drivers (readiness,
+//! io_uring, blocking) move bytes and report events; these decide everything else.
+
+pub(crate) mod conn;
+pub(crate) mod worker;
+
+pub(crate) use conn::{ConnCore, Env, Limits, OutputPool, Phase};
+pub(crate) use worker::{ConnTable, DrainClock, LingerQueue, Settled, WorkerCore};
