@@ -642,3 +642,363 @@ impl<S: Session> ConnCore<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The core driven in memory: no socket, no clock; every timer and drain case.
+    use super::*;
+    use c10k_proto::echo::EchoApp;
+    use c10k_proto::http::{HttpApp, HttpConfig};
+    use c10k_proto::{App, Peer};
+    use std::time::SystemTime;
+
+    const IDLE: Duration = Duration::from_secs(60);
+    const HEADER: Duration = Duration::from_secs(10);
+
+    struct World {
+        cx: Cx,
+        stats: WorkerStats,
+        limits: Limits,
+        pool: OutputPool,
+        t0: Instant,
+    }
+
+    impl World {
+        fn new(output_cap: usize) -> Self {
+            World {
+                cx: Cx::new(SystemTime::now()),
+                stats: WorkerStats::default(),
+                limits: Limits {
+                    output_cap,
+                    idle_timeout: IDLE,
+                    header_timeout: HEADER,
+                },
+                pool: OutputPool::default(),
+                t0: Instant::now(),
+            }
+        }
+
+        fn env(&self, after: Duration) -> Env<'_> {
+            Env {
+                cx: &self.cx,
+                now: self.t0 + after,
+                stats: &self.stats,
+                limits: &self.limits,
+            }
+        }
+
+        fn echo(&self) -> ConnCore<<EchoApp as App>::Session> {
+            ConnCore::new(EchoApp.open(&Peer::unknown()), self.t0)
+        }
+
+        fn http(&self) -> ConnCore<<HttpApp as App>::Session> {
+            let app = HttpApp::new(HttpConfig::default());
+            ConnCore::new(app.open(&Peer::unknown()), self.t0)
+        }
+
+        fn recv<S: Session>(&mut self, c: &mut ConnCore<S>, at: Duration, data: &[u8]) {
+            let mut pool = std::mem::take(&mut self.pool);
+            c.received(&self.env(at), data, &mut pool);
+            self.pool = pool;
+        }
+
+        /// Write everything the core has (a socket that takes it all).
+        fn drain_out<S: Session>(&mut self, c: &mut ConnCore<S>, at: Duration) -> Vec<u8> {
+            let mut got = Vec::new();
+            let mut pool = std::mem::take(&mut self.pool);
+            loop {
+                let data = c.transmit().to_vec();
+                if data.is_empty() {
+                    break;
+                }
+                got.extend_from_slice(&data);
+                c.sent(&self.env(at), data.len(), &mut pool);
+            }
+            self.pool = pool;
+            got
+        }
+
+        fn timeout<S: Session>(&mut self, c: &mut ConnCore<S>, at: Duration) -> Option<Timeout> {
+            let mut pool = std::mem::take(&mut self.pool);
+            let t = c.on_timeout(&self.env(at), &mut pool);
+            self.pool = pool;
+            t
+        }
+
+        fn drain<S: Session>(&mut self, c: &mut ConnCore<S>, at: Duration, waiting: bool) -> bool {
+            let mut pool = std::mem::take(&mut self.pool);
+            let d = c.start_drain(&self.env(at), waiting, &mut pool);
+            self.pool = pool;
+            d
+        }
+    }
+
+    const S0: Duration = Duration::ZERO;
+
+    #[test]
+    fn echo_with_partial_writes_keeps_the_byte_order() {
+        let mut w = World::new(1 << 20);
+        let mut c = w.echo();
+        w.recv(&mut c, S0, b"hello");
+        assert_eq!(c.transmit(), b"hello");
+        let mut pool = OutputPool::default();
+        c.sent(&w.env(S0), 2, &mut pool);
+        assert_eq!(c.transmit(), b"llo");
+        w.recv(&mut c, S0, b"!");
+        assert_eq!(
+            c.transmit(),
+            b"llo",
+            "the rest of a partial write goes first"
+        );
+        assert_eq!(w.drain_out(&mut c, S0), b"llo!");
+        assert!(c.is_idle());
+        assert_eq!(WorkerStats::get(&w.stats.bytes_in), 6);
+        assert_eq!(WorkerStats::get(&w.stats.bytes_out), 6);
+    }
+
+    #[test]
+    fn backpressure_holds_input_over_the_cap_and_releases_it_on_send() {
+        let mut w = World::new(4);
+        let mut c = w.echo();
+        w.recv(&mut c, S0, b"0123456789");
+        assert_eq!(c.out_pending(), 10);
+        assert!(!c.wants_read(4), "over the cap: stop reading");
+        w.recv(&mut c, S0, b"abc");
+        assert_eq!(c.out_pending(), 10, "input waits while over the cap");
+        let mut pool = OutputPool::default();
+        c.sent(&w.env(S0), 10, &mut pool);
+        assert_eq!(c.transmit(), b"abc", "a confirmed send offers what waited");
+        assert!(c.wants_read(4));
+    }
+
+    #[test]
+    fn owned_sends_lend_the_buffer_and_queue_what_comes_meanwhile() {
+        let mut w = World::new(1 << 20);
+        let mut c = w.echo();
+        w.recv(&mut c, S0, b"abcd");
+        let (buf, pos) = c.take_transmit().expect("output");
+        assert_eq!(
+            (&buf[pos..], c.take_transmit().is_none()),
+            (&b"abcd"[..], true)
+        );
+        assert!(!c.wants_write(), "one send in flight");
+        w.recv(&mut c, S0, b"ef");
+        let mut pool = OutputPool::default();
+        let reuse = c.sent_owned(&w.env(S0), Ok(3), buf, pos, &mut pool);
+        assert!(reuse.is_none() || reuse.is_some_and(|b| b.is_empty()));
+        let (buf, pos) = c.take_transmit().expect("the rest");
+        assert_eq!(&buf[pos..], b"d");
+        let _ = c.sent_owned(&w.env(S0), Ok(1), buf, pos, &mut pool);
+        let (buf, pos) = c.take_transmit().expect("what queued behind");
+        assert_eq!(&buf[pos..], b"ef");
+        let _ = c.sent_owned(
+            &w.env(S0),
+            Err(std::io::Error::other("reset")),
+            buf,
+            pos,
+            &mut pool,
+        );
+        assert!(c.is_closed());
+        assert_eq!(WorkerStats::get(&w.stats.io_errors), 1);
+    }
+
+    #[test]
+    fn eof_flushes_the_last_reply_and_closes_without_lingering() {
+        let mut w = World::new(1 << 20);
+        let mut c = w.echo();
+        w.recv(&mut c, S0, b"bye");
+        let mut pool = OutputPool::default();
+        c.eof(&w.env(S0), &mut pool);
+        assert_eq!(c.phase(), Phase::Closing);
+        assert!(!c.wants_read(1 << 20));
+        assert_eq!(w.drain_out(&mut c, S0), b"bye");
+        assert!(c.is_closed());
+        assert!(!c.take_shutdown_write(), "the peer closed first: no linger");
+    }
+
+    #[test]
+    fn header_timer_answers_408_then_lingers() {
+        let mut w = World::new(1 << 20);
+        let mut c = w.http();
+        let at = Duration::from_secs(1);
+        w.recv(&mut c, at, b"GET / HTTP/1.1\r\nHost: x");
+        assert_eq!(c.poll_timeout(&w.limits), Some(w.t0 + at + HEADER));
+        assert_eq!(w.timeout(&mut c, at + HEADER / 2), None);
+        assert_eq!(w.timeout(&mut c, at + HEADER), Some(Timeout::Header));
+        assert_eq!(WorkerStats::get(&w.stats.timeouts_request), 1);
+        let reply = w.drain_out(&mut c, at + HEADER);
+        assert!(
+            reply.starts_with(b"HTTP/1.1 408"),
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+        assert_eq!(c.phase(), Phase::Lingering);
+        assert!(c.take_shutdown_write());
+        assert!(!c.take_shutdown_write(), "once");
+        assert_eq!(c.linger_deadline(), Some(w.t0 + at + HEADER + LINGER));
+    }
+
+    #[test]
+    fn a_reply_restarts_the_header_timer_and_bytes_restart_the_idle_timer() {
+        let mut w = World::new(1 << 20);
+        let mut c = w.http();
+        assert_eq!(
+            c.poll_timeout(&w.limits),
+            Some(w.t0 + IDLE),
+            "idle from accept"
+        );
+        let at = Duration::from_secs(5);
+        w.recv(&mut c, at, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(w.drain_out(&mut c, at).starts_with(b"HTTP/1.1 200"));
+        assert_eq!(c.poll_timeout(&w.limits), Some(w.t0 + at + IDLE));
+        assert_eq!(w.timeout(&mut c, at + HEADER), None);
+    }
+
+    #[test]
+    fn idle_timer_closes_gracefully_when_idle_and_at_once_when_stuck() {
+        let mut w = World::new(1 << 20);
+        let mut c = w.echo();
+        assert_eq!(w.timeout(&mut c, IDLE), Some(Timeout::Idle));
+        assert_eq!(c.phase(), Phase::Lingering);
+        assert!(c.take_shutdown_write());
+
+        let mut stuck = w.echo();
+        w.recv(&mut stuck, S0, b"never read by the peer");
+        assert_eq!(w.timeout(&mut stuck, IDLE), Some(Timeout::Idle));
+        assert!(
+            stuck.is_closed(),
+            "a peer that does not read is given up at once"
+        );
+        assert!(stuck.transmit().is_empty());
+        assert_eq!(WorkerStats::get(&w.stats.timeouts_idle), 2);
+    }
+
+    #[test]
+    fn linger_discards_input_and_ends_at_eof_its_deadline_or_its_byte_limit() {
+        let mut w = World::new(1 << 20);
+        let linger = |w: &mut World| {
+            let mut c = w.http();
+            w.recv(&mut c, S0, b"BAD\r\n\r\n");
+            assert!(w.drain_out(&mut c, S0).starts_with(b"HTTP/1.1 400"));
+            assert_eq!(c.phase(), Phase::Lingering);
+            c
+        };
+        let mut c = linger(&mut w);
+        w.recv(&mut c, S0, b"GET / HTTP/1.1\r\n\r\n");
+        assert!(
+            c.transmit().is_empty(),
+            "input after the close is discarded"
+        );
+        let mut pool = OutputPool::default();
+        c.eof(&w.env(S0), &mut pool);
+        assert!(c.is_closed());
+
+        let mut c = linger(&mut w);
+        assert_eq!(c.poll_timeout(&w.limits), Some(w.t0 + LINGER));
+        assert_eq!(w.timeout(&mut c, LINGER / 2), None);
+        assert_eq!(w.timeout(&mut c, LINGER), Some(Timeout::Linger));
+        assert!(c.is_closed());
+
+        let mut c = linger(&mut w);
+        let junk = vec![b'x'; 64 * 1024];
+        for _ in 0..=LINGER_MAX_DISCARD / junk.len() {
+            w.recv(&mut c, S0, &junk);
+        }
+        assert!(c.is_closed(), "more than LINGER_MAX_DISCARD: closed hard");
+        assert_eq!(WorkerStats::get(&w.stats.proto_errors), 3);
+    }
+
+    #[test]
+    fn drain_closes_an_idle_connection_at_once() {
+        let mut w = World::new(1 << 20);
+        let mut c = w.http();
+        w.recv(&mut c, S0, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        w.drain_out(&mut c, S0);
+        assert!(!w.drain(&mut c, S0, false));
+        assert_eq!(c.phase(), Phase::Lingering);
+        assert!(c.take_shutdown_write());
+    }
+
+    #[test]
+    fn drain_lets_a_request_in_progress_finish_with_connection_close() {
+        let mut w = World::new(1 << 20);
+        let mut c = w.http();
+        w.recv(&mut c, S0, b"GET / HTTP/1.1\r\nHost: x");
+        assert!(!w.drain(&mut c, S0, false));
+        assert_eq!(c.phase(), Phase::Open, "mid-request: not closed");
+        w.recv(&mut c, S0, b"\r\n\r\n");
+        let reply = w.drain_out(&mut c, S0);
+        let text = String::from_utf8_lossy(&reply).to_ascii_lowercase();
+        assert!(text.contains("connection: close"), "{text}");
+        assert_eq!(c.phase(), Phase::Lingering);
+
+        // A body in progress: the reply completes, then the connection closes.
+        let mut c = w.http();
+        w.recv(
+            &mut c,
+            S0,
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab",
+        );
+        assert!(!w.drain(&mut c, S0, false));
+        assert_eq!(c.phase(), Phase::Open, "mid-body: not closed");
+        w.recv(&mut c, S0, b"cd");
+        assert!(w.drain_out(&mut c, S0).ends_with(b"abcd"));
+        assert_eq!(c.phase(), Phase::Lingering);
+    }
+
+    #[test]
+    fn drain_defers_a_fresh_connection_until_its_first_request_or_the_grace() {
+        let mut w = World::new(1 << 20);
+        let mut fresh = w.http();
+        assert!(w.drain(&mut fresh, S0, false), "no byte yet: deferred");
+        assert!(fresh.drain_deferred());
+        w.recv(&mut fresh, S0, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let reply = w.drain_out(&mut fresh, S0);
+        assert!(
+            reply.starts_with(b"HTTP/1.1 200"),
+            "its first request is served"
+        );
+        assert_eq!(fresh.phase(), Phase::Lingering, "then the drain applies");
+
+        let mut silent = w.http();
+        assert!(w.drain(&mut silent, S0, false));
+        let mut pool = OutputPool::default();
+        silent.end_grace(&w.env(S0), &mut pool);
+        assert!(!silent.drain_deferred());
+        assert_eq!(silent.phase(), Phase::Lingering);
+
+        // Bytes known to wait in the kernel defer a connection that received before.
+        let mut waiting = w.echo();
+        w.recv(&mut waiting, S0, b"x");
+        w.drain_out(&mut waiting, S0);
+        assert!(w.drain(&mut waiting, S0, true));
+        w.recv(&mut waiting, S0, b"y");
+        assert_eq!(w.drain_out(&mut waiting, S0), b"y");
+        assert_eq!(waiting.phase(), Phase::Lingering);
+    }
+
+    #[test]
+    fn a_protocol_error_replies_and_closes() {
+        let mut w = World::new(1 << 20);
+        let mut c = w.http();
+        w.recv(&mut c, S0, b"\x00\x01garbage\r\n\r\n");
+        assert_eq!(c.phase(), Phase::Closing);
+        assert!(w.drain_out(&mut c, S0).starts_with(b"HTTP/1.1 400"));
+        assert_eq!(WorkerStats::get(&w.stats.proto_errors), 1);
+    }
+
+    #[test]
+    fn unconsumed_input_beyond_the_limit_closes() {
+        let mut w = World::new(1 << 20);
+        let mut c = w.http();
+        // A header that never ends: the parser's own limit answers 431 first; the
+        // core's limit is the backstop for a session that keeps asking for more.
+        let mut total = 0;
+        while c.phase() == Phase::Open && total <= MAX_PENDING_INPUT + 1 {
+            w.recv(&mut c, S0, &[b'a'; 64 * 1024]);
+            total += 64 * 1024;
+        }
+        assert_ne!(c.phase(), Phase::Open);
+        assert!(WorkerStats::get(&w.stats.proto_errors) >= 1);
+    }
+}

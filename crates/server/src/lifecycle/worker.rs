@@ -282,3 +282,219 @@ impl WorkerCore {
         self.drain.draining() && table.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The worker core over an in-memory table of cores: drain, grace, linger,
+    //! sweep and the forced close, without a socket.
+    use super::*;
+    use crate::lifecycle::{ConnCore, Env, Limits, OutputPool, Phase};
+    use c10k_proto::echo::{EchoApp, EchoSession};
+    use c10k_proto::{App, Cx, Peer};
+    use slab::Slab;
+    use std::time::SystemTime;
+
+    struct Table {
+        slab: Slab<(ConnCore<EchoSession>, u64, bool)>,
+        cx: Cx,
+        stats: WorkerStats,
+        limits: Limits,
+        pool: OutputPool,
+        closed: Vec<usize>,
+    }
+
+    impl Table {
+        fn new(config: &crate::config::Config) -> Self {
+            Table {
+                slab: Slab::new(),
+                cx: Cx::new(SystemTime::now()),
+                stats: WorkerStats::default(),
+                limits: Limits::of(config),
+                pool: OutputPool::default(),
+                closed: Vec::new(),
+            }
+        }
+
+        fn open(&mut self, now: Instant, first: Option<&[u8]>) -> usize {
+            let mut core = ConnCore::new(EchoApp.open(&Peer::unknown()), now);
+            if let Some(data) = first {
+                let env = Env {
+                    cx: &self.cx,
+                    now,
+                    stats: &self.stats,
+                    limits: &self.limits,
+                };
+                core.received(&env, data, &mut self.pool);
+                let n = core.transmit().len();
+                core.sent(&env, n, &mut self.pool);
+            }
+            let serial = self.slab.len() as u64 + 1;
+            self.slab.insert((core, serial, false))
+        }
+
+        fn act(
+            &mut self,
+            key: usize,
+            now: Instant,
+            f: impl FnOnce(&mut ConnCore<EchoSession>, &Env<'_>, &mut OutputPool),
+        ) -> Settled {
+            let Some((core, serial, armed)) = self.slab.get_mut(key) else {
+                return Settled::Open;
+            };
+            let env = Env {
+                cx: &self.cx,
+                now,
+                stats: &self.stats,
+                limits: &self.limits,
+            };
+            f(core, &env, &mut self.pool);
+            let _ = core.take_shutdown_write();
+            if core.is_closed() {
+                self.close(key);
+                return Settled::Closed;
+            }
+            match core.linger_deadline() {
+                Some(deadline) if !*armed => {
+                    *armed = true;
+                    Settled::Lingering {
+                        deadline,
+                        serial: *serial,
+                    }
+                }
+                _ => Settled::Open,
+            }
+        }
+
+        fn phase(&self, key: usize) -> Option<Phase> {
+            self.slab.get(key).map(|c| c.0.phase())
+        }
+    }
+
+    impl ConnTable for Table {
+        type Session = EchoSession;
+        fn keys(&self) -> Vec<usize> {
+            self.slab.iter().map(|(k, _)| k).collect()
+        }
+        fn is_empty(&self) -> bool {
+            self.slab.is_empty()
+        }
+        fn serial(&self, key: usize) -> Option<u64> {
+            self.slab.get(key).map(|c| c.1)
+        }
+        fn on_timeout(&mut self, key: usize, now: Instant) -> Settled {
+            self.act(key, now, |c, env, pool| {
+                c.on_timeout(env, pool);
+            })
+        }
+        fn end_grace(&mut self, key: usize, now: Instant) -> Settled {
+            self.act(key, now, |c, env, pool| c.end_grace(env, pool))
+        }
+        fn start_drain(&mut self, key: usize, now: Instant) -> (bool, Settled) {
+            let mut deferred = false;
+            let s = self.act(key, now, |c, env, pool| {
+                deferred = c.start_drain(env, false, pool)
+            });
+            (deferred, s)
+        }
+        fn close(&mut self, key: usize) {
+            if self.slab.try_remove(key).is_some() {
+                self.closed.push(key);
+            }
+        }
+        fn stats(&self) -> &WorkerStats {
+            &self.stats
+        }
+    }
+
+    fn config() -> crate::config::Config {
+        crate::config::Config::default()
+    }
+
+    #[test]
+    fn drain_lingers_the_idle_defers_the_fresh_and_the_grace_ends_the_deferral() {
+        let config = config();
+        let mut table = Table::new(&config);
+        let mut w = WorkerCore::new(0, &config);
+        let t0 = Instant::now();
+        let served = table.open(t0, Some(b"hi"));
+        let fresh = table.open(t0, None);
+        assert!(w.begin_drain(&mut table, t0));
+        assert!(!w.begin_drain(&mut table, t0), "once");
+        assert_eq!(table.phase(served), Some(Phase::Lingering));
+        assert_eq!(table.phase(fresh), Some(Phase::Open), "deferred");
+        let grace = t0 + DRAIN_FRESH_GRACE;
+        assert_eq!(w.next_deadline(), Some(grace), "the grace ends first");
+        w.run_timers(&mut table, grace);
+        assert_eq!(table.phase(fresh), Some(Phase::Lingering));
+        // Both linger until LINGER after they started; the earlier goes first.
+        assert!(w.next_deadline().is_some_and(|t| t <= t0 + LINGER_FOR_TEST));
+        w.run_timers(&mut table, t0 + LINGER_FOR_TEST);
+        assert_eq!(table.closed, vec![served]);
+        w.run_timers(&mut table, grace + LINGER_FOR_TEST);
+        assert_eq!(table.closed, vec![served, fresh]);
+        assert!(w.finished(&table));
+    }
+
+    const LINGER_FOR_TEST: Duration = crate::config::LINGER;
+
+    #[test]
+    fn the_drain_deadline_closes_what_is_left_and_counts_it() {
+        let config = config();
+        let mut table = Table::new(&config);
+        let mut w = WorkerCore::new(0, &config);
+        let t0 = Instant::now();
+        let busy = table.open(t0, None);
+        // Unsent output makes it busy: the drain waits for it.
+        table.act(busy, t0, |c, env, pool| c.received(env, b"unsent", pool));
+        w.begin_drain(&mut table, t0);
+        assert_eq!(table.phase(busy), Some(Phase::Open));
+        let deadline = t0 + config.drain_timeout;
+        w.run_timers(&mut table, deadline - Duration::from_millis(1));
+        assert!(!w.finished(&table));
+        w.run_timers(&mut table, deadline);
+        assert!(w.finished(&table));
+        assert_eq!(WorkerStats::get(&table.stats.drain_forced), 1);
+    }
+
+    #[test]
+    fn the_sweep_runs_the_connections_timers() {
+        let mut config = config();
+        config.idle_timeout = Duration::from_secs(4);
+        let mut table = Table::new(&config);
+        let mut w = WorkerCore::new(0, &config);
+        let t0 = Instant::now();
+        let key = table.open(t0, None);
+        // The first look starts the sweep clock; sweeps come every second then.
+        w.run_timers(&mut table, t0);
+        let every = Duration::from_secs(1);
+        for i in 1..=4 {
+            assert_eq!(w.next_deadline(), Some(t0 + every * i));
+            w.run_timers(&mut table, t0 + every * i);
+        }
+        assert_eq!(
+            table.phase(key),
+            Some(Phase::Lingering),
+            "idle timeout at 4 s"
+        );
+        assert_eq!(WorkerStats::get(&table.stats.timeouts_idle), 1);
+    }
+
+    #[test]
+    fn a_linger_for_a_reused_key_does_not_close_the_new_connection() {
+        let config = config();
+        let mut table = Table::new(&config);
+        let mut w = WorkerCore::new(0, &config);
+        let t0 = Instant::now();
+        w.settled(
+            7,
+            Settled::Lingering {
+                deadline: t0,
+                serial: 99,
+            },
+        );
+        let key = table.open(t0, None);
+        w.run_timers(&mut table, t0);
+        assert!(table.closed.is_empty());
+        assert_eq!(table.phase(key), Some(Phase::Open));
+    }
+}
