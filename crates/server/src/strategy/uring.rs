@@ -435,7 +435,7 @@ impl<A: App> RingConns<A> {
     }
 
     fn on_conn(&mut self, c: Completion, key: usize, serial: u32) {
-        if !self.slab.get(key).is_some_and(|e| e.serial == serial) {
+        if self.slab.get(key).is_none_or(|e| e.serial != serial) {
             // A connection already closed: what the operation owned is dropped
             // here (a receive buffer goes back to the ring).
             if let Event::Sent { buf, .. } = c.event {
