@@ -1,8 +1,8 @@
-//! `pool`, the dispatcher of the C10K answers: one reactor thread waits for readiness
+//! `pool`, the dispatcher of the C10K answers: one dispatcher thread waits for readiness
 //! with epoll and hands each ready connection to a fixed pool of worker threads
 //! (`--workers N`), which read, run the session and write.
 //!
-//! This file is the reactor (accept, readiness, timers, drain); `pool/handoff.rs` holds
+//! This file is the dispatcher (accept, readiness, timers, drain); `pool/handoff.rs` holds
 //! the structures it shares with the workers and the worker side; `pool/model.rs` (a
 //! test) checks the protocol below over every interleaving of a small model.
 //!
@@ -22,11 +22,11 @@
 //!
 //! The moves, and who makes them:
 //!
-//! 1. accept (reactor): a new slot with the entry parked, then `EPOLL_CTL_ADD` with
+//! 1. accept (dispatcher): a new slot with the entry parked, then `EPOLL_CTL_ADD` with
 //!    `EPOLLONESHOT`, both under the table lock.
-//! 2. readiness (reactor): epoll reports the token `(generation, key)`; the one-shot
+//! 2. readiness (dispatcher): epoll reports the token `(generation, key)`; the one-shot
 //!    registration is now disarmed, so the kernel reports nothing more for it. The
-//!    reactor takes the entry out of the slot (if the slot still has that generation
+//!    dispatcher takes the entry out of the slot (if the slot still has that generation
 //!    and the entry is parked) and queues a job.
 //! 3. a worker pops the job; it alone owns the connection and calls
 //!    [`Conn::on_writable`]/[`Conn::on_readable`] (level-triggered, `edge = false`).
@@ -37,7 +37,7 @@
 //!    the entry: armed implies parked.
 //!
 //! **Never lost.** A connection leaves epoll's watch only by a one-shot report, which
-//! the reactor turns into a job, and every job ends in step 4, which either closes the
+//! the dispatcher turns into a job, and every job ends in step 4, which either closes the
 //! connection or re-arms it. Level-triggered readiness is re-evaluated by
 //! `EPOLL_CTL_MOD`: data that arrived while a worker held the connection is reported at
 //! once after re-arming, so no wake-up is missed. A report for a connection that is out
@@ -54,12 +54,12 @@
 //!
 //! **Closed while queued.** Only the owner closes a connection it holds. If the peer
 //! closes while the job waits in the queue, the worker finds the EOF or the error when
-//! it reads. If the *reactor* wants it closed while it is out (its linger time is up,
+//! it reads. If the *dispatcher* wants it closed while it is out (its linger time is up,
 //! or the drain deadline passed), it marks the slot `doomed`; the worker closes it
-//! instead of parking it. A parked connection the reactor closes itself: remove the
+//! instead of parking it. A parked connection the dispatcher closes itself: remove the
 //! slot and drop the entry under the table lock, so no worker can be re-arming it.
 //!
-//! **Drain.** On shutdown the reactor stops watching the wake pipe, drops the
+//! **Drain.** On shutdown the dispatcher stops watching the wake pipe, drops the
 //! listener, sets `table.draining` and moves every parked connection to the queue (a
 //! job with no readiness). A worker settling any connection while `draining` is set
 //! applies the drain first, outside the lock, and only then parks it: once, it reads
@@ -72,18 +72,18 @@
 //! the timer sweep below takes a parked one that is still deferred out like a due
 //! timer, and the worker (seeing the grace over) reads once more and applies the
 //! drain. Because the flag is read under the same lock that parks, a connection is
-//! either swept by the reactor or sees the flag: none stays idle and open (a
+//! either swept by the dispatcher or sees the flag: none stays idle and open (a
 //! deferred one at most until the next sweep after the grace). Lingering connections
 //! are closed by their linger timer, in-flight ones finish, and at `--drain-timeout`
-//! the reactor closes the parked ones and dooms the rest. The reactor exits when the
+//! the dispatcher closes the parked ones and dooms the rest. The dispatcher exits when the
 //! table is empty, then closes the queue and joins the workers.
 //!
 //! **Timers** (linger deadlines, the EMFILE back-off, the drain deadline, and a sweep
 //! of the parked connections' idle and request timers once a second) belong to the
-//! reactor; a connection whose idle or request timer is due is taken out of its slot
+//! dispatcher; a connection whose idle or request timer is due is taken out of its slot
 //! exactly like the drain sweep takes it, and a worker checks its timers and settles
 //! it. A worker that starts a connection's linger appends it to the table's FIFO
-//! (every linger is equally long) and, if the FIFO was empty, wakes the reactor
+//! (every linger is equally long) and, if the FIFO was empty, wakes the dispatcher
 //! through an eventfd so its `epoll_wait` timeout is recomputed. The eventfd also wakes
 //! it when a draining table becomes empty.
 //!
@@ -92,15 +92,15 @@
 //! - **One shared run queue** (`Mutex<VecDeque>` + `Condvar`), not a channel per
 //!   worker: any idle worker takes the next ready connection, so one slow request does
 //!   not hold up the connections queued behind it, which is the point of a pool.
-//!   The reactor wakes at most as many workers as there are jobs and idle workers
+//!   The dispatcher wakes at most as many workers as there are jobs and idle workers
 //!   (std's `notify_one` is a futex syscall even with nobody waiting).
 //! - **One `Mutex<Slab>` table**: epoll hands back a `u64`, so the connection must be
 //!   findable by key; the lock is held for a few operations (and one `epoll_ctl` when
 //!   parking). Sharding it is the next step if it shows up in profiles.
 //! - **Boxed entries**: a hand-off moves a pointer, not a session.
 //!
-//! The cost, per request: the reactor's wake-up, two acquisitions of the table lock
-//! and two of the queue lock (the reactor's side batched per `epoll_wait`), a futex
+//! The cost, per request: the dispatcher's wake-up, two acquisitions of the table lock
+//! and two of the queue lock (the dispatcher's side batched per `epoll_wait`), a futex
 //! wake and a context switch to a worker, and an `EPOLL_CTL_MOD` to re-arm. That is the price of letting a blocking or slow session
 //! run without stalling other connections.
 //!
@@ -142,12 +142,12 @@ use handoff::{
 const LISTENER: u64 = u64::MAX;
 /// Token of the shutdown pipe.
 const WAKE: u64 = u64::MAX - 1;
-/// Token of the eventfd workers use to wake the reactor.
+/// Token of the eventfd workers use to wake the dispatcher.
 const NUDGE: u64 = u64::MAX - 2;
 /// Connections accepted per listener report (the listener is level-triggered).
 const ACCEPT_BATCH: usize = 64;
 
-/// Run the pool: the reactor on this thread, `--workers` threads of workers. Returns
+/// Run the pool: the dispatcher on this thread, `--workers` threads of workers. Returns
 /// once every connection is closed after shutdown and the workers have exited.
 pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
     let WorkerCtx {
@@ -214,7 +214,7 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
         }
     }
     if result.is_ok() {
-        let mut reactor = Reactor {
+        let mut dispatcher = Dispatcher {
             id,
             app,
             local_addr,
@@ -232,7 +232,7 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
             jobs: Vec::new(),
             pending: Vec::new(),
         };
-        result = reactor.run();
+        result = dispatcher.run();
     }
     // Stop the workers: they finish what is queued, then exit.
     lock(&shared.queue).closed = true;
@@ -245,9 +245,9 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
     result
 }
 
-/// The reactor thread: accepts, turns readiness into jobs, runs the timers and the
+/// The dispatcher thread: accepts, turns readiness into jobs, runs the timers and the
 /// drain.
-struct Reactor<A: App> {
+struct Dispatcher<A: App> {
     id: usize,
     app: Arc<A>,
     local_addr: std::net::SocketAddr,
@@ -272,7 +272,7 @@ struct Reactor<A: App> {
     pending: Vec<(u64, Ready)>,
 }
 
-impl<A: App> Reactor<A> {
+impl<A: App> Dispatcher<A> {
     fn run(&mut self) -> io::Result<()> {
         self.listen()?;
         if self.shutdown_wake.is_requested() {

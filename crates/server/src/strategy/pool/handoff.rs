@@ -1,4 +1,4 @@
-//! The hand-off structures the reactor and the workers share (the connection table,
+//! The hand-off structures the dispatcher and the workers share (the connection table,
 //! the run queue), and the worker side: serve a connection, then park and re-arm it
 //! or close it. The invariants are in the [parent module](super)'s documentation.
 
@@ -17,7 +17,7 @@ use crate::lifecycle::{Env, Limits, LingerQueue, Phase};
 use crate::stats::{OpenConns, WorkerStats};
 
 /// Generations use 31 bits, so a connection's token never has the top bit set and
-/// cannot collide with the reactor's fixed tokens (listener, wake pipe, eventfd),
+/// cannot collide with the dispatcher's fixed tokens (listener, wake pipe, eventfd),
 /// which all have it set.
 pub(super) const GEN_MASK: u32 = 0x7fff_ffff;
 
@@ -59,7 +59,7 @@ pub(super) struct Slot<S> {
     pub(super) generation: u32,
     /// `Some`: parked (armed in epoll). `None`: out (queued or with a worker).
     pub(super) entry: Option<Box<Entry<S>>>,
-    /// Close it when its owner settles it (set by the reactor while it is out).
+    /// Close it when its owner settles it (set by the dispatcher while it is out).
     pub(super) doomed: bool,
 }
 
@@ -68,7 +68,7 @@ pub(super) struct Table<S> {
     pub(super) slots: Slab<Slot<S>>,
     /// Lingering connections by deadline (the serial is the generation).
     pub(super) lingering: LingerQueue,
-    /// Shutdown has started (set once, by the reactor).
+    /// Shutdown has started (set once, by the dispatcher).
     pub(super) draining: bool,
     /// Set with `draining`: when the drain of connections that had not received a
     /// byte yet stops being deferred ([`ReadyConn::start_drain`]).
@@ -82,7 +82,7 @@ pub(super) struct Job<S> {
     pub(super) generation: u32,
     pub(super) entry: Box<Entry<S>>,
     pub(super) ready: Ready,
-    /// Taken out by the reactor's timer sweep, not by a readiness report: check the
+    /// Taken out by the dispatcher's timer sweep, not by a readiness report: check the
     /// idle and request timers instead of reading or writing.
     pub(super) timers: bool,
 }
@@ -96,17 +96,17 @@ pub(super) struct Queue<S> {
     pub(super) closed: bool,
 }
 
-/// What the reactor and the workers share.
+/// What the dispatcher and the workers share.
 pub(super) struct Shared<S> {
     pub(super) epoll: OwnedFd,
-    /// Workers write to it to wake the reactor (a new linger timer, an emptied table).
+    /// Workers write to it to wake the dispatcher (a new linger timer, an emptied table).
     pub(super) nudge: OwnedFd,
     pub(super) table: Mutex<Table<S>>,
     pub(super) queue: Mutex<Queue<S>>,
     pub(super) work: Condvar,
     /// `--output-cap`, `--idle-timeout` and `--header-timeout`.
     pub(super) limits: Limits,
-    /// The pool's counters, shared by the reactor and every worker.
+    /// The pool's counters, shared by the dispatcher and every worker.
     pub(super) stats: Arc<WorkerStats>,
     pub(super) open: Arc<OpenConns>,
 }
@@ -282,7 +282,7 @@ impl<S: Session> Shared<S> {
     }
 
     pub(super) fn wake_reactor(&self) {
-        // A full counter (never, at one per wake) or any other error: the reactor
+        // A full counter (never, at one per wake) or any other error: the dispatcher
         // still wakes at its next timer.
         let _ = rustix::io::write(&self.nudge, &1u64.to_ne_bytes());
     }
@@ -293,7 +293,7 @@ impl<S: Session> Shared<S> {
 /// has already received: a request in flight is not an idle connection, and the
 /// drain sweep's jobs carry no readiness); a connection without a single byte yet
 /// stays open (its first request is most likely on the way), and the core applies
-/// the drain after that request, or once `grace_over` (the reactor's timer sweep
+/// the drain after that request, or once `grace_over` (the dispatcher's timer sweep
 /// hands such parked connections back after the grace). The core closes an idle
 /// connection whose drain applies.
 fn apply_drain<S: Session>(entry: &mut Entry<S>, bufs: &mut Bufs, env: &Env<'_>, grace_over: bool) {
@@ -320,7 +320,7 @@ pub(super) fn interest<S: Session>(conn: &ReadyConn<S>, output_cap: usize) -> Ev
     flags
 }
 
-/// The reactor wants a connection closed: close it now if parked (removing its slot
+/// The dispatcher wants a connection closed: close it now if parked (removing its slot
 /// under the table lock), or doom it so its owner closes it.
 pub(super) fn close_or_doom<S>(
     t: &mut Table<S>,

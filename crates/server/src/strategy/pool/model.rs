@@ -1,5 +1,5 @@
 //! An exhaustive model of the pool's hand-off protocol (a test, not loom): every
-//! interleaving of the reactor, two workers, the peer and the kernel's one-shot
+//! interleaving of the dispatcher, two workers, the peer and the kernel's one-shot
 //! registration, for one connection, explored by depth-first search over states.
 //!
 //! Each action is one critical section or one syscall of the real code, so the
@@ -9,15 +9,15 @@
 //! |---|---|
 //! | peer sends a message | data arrives on the socket |
 //! | kernel reports | `epoll_wait` returns the armed connection; `EPOLLONESHOT` disarms it |
-//! | reactor takes | `take_ready`: under the table lock, take the entry if parked |
+//! | dispatcher takes | `take_ready`: under the table lock, take the entry if parked |
 //! | worker pops | `next_job` |
 //! | worker reads | `Conn::on_readable` (one read: some or all of what is waiting) |
 //! | worker settles | `settle`: under the table lock, close, or park and `EPOLL_CTL_MOD` |
 //! | worker drains | `settle` seeing `draining`: drop the lock, read what waits, apply the drain (deferred while nothing was ever received, until the grace is over) |
-//! | reactor drains | `begin_drain`: set `draining`, move parked entries to the queue |
+//! | dispatcher drains | `begin_drain`: set `draining`, move parked entries to the queue |
 //! | grace passes | `DRAIN_FRESH_GRACE` after the drain started |
-//! | reactor sweeps | `sweep_timers` after the grace: take a parked deferred entry out, queue it |
-//! | reactor forces | `run_timers` at the drain deadline: close parked, doom the rest |
+//! | dispatcher sweeps | `sweep_timers` after the grace: take a parked deferred entry out, queue it |
+//! | dispatcher forces | `run_timers` at the drain deadline: close parked, doom the rest |
 //!
 //! Checked in every state: the connection is held in exactly one place while open,
 //! an armed registration has its entry parked (except after the drain sweep, whose
