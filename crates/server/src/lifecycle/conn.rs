@@ -492,7 +492,10 @@ impl<S: Session> ConnCore<S> {
     }
 
     fn after_sent(&mut self, env: &Env<'_>, pool: &mut OutputPool) {
-        if self.phase == Phase::Open && self.out_pending() <= env.limits.output_cap {
+        if self.phase == Phase::Open
+            && !self.pending_in.is_empty()
+            && self.out_pending() <= env.limits.output_cap
+        {
             // Backpressure released: offer what waited.
             self.pump(env, pool);
         }
