@@ -17,9 +17,11 @@ use crate::shutdown::Shutdown;
 use crate::stats::{OpenConns, WorkerStats};
 
 pub(crate) mod epoll;
+mod fd_table;
 pub(crate) mod fork;
 pub(crate) mod green;
 pub(crate) mod poll;
+pub(crate) mod poller;
 pub(crate) mod pool;
 pub(crate) mod prefork;
 pub(crate) mod procs;
