@@ -390,7 +390,8 @@ impl<A: Service> ServerBuilder<A> {
                 Some(MetricsEndpoint {
                     listener,
                     metrics: Metrics {
-                        strategy,
+                        strategy: strategy.name(),
+                        uring: strategy == Strategy::Uring,
                         accept: accept_label,
                         max_conns: c.max_conns,
                         stats: stats.clone(),
