@@ -125,3 +125,19 @@ impl Poller for Epoll {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::poller::tests::contract;
+
+    #[test]
+    fn level_keeps_the_poller_contract() {
+        contract(Epoll::new(Trigger::Level).unwrap());
+    }
+
+    #[test]
+    fn edge_keeps_the_poller_contract() {
+        contract(Epoll::new(Trigger::Edge).unwrap());
+    }
+}

@@ -107,7 +107,7 @@ impl Poller for Poll {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strategy::poller::tests::{BOTH, READ, pair, reports};
+    use crate::strategy::poller::tests::{BOTH, READ, contract, pair, reports};
     use std::os::fd::AsFd;
 
     /// Every slot's descriptor maps back to it, and nothing else is registered.
@@ -125,6 +125,11 @@ mod tests {
 
     /// Deleting from the middle moves the last entry into the hole; the moved entry
     /// keeps its token and can still be modified and deleted.
+    #[test]
+    fn keeps_the_poller_contract() {
+        contract(Poll::new());
+    }
+
     #[test]
     fn swap_remove_keeps_the_array_compact_and_the_index_right() {
         let pairs: Vec<_> = (0..4).map(|_| pair()).collect();

@@ -137,11 +137,16 @@ impl Poller for Select {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strategy::poller::tests::{BOTH, READ, pair, quiet, reports};
+    use crate::strategy::poller::tests::{BOTH, READ, contract, pair, quiet, reports};
     use std::io::Write;
     use std::os::fd::{AsFd, OwnedFd};
 
     /// A descriptor ready for reading and writing is one report, not one per set.
+    #[test]
+    fn keeps_the_poller_contract() {
+        contract(Select::new());
+    }
+
     #[test]
     fn one_report_per_descriptor() {
         let (mut a1, b1) = pair();
