@@ -2,19 +2,19 @@
 //!
 //! Every strategy runs every [`App`]; which one runs is a value
 //! ([`Strategy`]), so the command line, the tests and `c10k compare` pick it by name.
-//! The registry ([`Strategy::ALL`]) is the one list of them: adding a strategy means
-//! adding a variant, its [`StrategyInfo`], and its arm in [`run_worker`] (or, for a
-//! strategy that forks, [`run_processes`]; see [`ProcessModel`]).
+//! This module is the registry, the one place that knows them all: what each is
+//! ([`Strategy::info`], listed in [`Strategy::ALL`]), whether it can run here, and
+//! which code runs it ([`run`]). Every `match` on a strategy here names each variant
+//! (no `_` arm), so a new strategy does not compile until each of them has its arm.
+//! A strategy is handed a [`WorkerCtx`] (see `worker.rs`) and never looks back here.
 
 use std::fmt;
-use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::io;
 
 use c10k_proto::App;
 
 use crate::config::Config;
-use crate::shutdown::Shutdown;
-use crate::stats::{OpenConns, WorkerStats};
+use crate::service::Service;
 
 pub(crate) mod epoll;
 mod fd_table;
@@ -29,6 +29,10 @@ pub(crate) mod reactor;
 pub(crate) mod select;
 pub(crate) mod thread;
 pub(crate) mod uring;
+mod worker;
+
+pub use worker::Availability;
+pub(crate) use worker::WorkerCtx;
 
 /// A server architecture from the C10K list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,23 +59,6 @@ pub enum Strategy {
     Green,
     /// eBPF sockmap: the kernel answers.
     Kernel,
-}
-
-/// Whether a strategy can run here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Availability {
-    /// It runs.
-    Available,
-    /// Not written yet.
-    NotBuilt {
-        /// Where it is planned.
-        planned: &'static str,
-    },
-    /// Written, but this machine cannot run it.
-    Unavailable {
-        /// Why not.
-        reason: String,
-    },
 }
 
 /// How a strategy uses threads and processes; the builder runs it accordingly.
@@ -105,104 +92,113 @@ pub struct StrategyInfo {
 }
 
 impl Strategy {
-    /// Every strategy, in the order of the C10K list.
+    /// Every strategy, in the order of the C10K list (the order of the variants).
     pub const ALL: [StrategyInfo; 11] = [
-        info(
-            Strategy::Select,
-            "select",
-            "1",
-            "one thread, select(2), level-triggered",
-            "fds below 1024 (FD_SETSIZE) per process: connections beyond it are refused; O(maxfd) per wait",
-            "poll",
-        ),
-        info(
-            Strategy::Poll,
-            "poll",
-            "1",
-            "one thread, poll(2), level-triggered",
-            "O(connections) per wait (kernel scan and revents scan)",
-            "epoll-lt",
-        ),
-        info(
-            Strategy::EpollLt,
-            "epoll-lt",
-            "1",
-            "epoll loop per worker, level-triggered",
-            "one epoll_ctl per interest change",
-            "epoll-et",
-        ),
-        info(
-            Strategy::EpollEt,
-            "epoll-et",
-            "2",
-            "epoll loop per worker, edge-triggered, read/write until EAGAIN",
-            "none beyond fds and memory",
-            "epoll-lt",
-        ),
-        info(
-            Strategy::Uring,
-            "uring",
-            "3",
-            "io_uring completions, multishot accept and recv",
-            "needs io_uring (kernel >= 6.0, not disabled)",
-            "epoll-et",
-        ),
-        info(
-            Strategy::Thread,
-            "thread",
-            "4",
-            "one OS thread per connection, blocking I/O",
-            "a thread and its stack (--stack-size) per connection, up to --max-conns",
-            "epoll-et",
-        ),
-        info(
-            Strategy::Fork,
-            "fork",
-            "4",
-            "one process per connection",
-            "a process per connection, up to --max-conns; RESP store per process: a key SET on one connection is not seen by another",
-            "prefork",
-        ),
-        info(
-            Strategy::Prefork,
-            "prefork",
-            "4",
-            "fixed pool of processes blocking in accept",
-            "concurrency = --workers processes, more connections wait in the backlog; RESP store per process: a key is seen only by connections served by the same worker",
-            "thread",
-        ),
-        info(
-            Strategy::Pool,
-            "pool",
-            "answer 5",
-            "reactor thread hands ready connections to a worker pool",
-            "hand-off cost per request (a wake-up, an epoll_ctl); --workers is the pool size",
-            "epoll-et",
-        ),
-        info(
-            Strategy::Green,
-            "green",
-            "answers 3, 4",
-            "stackful coroutines over epoll",
-            "a blocking call or long computation in a connection stalls its worker; a --stack-size stack (touched pages only) per connection",
-            "epoll-et",
-        ),
-        info(
-            Strategy::Kernel,
-            "kernel",
-            "5",
-            "eBPF sockmap, the kernel answers (echo)",
-            "echo only; needs BPF",
-            "epoll-et",
-        ),
+        *Strategy::Select.info(),
+        *Strategy::Poll.info(),
+        *Strategy::EpollLt.info(),
+        *Strategy::EpollEt.info(),
+        *Strategy::Uring.info(),
+        *Strategy::Thread.info(),
+        *Strategy::Fork.info(),
+        *Strategy::Prefork.info(),
+        *Strategy::Pool.info(),
+        *Strategy::Green.info(),
+        *Strategy::Kernel.info(),
     ];
 
     /// The registry entry.
-    pub fn info(self) -> &'static StrategyInfo {
-        Self::ALL
-            .iter()
-            .find(|i| i.strategy == self)
-            .unwrap_or(&Self::ALL[3])
+    pub const fn info(self) -> &'static StrategyInfo {
+        match self {
+            Strategy::Select => &StrategyInfo {
+                strategy: Strategy::Select,
+                name: "select",
+                item: "1",
+                summary: "one thread, select(2), level-triggered",
+                limits: "fds below 1024 (FD_SETSIZE) per process: connections beyond it are refused; O(maxfd) per wait",
+                instead: "poll",
+            },
+            Strategy::Poll => &StrategyInfo {
+                strategy: Strategy::Poll,
+                name: "poll",
+                item: "1",
+                summary: "one thread, poll(2), level-triggered",
+                limits: "O(connections) per wait (kernel scan and revents scan)",
+                instead: "epoll-lt",
+            },
+            Strategy::EpollLt => &StrategyInfo {
+                strategy: Strategy::EpollLt,
+                name: "epoll-lt",
+                item: "1",
+                summary: "epoll loop per worker, level-triggered",
+                limits: "one epoll_ctl per interest change",
+                instead: "epoll-et",
+            },
+            Strategy::EpollEt => &StrategyInfo {
+                strategy: Strategy::EpollEt,
+                name: "epoll-et",
+                item: "2",
+                summary: "epoll loop per worker, edge-triggered, read/write until EAGAIN",
+                limits: "none beyond fds and memory",
+                instead: "epoll-lt",
+            },
+            Strategy::Uring => &StrategyInfo {
+                strategy: Strategy::Uring,
+                name: "uring",
+                item: "3",
+                summary: "io_uring completions, multishot accept and recv",
+                limits: "needs io_uring (kernel >= 6.0, not disabled)",
+                instead: "epoll-et",
+            },
+            Strategy::Thread => &StrategyInfo {
+                strategy: Strategy::Thread,
+                name: "thread",
+                item: "4",
+                summary: "one OS thread per connection, blocking I/O",
+                limits: "a thread and its stack (--stack-size) per connection, up to --max-conns",
+                instead: "epoll-et",
+            },
+            Strategy::Fork => &StrategyInfo {
+                strategy: Strategy::Fork,
+                name: "fork",
+                item: "4",
+                summary: "one process per connection",
+                limits: "a process per connection, up to --max-conns; RESP store per process: a key SET on one connection is not seen by another",
+                instead: "prefork",
+            },
+            Strategy::Prefork => &StrategyInfo {
+                strategy: Strategy::Prefork,
+                name: "prefork",
+                item: "4",
+                summary: "fixed pool of processes blocking in accept",
+                limits: "concurrency = --workers processes, more connections wait in the backlog; RESP store per process: a key is seen only by connections served by the same worker",
+                instead: "thread",
+            },
+            Strategy::Pool => &StrategyInfo {
+                strategy: Strategy::Pool,
+                name: "pool",
+                item: "answer 5",
+                summary: "reactor thread hands ready connections to a worker pool",
+                limits: "hand-off cost per request (a wake-up, an epoll_ctl); --workers is the pool size",
+                instead: "epoll-et",
+            },
+            Strategy::Green => &StrategyInfo {
+                strategy: Strategy::Green,
+                name: "green",
+                item: "answers 3, 4",
+                summary: "stackful coroutines over epoll",
+                limits: "a blocking call or long computation in a connection stalls its worker; a --stack-size stack (touched pages only) per connection",
+                instead: "epoll-et",
+            },
+            Strategy::Kernel => &StrategyInfo {
+                strategy: Strategy::Kernel,
+                name: "kernel",
+                item: "5",
+                summary: "eBPF sockmap, the kernel answers (echo)",
+                limits: "echo only; needs BPF",
+                instead: "epoll-et",
+            },
+        }
     }
 
     /// The command-line name.
@@ -222,7 +218,15 @@ impl Strategy {
     pub fn process_model(self) -> ProcessModel {
         match self {
             Strategy::Fork | Strategy::Prefork => ProcessModel::Processes,
-            _ => ProcessModel::Threads,
+            Strategy::Select
+            | Strategy::Poll
+            | Strategy::EpollLt
+            | Strategy::EpollEt
+            | Strategy::Uring
+            | Strategy::Thread
+            | Strategy::Pool
+            | Strategy::Green
+            | Strategy::Kernel => ProcessModel::Threads,
         }
     }
 
@@ -235,7 +239,14 @@ impl Strategy {
             // Not a hard limit, a practical one: a process per connection past a few
             // thousand takes longer to start than a compare cell lasts.
             Strategy::Fork | Strategy::Prefork => Some(2000),
-            _ => None,
+            Strategy::Poll
+            | Strategy::EpollLt
+            | Strategy::EpollEt
+            | Strategy::Uring
+            | Strategy::Thread
+            | Strategy::Pool
+            | Strategy::Green
+            | Strategy::Kernel => None,
         }
     }
 
@@ -257,15 +268,32 @@ impl Strategy {
             },
         }
     }
+
+    /// Check the settings only this strategy reads (`--uring-*`).
+    pub(crate) fn check_config(self, config: &Config) -> Result<(), String> {
+        match self {
+            Strategy::Uring => uring::check_config(&config.uring),
+            Strategy::Select
+            | Strategy::Poll
+            | Strategy::EpollLt
+            | Strategy::EpollEt
+            | Strategy::Thread
+            | Strategy::Fork
+            | Strategy::Prefork
+            | Strategy::Pool
+            | Strategy::Green
+            | Strategy::Kernel => Ok(()),
+        }
+    }
 }
 
 /// How a strategy turns `--workers N` into threads (see [`Strategy::loops`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Threads {
-    /// N independent loops: N [`run_worker`] calls, each on its own thread with its
+    /// N independent loops: N [`run`] calls, each on its own thread with its
     /// own listener (or one shared listener) and its own counters.
     Loops,
-    /// One [`run_worker`] call with one listener, which starts N threads of its own
+    /// One [`run`] call with one listener, which starts N threads of its own
     /// (`pool`: one reactor thread plus a pool of N workers).
     Pool,
 }
@@ -275,36 +303,26 @@ impl Strategy {
     pub(crate) fn threads(self) -> Threads {
         match self {
             Strategy::Pool => Threads::Pool,
-            _ => Threads::Loops,
+            Strategy::Select
+            | Strategy::Poll
+            | Strategy::EpollLt
+            | Strategy::EpollEt
+            | Strategy::Uring
+            | Strategy::Thread
+            | Strategy::Fork
+            | Strategy::Prefork
+            | Strategy::Green
+            | Strategy::Kernel => Threads::Loops,
         }
     }
 
-    /// How many [`run_worker`] calls (threads started by the builder, listeners,
+    /// How many [`run`] calls (threads started by the builder, listeners,
     /// counter sets) serve `workers`.
     pub(crate) fn loops(self, workers: usize) -> usize {
         match self.threads() {
             Threads::Loops => workers,
             Threads::Pool => 1,
         }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-const fn info(
-    strategy: Strategy,
-    name: &'static str,
-    item: &'static str,
-    summary: &'static str,
-    limits: &'static str,
-    instead: &'static str,
-) -> StrategyInfo {
-    StrategyInfo {
-        strategy,
-        name,
-        item,
-        summary,
-        limits,
-        instead,
     }
 }
 
@@ -324,53 +342,65 @@ impl std::str::FromStr for Strategy {
     }
 }
 
-/// Everything one worker (event loop, thread or process) needs.
-pub(crate) struct WorkerCtx<A> {
-    pub(crate) id: usize,
-    pub(crate) app: Arc<A>,
-    /// The listener; a worker takes it (`Option::take`) so that dropping its copy at
-    /// drain closes it (nothing else holds one once the workers run).
-    pub(crate) listener: Option<Arc<TcpListener>>,
-    pub(crate) local_addr: SocketAddr,
-    /// The listener is shared with other workers (register it with EPOLLEXCLUSIVE).
-    pub(crate) shared_listener: bool,
-    pub(crate) config: Arc<Config>,
-    pub(crate) shutdown: Arc<Shutdown>,
-    pub(crate) stats: Arc<WorkerStats>,
-    pub(crate) open: Arc<OpenConns>,
-    /// Forking strategies: where children publish their counters.
-    pub(crate) shared_stats: Option<Arc<crate::shared_stats::SharedStats>>,
-    /// Forking strategies: the metrics endpoint, served by the parent's own loop.
-    pub(crate) metrics: Option<crate::metrics::MetricsEndpoint>,
-}
-
-/// Run one worker of `strategy` until it has drained after shutdown. For a
-/// [`Threads::Pool`] strategy this is the one call that runs the whole pool.
-pub(crate) fn run_worker<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> std::io::Result<()> {
+/// Run `strategy` until it has drained: the one map from a strategy to the code that
+/// runs it. A [`ProcessModel::Threads`] strategy is run once per worker thread
+/// ([`Strategy::loops`] of them; for a [`Threads::Pool`] strategy the one call runs
+/// the whole pool). A [`ProcessModel::Processes`] strategy is run in the calling
+/// thread, which must be the only thread of the process, and `ctx` must hold the only
+/// reference to the listener (a forked child closes it).
+pub(crate) fn run<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> io::Result<()> {
     match strategy {
-        Strategy::EpollLt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Level)?),
-        Strategy::EpollEt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Edge)?),
-        Strategy::Pool => pool::run(ctx),
         Strategy::Select => reactor::run(ctx, select::Select::new()),
         Strategy::Poll => reactor::run(ctx, poll::Poll::new()),
-        Strategy::Thread => thread::run(ctx),
+        Strategy::EpollLt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Level)?),
+        Strategy::EpollEt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Edge)?),
         Strategy::Uring => uring::run(ctx),
-        Strategy::Green => green::run(ctx),
-        other => Err(std::io::Error::other(format!(
-            "strategy {other} does not run in worker threads"
+        Strategy::Pool => pool::run(ctx),
+        Strategy::Thread | Strategy::Fork | Strategy::Prefork | Strategy::Green => {
+            run_blocking(strategy, ctx)
+        }
+        Strategy::Kernel => Err(io::Error::other(format!(
+            "strategy {strategy} is not built yet"
         ))),
     }
 }
 
-/// Run a [`ProcessModel::Processes`] strategy in the calling thread until it has
-/// drained. The caller must be the only thread of the process, and `ctx` must hold
-/// the only reference to the listener (a forked child closes it).
-pub(crate) fn run_processes<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> std::io::Result<()> {
+/// [`run`] for the strategies that give each connection its own flow of control: they
+/// serve any [`Service`], a blocking-style handler as well as an app.
+pub(crate) fn run_blocking<S: Service>(strategy: Strategy, ctx: WorkerCtx<S>) -> io::Result<()> {
     match strategy {
+        Strategy::Thread => thread::run(ctx),
         Strategy::Fork => fork::run(ctx),
         Strategy::Prefork => prefork::run(ctx),
-        other => Err(std::io::Error::other(format!(
-            "strategy {other} does not fork processes"
+        Strategy::Green => green::run(ctx),
+        Strategy::Select
+        | Strategy::Poll
+        | Strategy::EpollLt
+        | Strategy::EpollEt
+        | Strategy::Uring
+        | Strategy::Pool
+        | Strategy::Kernel => Err(io::Error::other(format!(
+            "strategy {strategy} serves sans-IO apps only"
+        ))),
+    }
+}
+
+/// [`run`] one worker of a [`ProcessModel::Threads`] strategy.
+pub(crate) fn run_worker<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> io::Result<()> {
+    match strategy.process_model() {
+        ProcessModel::Threads => run(strategy, ctx),
+        ProcessModel::Processes => Err(io::Error::other(format!(
+            "strategy {strategy} does not run in worker threads"
+        ))),
+    }
+}
+
+/// [`run`] a [`ProcessModel::Processes`] strategy in the calling thread.
+pub(crate) fn run_processes<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> io::Result<()> {
+    match strategy.process_model() {
+        ProcessModel::Processes => run(strategy, ctx),
+        ProcessModel::Threads => Err(io::Error::other(format!(
+            "strategy {strategy} does not fork processes"
         ))),
     }
 }
@@ -391,5 +421,29 @@ mod tests {
             );
         }
         assert!("nope".parse::<Strategy>().unwrap_err().contains("epoll-et"));
+    }
+
+    #[test]
+    fn all_lists_every_strategy_once_in_order() {
+        for (i, info) in Strategy::ALL.iter().enumerate() {
+            assert_eq!(info.strategy as usize, i, "{}: variant order", info.name);
+            assert_eq!(info.strategy.info().name, info.name);
+        }
+        // No `_` arm: a new variant does not compile here until it is placed, and
+        // ALL must then end with the last one.
+        let last = |s: Strategy| match s {
+            Strategy::Kernel => true,
+            Strategy::Select
+            | Strategy::Poll
+            | Strategy::EpollLt
+            | Strategy::EpollEt
+            | Strategy::Uring
+            | Strategy::Thread
+            | Strategy::Fork
+            | Strategy::Prefork
+            | Strategy::Pool
+            | Strategy::Green => false,
+        };
+        assert!(Strategy::ALL.last().is_some_and(|i| last(i.strategy)));
     }
 }
