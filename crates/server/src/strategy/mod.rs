@@ -57,7 +57,8 @@ pub enum Strategy {
     Pool,
     /// Stackful coroutines over epoll.
     Green,
-    /// eBPF sockmap: the kernel answers.
+    /// eBPF sockmap: the kernel answers. (The last variant: the registry's test
+    /// counts them by it.)
     Kernel,
 }
 
@@ -91,6 +92,71 @@ pub struct StrategyInfo {
     pub instead: &'static str,
 }
 
+/// How a strategy turns `--workers N` into threads (see [`Strategy::loops`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Threads {
+    /// N independent loops: N [`run`] calls, each on its own thread with its
+    /// own listener (or one shared listener) and its own counters.
+    Loops,
+    /// One [`run`] call with one listener, which starts N threads of its own
+    /// (`pool`: one reactor thread plus a pool of N workers).
+    Pool,
+}
+
+/// Everything the registry knows about a strategy, but the code that runs it
+/// ([`run`]).
+struct Entry {
+    info: StrategyInfo,
+    process_model: ProcessModel,
+    threads: Threads,
+    /// See [`Strategy::conn_limit`].
+    conn_limit: Option<usize>,
+    /// Whether it can run here.
+    availability: fn() -> Availability,
+    /// Check the settings only this strategy reads.
+    check_config: fn(&Config) -> Result<(), String>,
+}
+
+impl Entry {
+    /// A strategy that runs `--workers` loops in threads, holds as many connections as
+    /// descriptors and memory allow, runs everywhere and reads no settings of its own.
+    const fn new(info: StrategyInfo) -> Self {
+        Entry {
+            info,
+            process_model: ProcessModel::Threads,
+            threads: Threads::Loops,
+            conn_limit: None,
+            availability: || Availability::Available,
+            check_config: |_| Ok(()),
+        }
+    }
+
+    const fn forks(mut self) -> Self {
+        self.process_model = ProcessModel::Processes;
+        self
+    }
+
+    const fn pool(mut self) -> Self {
+        self.threads = Threads::Pool;
+        self
+    }
+
+    const fn conn_limit(mut self, conns: usize) -> Self {
+        self.conn_limit = Some(conns);
+        self
+    }
+
+    const fn availability(mut self, availability: fn() -> Availability) -> Self {
+        self.availability = availability;
+        self
+    }
+
+    const fn check_config(mut self, check: fn(&Config) -> Result<(), String>) -> Self {
+        self.check_config = check;
+        self
+    }
+}
+
 impl Strategy {
     /// Every strategy, in the order of the C10K list (the order of the variants).
     pub const ALL: [StrategyInfo; 11] = [
@@ -107,98 +173,27 @@ impl Strategy {
         *Strategy::Kernel.info(),
     ];
 
+    /// The registry: one entry per strategy (no `_` arm: a new variant does not
+    /// compile until it has its entry).
+    const fn entry(self) -> &'static Entry {
+        match self {
+            Strategy::Select => &SELECT,
+            Strategy::Poll => &POLL,
+            Strategy::EpollLt => &EPOLL_LT,
+            Strategy::EpollEt => &EPOLL_ET,
+            Strategy::Uring => &URING,
+            Strategy::Thread => &THREAD,
+            Strategy::Fork => &FORK,
+            Strategy::Prefork => &PREFORK,
+            Strategy::Pool => &POOL,
+            Strategy::Green => &GREEN,
+            Strategy::Kernel => &KERNEL,
+        }
+    }
+
     /// The registry entry.
     pub const fn info(self) -> &'static StrategyInfo {
-        match self {
-            Strategy::Select => &StrategyInfo {
-                strategy: Strategy::Select,
-                name: "select",
-                item: "1",
-                summary: "one thread, select(2), level-triggered",
-                limits: "fds below 1024 (FD_SETSIZE) per process: connections beyond it are refused; O(maxfd) per wait",
-                instead: "poll",
-            },
-            Strategy::Poll => &StrategyInfo {
-                strategy: Strategy::Poll,
-                name: "poll",
-                item: "1",
-                summary: "one thread, poll(2), level-triggered",
-                limits: "O(connections) per wait (kernel scan and revents scan)",
-                instead: "epoll-lt",
-            },
-            Strategy::EpollLt => &StrategyInfo {
-                strategy: Strategy::EpollLt,
-                name: "epoll-lt",
-                item: "1",
-                summary: "epoll loop per worker, level-triggered",
-                limits: "one epoll_ctl per interest change",
-                instead: "epoll-et",
-            },
-            Strategy::EpollEt => &StrategyInfo {
-                strategy: Strategy::EpollEt,
-                name: "epoll-et",
-                item: "2",
-                summary: "epoll loop per worker, edge-triggered, read/write until EAGAIN",
-                limits: "none beyond fds and memory",
-                instead: "epoll-lt",
-            },
-            Strategy::Uring => &StrategyInfo {
-                strategy: Strategy::Uring,
-                name: "uring",
-                item: "3",
-                summary: "io_uring completions, multishot accept and recv",
-                limits: "needs io_uring (kernel >= 6.0, not disabled)",
-                instead: "epoll-et",
-            },
-            Strategy::Thread => &StrategyInfo {
-                strategy: Strategy::Thread,
-                name: "thread",
-                item: "4",
-                summary: "one OS thread per connection, blocking I/O",
-                limits: "a thread and its stack (--stack-size) per connection, up to --max-conns",
-                instead: "epoll-et",
-            },
-            Strategy::Fork => &StrategyInfo {
-                strategy: Strategy::Fork,
-                name: "fork",
-                item: "4",
-                summary: "one process per connection",
-                limits: "a process per connection, up to --max-conns; RESP store per process: a key SET on one connection is not seen by another",
-                instead: "prefork",
-            },
-            Strategy::Prefork => &StrategyInfo {
-                strategy: Strategy::Prefork,
-                name: "prefork",
-                item: "4",
-                summary: "fixed pool of processes blocking in accept",
-                limits: "concurrency = --workers processes, more connections wait in the backlog; RESP store per process: a key is seen only by connections served by the same worker",
-                instead: "thread",
-            },
-            Strategy::Pool => &StrategyInfo {
-                strategy: Strategy::Pool,
-                name: "pool",
-                item: "answer 5",
-                summary: "reactor thread hands ready connections to a worker pool",
-                limits: "hand-off cost per request (a wake-up, an epoll_ctl); --workers is the pool size",
-                instead: "epoll-et",
-            },
-            Strategy::Green => &StrategyInfo {
-                strategy: Strategy::Green,
-                name: "green",
-                item: "answers 3, 4",
-                summary: "stackful coroutines over epoll",
-                limits: "a blocking call or long computation in a connection stalls its worker; a --stack-size stack (touched pages only) per connection",
-                instead: "epoll-et",
-            },
-            Strategy::Kernel => &StrategyInfo {
-                strategy: Strategy::Kernel,
-                name: "kernel",
-                item: "5",
-                summary: "eBPF sockmap, the kernel answers (echo)",
-                limits: "echo only; needs BPF",
-                instead: "epoll-et",
-            },
-        }
+        &self.entry().info
     }
 
     /// The command-line name.
@@ -216,104 +211,29 @@ impl Strategy {
 
     /// How it uses threads and processes.
     pub fn process_model(self) -> ProcessModel {
-        match self {
-            Strategy::Fork | Strategy::Prefork => ProcessModel::Processes,
-            Strategy::Select
-            | Strategy::Poll
-            | Strategy::EpollLt
-            | Strategy::EpollEt
-            | Strategy::Uring
-            | Strategy::Thread
-            | Strategy::Pool
-            | Strategy::Green
-            | Strategy::Kernel => ProcessModel::Threads,
-        }
+        self.entry().process_model
     }
 
     /// The most connections the strategy can hold at once by its design, when it has
     /// such a limit (`select`: descriptors at or above FD_SETSIZE cannot be watched).
     /// `c10k compare` shows the cells beyond it as "n/a" instead of running them.
     pub fn conn_limit(self) -> Option<usize> {
-        match self {
-            Strategy::Select => Some(1024),
-            // Not a hard limit, a practical one: a process per connection past a few
-            // thousand takes longer to start than a compare cell lasts.
-            Strategy::Fork | Strategy::Prefork => Some(2000),
-            Strategy::Poll
-            | Strategy::EpollLt
-            | Strategy::EpollEt
-            | Strategy::Uring
-            | Strategy::Thread
-            | Strategy::Pool
-            | Strategy::Green
-            | Strategy::Kernel => None,
-        }
+        self.entry().conn_limit
     }
 
     /// Whether it can run on this machine, and if not, why.
     pub fn availability(self) -> Availability {
-        match self {
-            Strategy::Select
-            | Strategy::Poll
-            | Strategy::EpollLt
-            | Strategy::EpollEt
-            | Strategy::Pool
-            | Strategy::Thread
-            | Strategy::Fork
-            | Strategy::Prefork
-            | Strategy::Green => Availability::Available,
-            Strategy::Uring => uring::availability(),
-            Strategy::Kernel => Availability::NotBuilt {
-                planned: "a later issue",
-            },
-        }
+        (self.entry().availability)()
     }
 
     /// Check the settings only this strategy reads (`--uring-*`).
     pub(crate) fn check_config(self, config: &Config) -> Result<(), String> {
-        match self {
-            Strategy::Uring => uring::check_config(&config.uring),
-            Strategy::Select
-            | Strategy::Poll
-            | Strategy::EpollLt
-            | Strategy::EpollEt
-            | Strategy::Thread
-            | Strategy::Fork
-            | Strategy::Prefork
-            | Strategy::Pool
-            | Strategy::Green
-            | Strategy::Kernel => Ok(()),
-        }
+        (self.entry().check_config)(config)
     }
-}
 
-/// How a strategy turns `--workers N` into threads (see [`Strategy::loops`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Threads {
-    /// N independent loops: N [`run`] calls, each on its own thread with its
-    /// own listener (or one shared listener) and its own counters.
-    Loops,
-    /// One [`run`] call with one listener, which starts N threads of its own
-    /// (`pool`: one reactor thread plus a pool of N workers).
-    Pool,
-}
-
-impl Strategy {
     /// How this strategy uses `--workers`.
     pub(crate) fn threads(self) -> Threads {
-        match self {
-            Strategy::Pool => Threads::Pool,
-            Strategy::Select
-            | Strategy::Poll
-            | Strategy::EpollLt
-            | Strategy::EpollEt
-            | Strategy::Uring
-            | Strategy::Thread
-            | Strategy::Fork
-            | Strategy::Prefork
-            | Strategy::Green
-            | Strategy::Kernel => Threads::Loops,
-        }
+        self.entry().threads
     }
 
     /// How many [`run`] calls (threads started by the builder, listeners,
@@ -325,6 +245,119 @@ impl Strategy {
         }
     }
 }
+
+const SELECT: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Select,
+    name: "select",
+    item: "1",
+    summary: "one thread, select(2), level-triggered",
+    limits: "fds below 1024 (FD_SETSIZE) per process: connections beyond it are refused; O(maxfd) per wait",
+    instead: "poll",
+})
+.conn_limit(1024);
+
+const POLL: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Poll,
+    name: "poll",
+    item: "1",
+    summary: "one thread, poll(2), level-triggered",
+    limits: "O(connections) per wait (kernel scan and revents scan)",
+    instead: "epoll-lt",
+});
+
+const EPOLL_LT: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::EpollLt,
+    name: "epoll-lt",
+    item: "1",
+    summary: "epoll loop per worker, level-triggered",
+    limits: "one epoll_ctl per interest change",
+    instead: "epoll-et",
+});
+
+const EPOLL_ET: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::EpollEt,
+    name: "epoll-et",
+    item: "2",
+    summary: "epoll loop per worker, edge-triggered, read/write until EAGAIN",
+    limits: "none beyond fds and memory",
+    instead: "epoll-lt",
+});
+
+const URING: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Uring,
+    name: "uring",
+    item: "3",
+    summary: "io_uring completions, multishot accept and recv",
+    limits: "needs io_uring (kernel >= 6.0, not disabled)",
+    instead: "epoll-et",
+})
+.availability(uring::availability)
+.check_config(|c| uring::check_config(&c.uring));
+
+const THREAD: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Thread,
+    name: "thread",
+    item: "4",
+    summary: "one OS thread per connection, blocking I/O",
+    limits: "a thread and its stack (--stack-size) per connection, up to --max-conns",
+    instead: "epoll-et",
+});
+
+const FORK: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Fork,
+    name: "fork",
+    item: "4",
+    summary: "one process per connection",
+    limits: "a process per connection, up to --max-conns; RESP store per process: a key SET on one connection is not seen by another",
+    instead: "prefork",
+})
+.forks()
+// Not a hard limit, a practical one: a process per connection past a few thousand
+// takes longer to start than a compare cell lasts.
+.conn_limit(2000);
+
+const PREFORK: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Prefork,
+    name: "prefork",
+    item: "4",
+    summary: "fixed pool of processes blocking in accept",
+    limits: "concurrency = --workers processes, more connections wait in the backlog; RESP store per process: a key is seen only by connections served by the same worker",
+    instead: "thread",
+})
+.forks()
+// As fork: a practical limit.
+.conn_limit(2000);
+
+const POOL: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Pool,
+    name: "pool",
+    item: "answer 5",
+    summary: "reactor thread hands ready connections to a worker pool",
+    limits: "hand-off cost per request (a wake-up, an epoll_ctl); --workers is the pool size",
+    instead: "epoll-et",
+})
+.pool();
+
+const GREEN: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Green,
+    name: "green",
+    item: "answers 3, 4",
+    summary: "stackful coroutines over epoll",
+    limits: "a blocking call or long computation in a connection stalls its worker; a --stack-size stack (touched pages only) per connection",
+    instead: "epoll-et",
+});
+
+const KERNEL: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Kernel,
+    name: "kernel",
+    item: "5",
+    summary: "eBPF sockmap, the kernel answers (echo)",
+    limits: "echo only; needs BPF",
+    instead: "epoll-et",
+})
+.availability(|| Availability::NotBuilt {
+    planned: "a later issue",
+});
 
 impl fmt::Display for Strategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -429,21 +462,10 @@ mod tests {
             assert_eq!(info.strategy as usize, i, "{}: variant order", info.name);
             assert_eq!(info.strategy.info().name, info.name);
         }
-        // No `_` arm: a new variant does not compile here until it is placed, and
-        // ALL must then end with the last one.
-        let last = |s: Strategy| match s {
-            Strategy::Kernel => true,
-            Strategy::Select
-            | Strategy::Poll
-            | Strategy::EpollLt
-            | Strategy::EpollEt
-            | Strategy::Uring
-            | Strategy::Thread
-            | Strategy::Fork
-            | Strategy::Prefork
-            | Strategy::Pool
-            | Strategy::Green => false,
-        };
-        assert!(Strategy::ALL.last().is_some_and(|i| last(i.strategy)));
+        assert_eq!(
+            Strategy::ALL.len(),
+            Strategy::Kernel as usize + 1,
+            "every variant"
+        );
     }
 }
