@@ -6,7 +6,8 @@
 //! ([`Strategy::info`], listed in [`Strategy::ALL`]), whether it can run here, and
 //! which code runs it ([`run`]). Every `match` on a strategy here names each variant
 //! (no `_` arm), so a new strategy does not compile until each of them has its arm.
-//! A strategy is handed a [`WorkerCtx`] (see `worker.rs`) and never looks back here.
+//! A strategy is handed a [`WorkerCtx`], defined in `worker.rs` (re-exported here), so
+//! that no strategy depends on the registry that depends on it.
 
 use std::fmt;
 use std::io;
