@@ -295,9 +295,7 @@ impl<A: Service> ServerBuilder<A> {
                  or an event-loop strategy"
             )));
         }
-        if strategy == Strategy::Uring {
-            crate::strategy::uring::check_config(&c.uring).map_err(ServerError::Config)?;
-        }
+        strategy.check_config(c).map_err(ServerError::Config)?;
         if c.accept == AcceptMode::Exclusive
             && c.workers > 1
             && matches!(strategy, Strategy::Select | Strategy::Poll)
@@ -390,7 +388,8 @@ impl<A: Service> ServerBuilder<A> {
                 Some(MetricsEndpoint {
                     listener,
                     metrics: Metrics {
-                        strategy,
+                        strategy: strategy.name(),
+                        uring: strategy == Strategy::Uring,
                         accept: accept_label,
                         max_conns: c.max_conns,
                         stats: stats.clone(),

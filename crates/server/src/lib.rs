@@ -2,8 +2,9 @@
 //!
 //! A server is `strategy x app x config`. The app ([`c10k_proto::App`]) turns bytes
 //! into replies and never sees a socket; the [`Strategy`] moves the bytes (select, poll,
-//! epoll level- or edge-triggered today, the rest of the C10K list as they are built) and
-//! owns accepting, buffering, backpressure, limits and graceful shutdown.
+//! epoll level- or edge-triggered, io_uring, a thread or process per connection, prefork,
+//! a reactor with a worker pool, green threads: [`Strategy::ALL`]) and owns accepting,
+//! buffering, backpressure, limits and graceful shutdown.
 //!
 //! Run your own protocol on any strategy:
 //!

@@ -7,10 +7,10 @@
 //!   their parent polls the metrics listener beside its own fds and answers a scrape
 //!   itself, each one bounded by [`PARENT_BUDGET`]; the parent only accepts (`fork`)
 //!   or supervises (`prefork`), so the workers never wait for a scrape.
-//! - **Where the numbers come from.** Every series is one row of [`SERIES`]: a name,
-//!   help text, optional `kind` label, and the [`WorkerStats`] field it reads. Adding
-//!   a counter to `WorkerStats` and one row here exposes it (and makes forked children
-//!   share it, see [`crate::shared_stats`]).
+//! - **Where the numbers come from.** Every series is one row of [`SERIES`], the
+//!   counters' layout, which lives with the counters (`stats.rs`): a name, help text,
+//!   optional `kind` label, and the [`WorkerStats`] field it reads. This module only
+//!   renders it.
 //! - **Forked workers.** A child's memory is a copy, so its counters are invisible to
 //!   the parent. Children therefore publish what they counted into a `MAP_SHARED`
 //!   mapping created before the first fork ([`SharedStats`]): `prefork` workers after
@@ -36,7 +36,9 @@ use crate::gate::GateStats;
 use crate::shared_stats::SharedStats;
 use crate::shutdown::Shutdown;
 use crate::stats::{OpenConns, WorkerStats};
-use crate::strategy::Strategy;
+// The layout lives with the counters; re-exported for `strategy/prefork.rs`, which
+// still finds a series here.
+pub(crate) use crate::stats::SERIES;
 
 /// Longest time the single-threaded parent of `fork`/`prefork` spends answering
 /// scrapes per wake-up (a client that sends its request slowly gets a 400 or nothing).
@@ -48,186 +50,12 @@ const MAX_HEAD: usize = 8 * 1024;
 /// The content type of the text format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// One time series per worker: a row of the exposition.
-pub(crate) struct Series {
-    /// Metric family name (`*_total` for counters).
-    pub(crate) name: &'static str,
-    /// `# HELP` text (the same for every row of a family).
-    pub(crate) help: &'static str,
-    /// `counter` or `gauge`.
-    pub(crate) kind: &'static str,
-    /// An extra label, e.g. `("kind", "idle")`.
-    pub(crate) label: Option<(&'static str, &'static str)>,
-    /// Only meaningful for the `uring` strategy (hidden otherwise).
-    pub(crate) uring_only: bool,
-    /// The counter it reads.
-    pub(crate) get: fn(&WorkerStats) -> &AtomicU64,
-}
-
-const fn counter(
-    name: &'static str,
-    help: &'static str,
-    label: Option<(&'static str, &'static str)>,
-    get: fn(&WorkerStats) -> &AtomicU64,
-) -> Series {
-    Series {
-        name,
-        help,
-        kind: "counter",
-        label,
-        uring_only: false,
-        get,
-    }
-}
-
-const fn uring(
-    name: &'static str,
-    help: &'static str,
-    kind: &'static str,
-    get: fn(&WorkerStats) -> &AtomicU64,
-) -> Series {
-    Series {
-        name,
-        help,
-        kind,
-        label: None,
-        uring_only: true,
-        get,
-    }
-}
-
-/// Every per-worker series, families contiguous. Add a row to expose a new counter.
-pub(crate) const SERIES: &[Series] = &[
-    counter(
-        "c10k_connections_accepted_total",
-        "Connections accepted and served.",
-        None,
-        |s| &s.accepted,
-    ),
-    counter(
-        "c10k_connections_closed_total",
-        "Connections closed, for any reason.",
-        None,
-        |s| &s.closed,
-    ),
-    counter(
-        "c10k_connections_refused_total",
-        "Connections accepted and closed at once: kind=max_conns (--max-conns reached) or kind=backend (the strategy could not serve it: FD_SETSIZE, no thread or process).",
-        Some(("kind", "max_conns")),
-        |s| &s.refused_max_conns,
-    ),
-    counter(
-        "c10k_connections_refused_total",
-        "",
-        Some(("kind", "backend")),
-        |s| &s.refused_backend,
-    ),
-    counter(
-        "c10k_session_panics_total",
-        "Sessions that panicked: caught, only their connection closed (fork and prefork: published by the child process).",
-        None,
-        |s| &s.panics,
-    ),
-    counter(
-        "c10k_requests_total",
-        "Requests answered (HTTP requests, RESP commands; echo counts none).",
-        None,
-        |s| &s.requests,
-    ),
-    counter(
-        "c10k_received_bytes_total",
-        "Bytes read from clients.",
-        None,
-        |s| &s.bytes_in,
-    ),
-    counter(
-        "c10k_sent_bytes_total",
-        "Bytes written to clients.",
-        None,
-        |s| &s.bytes_out,
-    ),
-    counter(
-        "c10k_errors_total",
-        "Errors: kind=accept (accept failures other than running out of fds), kind=protocol (sessions ended by a protocol error reply), kind=io (connections ended by an I/O error).",
-        Some(("kind", "accept")),
-        |s| &s.accept_errors,
-    ),
-    counter("c10k_errors_total", "", Some(("kind", "protocol")), |s| {
-        &s.proto_errors
-    }),
-    counter("c10k_errors_total", "", Some(("kind", "io")), |s| {
-        &s.io_errors
-    }),
-    counter(
-        "c10k_accept_pauses_total",
-        "Times accepting paused for lack of fds or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM).",
-        None,
-        |s| &s.accept_pauses,
-    ),
-    counter(
-        "c10k_timeouts_total",
-        "Connections closed by a timeout: kind=idle (--idle-timeout) or kind=request (--header-timeout).",
-        Some(("kind", "idle")),
-        |s| &s.timeouts_idle,
-    ),
-    counter("c10k_timeouts_total", "", Some(("kind", "request")), |s| {
-        &s.timeouts_request
-    }),
-    counter(
-        "c10k_drain_forced_total",
-        "Connections (or processes) force-closed at the drain deadline.",
-        None,
-        |s| &s.drain_forced,
-    ),
-    uring(
-        "c10k_uring_enters_total",
-        "io_uring submit-and-wait calls.",
-        "counter",
-        |s| &s.uring.enters,
-    ),
-    uring(
-        "c10k_uring_sqes_total",
-        "io_uring submission entries queued.",
-        "counter",
-        |s| &s.uring.sqes,
-    ),
-    uring(
-        "c10k_uring_cqes_total",
-        "io_uring completions reaped.",
-        "counter",
-        |s| &s.uring.cqes,
-    ),
-    uring(
-        "c10k_uring_enobufs_total",
-        "Multishot receives ended by an empty buffer ring.",
-        "counter",
-        |s| &s.uring.enobufs,
-    ),
-    uring(
-        "c10k_uring_in_flight",
-        "io_uring operations in flight.",
-        "gauge",
-        |s| &s.uring.in_flight,
-    ),
-    uring(
-        "c10k_uring_leaked_ops",
-        "Operations still in flight when a ring was torn down (should stay 0).",
-        "gauge",
-        |s| &s.uring.leaked_ops,
-    ),
-];
-
-/// The values of [`SERIES`] for one worker.
-pub(crate) fn snapshot(stats: &WorkerStats) -> Vec<u64> {
-    SERIES
-        .iter()
-        .map(|s| WorkerStats::get((s.get)(stats)))
-        .collect()
-}
-
 /// What the endpoint renders: live references to a server's counters.
 pub(crate) struct Metrics {
-    pub(crate) strategy: Strategy,
+    /// The strategy's name.
+    pub(crate) strategy: &'static str,
+    /// Render the io_uring series (the `uring` strategy).
+    pub(crate) uring: bool,
     /// `reuseport`, `exclusive` or `inherited`.
     pub(crate) accept: &'static str,
     pub(crate) max_conns: usize,
@@ -245,11 +73,11 @@ impl Metrics {
     /// shared blocks with the parent's own counters added to worker 0.
     fn rows(&self) -> Vec<Vec<u64>> {
         let Some(shared) = &self.shared else {
-            return self.stats.iter().map(|s| snapshot(s)).collect();
+            return self.stats.iter().map(|s| s.snapshot()).collect();
         };
         let mut rows: Vec<Vec<u64>> = (0..shared.blocks()).map(|b| shared.snapshot(b)).collect();
         if let (Some(first), Some(parent)) = (rows.first_mut(), self.stats.first()) {
-            for (v, p) in first.iter_mut().zip(snapshot(parent)) {
+            for (v, p) in first.iter_mut().zip(parent.snapshot()) {
                 *v += p;
             }
         }
@@ -265,10 +93,9 @@ impl Metrics {
     pub(crate) fn render(&self) -> String {
         let rows = self.rows();
         let mut out = String::with_capacity(4096);
-        let uring = self.strategy == Strategy::Uring;
         let mut last = "";
         for (i, s) in SERIES.iter().enumerate() {
-            if s.uring_only && !uring {
+            if s.uring_only && !self.uring {
                 continue;
             }
             if s.name != last {
@@ -329,7 +156,7 @@ impl Metrics {
             "The strategy, how the listener is shared, and the version; always 1.",
             &format!(
                 "{{strategy=\"{}\",accept=\"{}\",version=\"{}\"}}",
-                self.strategy.name(),
+                self.strategy,
                 self.accept,
                 env!("CARGO_PKG_VERSION")
             ),
@@ -553,12 +380,13 @@ fn route(head: &[u8], metrics: &Metrics) -> (&'static str, String, bool) {
 mod tests {
     use super::*;
 
-    fn metrics(strategy: Strategy) -> Metrics {
+    fn metrics(strategy: &'static str) -> Metrics {
         let s = Arc::new(WorkerStats::default());
         WorkerStats::add(&s.accepted, 3);
         WorkerStats::add(&s.timeouts_idle, 2);
         Metrics {
             strategy,
+            uring: strategy == "uring",
             accept: "reuseport",
             max_conns: 10,
             stats: vec![s, Arc::new(WorkerStats::default())],
@@ -570,28 +398,8 @@ mod tests {
     }
 
     #[test]
-    fn families_are_contiguous_and_counters_end_in_total() {
-        let mut seen = Vec::new();
-        let mut last = "";
-        for s in SERIES {
-            if s.name != last {
-                assert!(!seen.contains(&s.name), "{} is split", s.name);
-                assert!(!s.help.is_empty(), "{} has help on its first row", s.name);
-                seen.push(s.name);
-                last = s.name;
-            }
-            assert_eq!(
-                s.kind == "counter",
-                s.name.ends_with("_total"),
-                "{}",
-                s.name
-            );
-        }
-    }
-
-    #[test]
     fn renders_per_worker_rows_with_labels() {
-        let text = metrics(Strategy::EpollEt).render();
+        let text = metrics("epoll-et").render();
         assert!(text.contains("c10k_connections_accepted_total{worker=\"0\"} 3\n"));
         assert!(text.contains("c10k_connections_accepted_total{worker=\"1\"} 0\n"));
         assert!(text.contains("c10k_timeouts_total{worker=\"0\",kind=\"idle\"} 2\n"));
@@ -599,16 +407,12 @@ mod tests {
         assert!(text.contains("c10k_info{strategy=\"epoll-et\",accept=\"reuseport\""));
         assert!(text.contains("c10k_start_time_seconds 1.500\n"));
         assert!(!text.contains("uring"), "no uring series for epoll");
-        assert!(
-            metrics(Strategy::Uring)
-                .render()
-                .contains("c10k_uring_cqes_total")
-        );
+        assert!(metrics("uring").render().contains("c10k_uring_cqes_total"));
     }
 
     #[test]
     fn routes() {
-        let m = metrics(Strategy::Poll);
+        let m = metrics("poll");
         assert_eq!(route(b"GET /metrics HTTP/1.1\r\n\r\n", &m).0, "200 OK");
         assert_eq!(route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n", &m).0, "200 OK");
         assert!(route(b"HEAD /metrics HTTP/1.1\r\n\r\n", &m).2);

@@ -96,6 +96,39 @@ impl<S: Session> Guarded<S> {
         }
     }
 
+    /// [`guard`](Self::guard) a call that appends to `out`: when it panics, what it
+    /// appended is removed.
+    fn guard_out<R>(
+        &mut self,
+        call: &str,
+        out: &mut Vec<u8>,
+        f: impl FnOnce(&mut S, &mut Vec<u8>) -> R,
+    ) -> Option<R> {
+        let mark = out.len();
+        let r = self.guard(call, |s| f(s, out));
+        if r.is_none() {
+            out.truncate(mark);
+        }
+        r
+    }
+
+    /// Ask the inner session something; `fallback` without one or when it panics (the
+    /// session is kept: the next call that can change it finds out).
+    fn ask<R>(&self, call: &str, fallback: R, f: impl FnOnce(&S) -> R) -> R {
+        let Some(s) = &self.inner else {
+            return fallback;
+        };
+        match catch_unwind(AssertUnwindSafe(|| f(s))) {
+            Ok(r) => r,
+            Err(payload) => {
+                caught(&self.stats, call, payload.as_ref());
+                fallback
+            }
+        }
+    }
+}
+
+impl<S> Guarded<S> {
     /// Drop the inner session; a panic in its `drop` is caught too.
     fn poison(&mut self) {
         if let Some(s) = self.inner.take() {
@@ -111,50 +144,20 @@ impl<S: Session> Session for Guarded<S> {
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<usize, ProtoError> {
-        let mark = out.len();
-        match self.guard("handle_input", |s| s.handle_input(cx, input, out)) {
-            Some(r) => r,
-            None => {
-                out.truncate(mark);
-                Err(ProtoError::Other(Box::new(SessionPanicked)))
-            }
-        }
+        self.guard_out("handle_input", out, |s, out| s.handle_input(cx, input, out))
+            .unwrap_or_else(|| Err(ProtoError::Other(Box::new(SessionPanicked))))
     }
 
     fn handle_eof(&mut self, cx: &Cx, out: &mut Vec<u8>) {
-        let mark = out.len();
-        if self
-            .guard("handle_eof", |s| s.handle_eof(cx, out))
-            .is_none()
-        {
-            out.truncate(mark);
-        }
+        let _ = self.guard_out("handle_eof", out, |s, out| s.handle_eof(cx, out));
     }
 
     fn wants_close(&self) -> bool {
-        match &self.inner {
-            None => true,
-            Some(s) => match catch_unwind(AssertUnwindSafe(|| s.wants_close())) {
-                Ok(close) => close,
-                Err(payload) => {
-                    caught(&self.stats, "wants_close", payload.as_ref());
-                    true
-                }
-            },
-        }
+        self.ask("wants_close", true, |s| s.wants_close())
     }
 
     fn mid_request(&self) -> bool {
-        match &self.inner {
-            None => false,
-            Some(s) => match catch_unwind(AssertUnwindSafe(|| s.mid_request())) {
-                Ok(mid) => mid,
-                Err(payload) => {
-                    caught(&self.stats, "mid_request", payload.as_ref());
-                    false
-                }
-            },
-        }
+        self.ask("mid_request", false, |s| s.mid_request())
     }
 
     fn start_drain(&mut self) {
@@ -162,13 +165,7 @@ impl<S: Session> Session for Guarded<S> {
     }
 
     fn handle_timeout(&mut self, cx: &Cx, out: &mut Vec<u8>) {
-        let mark = out.len();
-        if self
-            .guard("handle_timeout", |s| s.handle_timeout(cx, out))
-            .is_none()
-        {
-            out.truncate(mark);
-        }
+        let _ = self.guard_out("handle_timeout", out, |s, out| s.handle_timeout(cx, out));
     }
 
     fn take_requests(&mut self) -> u64 {
@@ -179,9 +176,7 @@ impl<S: Session> Session for Guarded<S> {
 
 impl<S> Drop for Guarded<S> {
     fn drop(&mut self) {
-        if let Some(s) = self.inner.take() {
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(s)));
-        }
+        self.poison();
     }
 }
 

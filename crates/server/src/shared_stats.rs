@@ -5,17 +5,16 @@
 //! A child keeps counting in its own [`WorkerStats`] (the drivers take a
 //! `&WorkerStats`) and adds what changed since its last publication to its block
 //! ([`SharedStats::publish`]); blocks only grow, so a pool slot whose process is
-//! replaced keeps its history. Each block holds one slot per row of
-//! [`crate::metrics::SERIES`] plus one gauge: the connections the slot's process has
-//! open right now.
+//! replaced keeps its history. Each block holds one slot per row of [`SERIES`] (the
+//! counters' layout, `stats.rs`) plus one gauge: the connections the slot's process
+//! has open right now.
 
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 
 use c10k_sys::shm::SharedCounters;
 
-use crate::metrics::{SERIES, snapshot};
-use crate::stats::WorkerStats;
+use crate::stats::{SERIES, WorkerStats};
 
 /// Per-worker counters shared across `fork`.
 #[derive(Debug)]
@@ -50,7 +49,7 @@ impl SharedStats {
     /// Add what `local` counted since `last` to block `b`; `last` becomes `local`'s
     /// values (start it empty).
     pub(crate) fn publish(&self, b: usize, local: &WorkerStats, last: &mut Vec<u64>) {
-        let now = snapshot(local);
+        let now = local.snapshot();
         last.resize(now.len(), 0);
         let block = self.block(b);
         for (i, (&n, l)) in now.iter().zip(last.iter_mut()).enumerate() {

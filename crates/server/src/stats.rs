@@ -1,5 +1,9 @@
 //! Counters: per worker (uncontended, relaxed atomics) plus the process-wide number
 //! of open connections that `--max-conns` is checked against.
+//!
+//! [`SERIES`] is their layout: every per-worker counter as a named series, in one
+//! order. The Prometheus exporter (`metrics.rs`) renders it; forked children publish
+//! their counters in that order (`shared_stats.rs`).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
@@ -93,7 +97,183 @@ impl WorkerStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Relaxed)
     }
+
+    /// The values of [`SERIES`], in order.
+    pub(crate) fn snapshot(&self) -> Vec<u64> {
+        SERIES.iter().map(|s| Self::get((s.get)(self))).collect()
+    }
 }
+
+/// One counter of [`WorkerStats`] as a time series per worker: a row of the
+/// exposition, and a slot of a forked child's published block.
+pub(crate) struct Series {
+    /// Metric family name (`*_total` for counters).
+    pub(crate) name: &'static str,
+    /// `# HELP` text (the same for every row of a family).
+    pub(crate) help: &'static str,
+    /// `counter` or `gauge`.
+    pub(crate) kind: &'static str,
+    /// An extra label, e.g. `("kind", "idle")`.
+    pub(crate) label: Option<(&'static str, &'static str)>,
+    /// Only meaningful for the `uring` strategy (hidden otherwise).
+    pub(crate) uring_only: bool,
+    /// The counter it reads.
+    pub(crate) get: fn(&WorkerStats) -> &AtomicU64,
+}
+
+const fn counter(
+    name: &'static str,
+    help: &'static str,
+    label: Option<(&'static str, &'static str)>,
+    get: fn(&WorkerStats) -> &AtomicU64,
+) -> Series {
+    Series {
+        name,
+        help,
+        kind: "counter",
+        label,
+        uring_only: false,
+        get,
+    }
+}
+
+const fn uring(
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    get: fn(&WorkerStats) -> &AtomicU64,
+) -> Series {
+    Series {
+        name,
+        help,
+        kind,
+        label: None,
+        uring_only: true,
+        get,
+    }
+}
+
+/// Every per-worker series, families contiguous. Add a row to expose a new counter
+/// (and to have forked children publish it).
+pub(crate) const SERIES: &[Series] = &[
+    counter(
+        "c10k_connections_accepted_total",
+        "Connections accepted and served.",
+        None,
+        |s| &s.accepted,
+    ),
+    counter(
+        "c10k_connections_closed_total",
+        "Connections closed, for any reason.",
+        None,
+        |s| &s.closed,
+    ),
+    counter(
+        "c10k_connections_refused_total",
+        "Connections accepted and closed at once: kind=max_conns (--max-conns reached) or kind=backend (the strategy could not serve it: FD_SETSIZE, no thread or process).",
+        Some(("kind", "max_conns")),
+        |s| &s.refused_max_conns,
+    ),
+    counter(
+        "c10k_connections_refused_total",
+        "",
+        Some(("kind", "backend")),
+        |s| &s.refused_backend,
+    ),
+    counter(
+        "c10k_session_panics_total",
+        "Sessions that panicked: caught, only their connection closed (fork and prefork: published by the child process).",
+        None,
+        |s| &s.panics,
+    ),
+    counter(
+        "c10k_requests_total",
+        "Requests answered (HTTP requests, RESP commands; echo counts none).",
+        None,
+        |s| &s.requests,
+    ),
+    counter(
+        "c10k_received_bytes_total",
+        "Bytes read from clients.",
+        None,
+        |s| &s.bytes_in,
+    ),
+    counter(
+        "c10k_sent_bytes_total",
+        "Bytes written to clients.",
+        None,
+        |s| &s.bytes_out,
+    ),
+    counter(
+        "c10k_errors_total",
+        "Errors: kind=accept (accept failures other than running out of fds), kind=protocol (sessions ended by a protocol error reply), kind=io (connections ended by an I/O error).",
+        Some(("kind", "accept")),
+        |s| &s.accept_errors,
+    ),
+    counter("c10k_errors_total", "", Some(("kind", "protocol")), |s| {
+        &s.proto_errors
+    }),
+    counter("c10k_errors_total", "", Some(("kind", "io")), |s| {
+        &s.io_errors
+    }),
+    counter(
+        "c10k_accept_pauses_total",
+        "Times accepting paused for lack of fds or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM).",
+        None,
+        |s| &s.accept_pauses,
+    ),
+    counter(
+        "c10k_timeouts_total",
+        "Connections closed by a timeout: kind=idle (--idle-timeout) or kind=request (--header-timeout).",
+        Some(("kind", "idle")),
+        |s| &s.timeouts_idle,
+    ),
+    counter("c10k_timeouts_total", "", Some(("kind", "request")), |s| {
+        &s.timeouts_request
+    }),
+    counter(
+        "c10k_drain_forced_total",
+        "Connections (or processes) force-closed at the drain deadline.",
+        None,
+        |s| &s.drain_forced,
+    ),
+    uring(
+        "c10k_uring_enters_total",
+        "io_uring submit-and-wait calls.",
+        "counter",
+        |s| &s.uring.enters,
+    ),
+    uring(
+        "c10k_uring_sqes_total",
+        "io_uring submission entries queued.",
+        "counter",
+        |s| &s.uring.sqes,
+    ),
+    uring(
+        "c10k_uring_cqes_total",
+        "io_uring completions reaped.",
+        "counter",
+        |s| &s.uring.cqes,
+    ),
+    uring(
+        "c10k_uring_enobufs_total",
+        "Multishot receives ended by an empty buffer ring.",
+        "counter",
+        |s| &s.uring.enobufs,
+    ),
+    uring(
+        "c10k_uring_in_flight",
+        "io_uring operations in flight.",
+        "gauge",
+        |s| &s.uring.in_flight,
+    ),
+    uring(
+        "c10k_uring_leaked_ops",
+        "Operations still in flight when a ring was torn down (should stay 0).",
+        "gauge",
+        |s| &s.uring.leaked_ops,
+    ),
+];
 
 /// The process-wide open-connection count, shared by all workers.
 #[derive(Debug, Default)]
@@ -136,5 +316,25 @@ mod tests {
         assert_eq!(open.current(), 2);
         open.release();
         assert!(open.try_acquire(2));
+    }
+
+    #[test]
+    fn families_are_contiguous_and_counters_end_in_total() {
+        let mut seen = Vec::new();
+        let mut last = "";
+        for s in SERIES {
+            if s.name != last {
+                assert!(!seen.contains(&s.name), "{} is split", s.name);
+                assert!(!s.help.is_empty(), "{} has help on its first row", s.name);
+                seen.push(s.name);
+                last = s.name;
+            }
+            assert_eq!(
+                s.kind == "counter",
+                s.name.ends_with("_total"),
+                "{}",
+                s.name
+            );
+        }
     }
 }

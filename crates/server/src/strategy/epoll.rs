@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rustix::event::epoll::{self, EventData, EventFlags};
 
-use super::reactor::{Interest, Poller, Ready, Source};
+use super::poller::{Interest, Poller, Ready, Source};
 
 /// How readiness is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,47 +129,15 @@ impl Poller for Epoll {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-    use std::net::{TcpListener, TcpStream};
-    use std::os::fd::AsFd;
+    use crate::strategy::poller::tests::contract;
 
-    fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (b, _) = l.accept().unwrap();
-        b.set_nonblocking(true).unwrap();
-        (a, b)
-    }
-
-    fn wait_once(ep: &OwnedFd) -> usize {
-        let mut events: Vec<epoll::Event> = Vec::with_capacity(8);
-        let t = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 100_000_000,
-        };
-        epoll::wait(ep, rustix::buffer::spare_capacity(&mut events), Some(&t)).unwrap();
-        events.len()
-    }
-
-    /// Pins the semantics the two triggers are built on: level-triggered readiness
-    /// reports unread data again on every wait; edge-triggered reports it once.
     #[test]
-    fn level_renotifies_unread_data_edge_does_not() {
-        for (trigger, expect_second) in [(Trigger::Level, 1), (Trigger::Edge, 0)] {
-            let (mut a, b) = pair();
-            let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
-            let mut flags = EventFlags::IN;
-            if trigger == Trigger::Edge {
-                flags |= EventFlags::ET;
-            }
-            epoll::add(&ep, b.as_fd(), EventData::new_u64(7), flags).unwrap();
-            a.write_all(b"unread").unwrap();
-            assert_eq!(wait_once(&ep), 1, "{trigger:?}: first report");
-            assert_eq!(
-                wait_once(&ep),
-                expect_second,
-                "{trigger:?}: second wait, data still unread"
-            );
-        }
+    fn level_keeps_the_poller_contract() {
+        contract(Epoll::new(Trigger::Level).unwrap());
+    }
+
+    #[test]
+    fn edge_keeps_the_poller_contract() {
+        contract(Epoll::new(Trigger::Edge).unwrap());
     }
 }

@@ -2,24 +2,27 @@
 //!
 //! Every strategy runs every [`App`]; which one runs is a value
 //! ([`Strategy`]), so the command line, the tests and `c10k compare` pick it by name.
-//! The registry ([`Strategy::ALL`]) is the one list of them: adding a strategy means
-//! adding a variant, its [`StrategyInfo`], and its arm in [`run_worker`] (or, for a
-//! strategy that forks, [`run_processes`]; see [`ProcessModel`]).
+//! This module is the registry, the one place that knows them all: what each is
+//! ([`Strategy::info`], listed in [`Strategy::ALL`]), whether it can run here, and
+//! which code runs it ([`run`]). Every `match` on a strategy here names each variant
+//! (no `_` arm), so a new strategy does not compile until each of them has its arm.
+//! A strategy is handed a [`WorkerCtx`], defined in `worker.rs` (re-exported here), so
+//! that no strategy depends on the registry that depends on it.
 
 use std::fmt;
-use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::io;
 
 use c10k_proto::App;
 
 use crate::config::Config;
-use crate::shutdown::Shutdown;
-use crate::stats::{OpenConns, WorkerStats};
+use crate::service::Service;
 
 pub(crate) mod epoll;
+mod fd_table;
 pub(crate) mod fork;
 pub(crate) mod green;
 pub(crate) mod poll;
+pub(crate) mod poller;
 pub(crate) mod pool;
 pub(crate) mod prefork;
 pub(crate) mod procs;
@@ -27,6 +30,10 @@ pub(crate) mod reactor;
 pub(crate) mod select;
 pub(crate) mod thread;
 pub(crate) mod uring;
+mod worker;
+
+pub use worker::Availability;
+pub(crate) use worker::WorkerCtx;
 
 /// A server architecture from the C10K list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,25 +58,9 @@ pub enum Strategy {
     Pool,
     /// Stackful coroutines over epoll.
     Green,
-    /// eBPF sockmap: the kernel answers.
+    /// eBPF sockmap: the kernel answers. (The last variant: the registry's test
+    /// counts them by it.)
     Kernel,
-}
-
-/// Whether a strategy can run here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Availability {
-    /// It runs.
-    Available,
-    /// Not written yet.
-    NotBuilt {
-        /// Where it is planned.
-        planned: &'static str,
-    },
-    /// Written, but this machine cannot run it.
-    Unavailable {
-        /// Why not.
-        reason: String,
-    },
 }
 
 /// How a strategy uses threads and processes; the builder runs it accordingly.
@@ -102,105 +93,108 @@ pub struct StrategyInfo {
     pub instead: &'static str,
 }
 
+/// How a strategy turns `--workers N` into threads (see [`Strategy::loops`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Threads {
+    /// N independent loops: N [`run`] calls, each on its own thread with its
+    /// own listener (or one shared listener) and its own counters.
+    Loops,
+    /// One [`run`] call with one listener, which starts N threads of its own
+    /// (`pool`: one reactor thread plus a pool of N workers).
+    Pool,
+}
+
+/// Everything the registry knows about a strategy, but the code that runs it
+/// ([`run`]).
+struct Entry {
+    info: StrategyInfo,
+    process_model: ProcessModel,
+    threads: Threads,
+    /// See [`Strategy::conn_limit`].
+    conn_limit: Option<usize>,
+    /// Whether it can run here.
+    availability: fn() -> Availability,
+    /// Check the settings only this strategy reads.
+    check_config: fn(&Config) -> Result<(), String>,
+}
+
+impl Entry {
+    /// A strategy that runs `--workers` loops in threads, holds as many connections as
+    /// descriptors and memory allow, runs everywhere and reads no settings of its own.
+    const fn new(info: StrategyInfo) -> Self {
+        Entry {
+            info,
+            process_model: ProcessModel::Threads,
+            threads: Threads::Loops,
+            conn_limit: None,
+            availability: || Availability::Available,
+            check_config: |_| Ok(()),
+        }
+    }
+
+    const fn forks(mut self) -> Self {
+        self.process_model = ProcessModel::Processes;
+        self
+    }
+
+    const fn pool(mut self) -> Self {
+        self.threads = Threads::Pool;
+        self
+    }
+
+    const fn conn_limit(mut self, conns: usize) -> Self {
+        self.conn_limit = Some(conns);
+        self
+    }
+
+    const fn availability(mut self, availability: fn() -> Availability) -> Self {
+        self.availability = availability;
+        self
+    }
+
+    const fn check_config(mut self, check: fn(&Config) -> Result<(), String>) -> Self {
+        self.check_config = check;
+        self
+    }
+}
+
 impl Strategy {
-    /// Every strategy, in the order of the C10K list.
+    /// Every strategy, in the order of the C10K list (the order of the variants).
     pub const ALL: [StrategyInfo; 11] = [
-        info(
-            Strategy::Select,
-            "select",
-            "1",
-            "one thread, select(2), level-triggered",
-            "fds below 1024 (FD_SETSIZE) per process: connections beyond it are refused; O(maxfd) per wait",
-            "poll",
-        ),
-        info(
-            Strategy::Poll,
-            "poll",
-            "1",
-            "one thread, poll(2), level-triggered",
-            "O(connections) per wait (kernel scan and revents scan)",
-            "epoll-lt",
-        ),
-        info(
-            Strategy::EpollLt,
-            "epoll-lt",
-            "1",
-            "epoll loop per worker, level-triggered",
-            "one epoll_ctl per interest change",
-            "epoll-et",
-        ),
-        info(
-            Strategy::EpollEt,
-            "epoll-et",
-            "2",
-            "epoll loop per worker, edge-triggered, read/write until EAGAIN",
-            "none beyond fds and memory",
-            "epoll-lt",
-        ),
-        info(
-            Strategy::Uring,
-            "uring",
-            "3",
-            "io_uring completions, multishot accept and recv",
-            "needs io_uring (kernel >= 6.0, not disabled)",
-            "epoll-et",
-        ),
-        info(
-            Strategy::Thread,
-            "thread",
-            "4",
-            "one OS thread per connection, blocking I/O",
-            "a thread and its stack (--stack-size) per connection, up to --max-conns",
-            "epoll-et",
-        ),
-        info(
-            Strategy::Fork,
-            "fork",
-            "4",
-            "one process per connection",
-            "a process per connection, up to --max-conns; RESP store per process: a key SET on one connection is not seen by another",
-            "prefork",
-        ),
-        info(
-            Strategy::Prefork,
-            "prefork",
-            "4",
-            "fixed pool of processes blocking in accept",
-            "concurrency = --workers processes, more connections wait in the backlog; RESP store per process: a key is seen only by connections served by the same worker",
-            "thread",
-        ),
-        info(
-            Strategy::Pool,
-            "pool",
-            "answer 5",
-            "reactor thread hands ready connections to a worker pool",
-            "hand-off cost per request (a wake-up, an epoll_ctl); --workers is the pool size",
-            "epoll-et",
-        ),
-        info(
-            Strategy::Green,
-            "green",
-            "answers 3, 4",
-            "stackful coroutines over epoll",
-            "a blocking call or long computation in a connection stalls its worker; a --stack-size stack (touched pages only) per connection",
-            "epoll-et",
-        ),
-        info(
-            Strategy::Kernel,
-            "kernel",
-            "5",
-            "eBPF sockmap, the kernel answers (echo)",
-            "echo only; needs BPF",
-            "epoll-et",
-        ),
+        *Strategy::Select.info(),
+        *Strategy::Poll.info(),
+        *Strategy::EpollLt.info(),
+        *Strategy::EpollEt.info(),
+        *Strategy::Uring.info(),
+        *Strategy::Thread.info(),
+        *Strategy::Fork.info(),
+        *Strategy::Prefork.info(),
+        *Strategy::Pool.info(),
+        *Strategy::Green.info(),
+        *Strategy::Kernel.info(),
     ];
 
+    /// The registry: one entry per strategy (no `_` arm: a new variant does not
+    /// compile until it has its entry).
+    const fn entry(self) -> &'static Entry {
+        match self {
+            Strategy::Select => &SELECT,
+            Strategy::Poll => &POLL,
+            Strategy::EpollLt => &EPOLL_LT,
+            Strategy::EpollEt => &EPOLL_ET,
+            Strategy::Uring => &URING,
+            Strategy::Thread => &THREAD,
+            Strategy::Fork => &FORK,
+            Strategy::Prefork => &PREFORK,
+            Strategy::Pool => &POOL,
+            Strategy::Green => &GREEN,
+            Strategy::Kernel => &KERNEL,
+        }
+    }
+
     /// The registry entry.
-    pub fn info(self) -> &'static StrategyInfo {
-        Self::ALL
-            .iter()
-            .find(|i| i.strategy == self)
-            .unwrap_or(&Self::ALL[3])
+    pub const fn info(self) -> &'static StrategyInfo {
+        &self.entry().info
     }
 
     /// The command-line name.
@@ -218,66 +212,32 @@ impl Strategy {
 
     /// How it uses threads and processes.
     pub fn process_model(self) -> ProcessModel {
-        match self {
-            Strategy::Fork | Strategy::Prefork => ProcessModel::Processes,
-            _ => ProcessModel::Threads,
-        }
+        self.entry().process_model
     }
 
     /// The most connections the strategy can hold at once by its design, when it has
     /// such a limit (`select`: descriptors at or above FD_SETSIZE cannot be watched).
     /// `c10k compare` shows the cells beyond it as "n/a" instead of running them.
     pub fn conn_limit(self) -> Option<usize> {
-        match self {
-            Strategy::Select => Some(1024),
-            // Not a hard limit, a practical one: a process per connection past a few
-            // thousand takes longer to start than a compare cell lasts.
-            Strategy::Fork | Strategy::Prefork => Some(2000),
-            _ => None,
-        }
+        self.entry().conn_limit
     }
 
     /// Whether it can run on this machine, and if not, why.
     pub fn availability(self) -> Availability {
-        match self {
-            Strategy::Select
-            | Strategy::Poll
-            | Strategy::EpollLt
-            | Strategy::EpollEt
-            | Strategy::Pool
-            | Strategy::Thread
-            | Strategy::Fork
-            | Strategy::Prefork
-            | Strategy::Green => Availability::Available,
-            Strategy::Uring => uring::availability(),
-            Strategy::Kernel => Availability::NotBuilt {
-                planned: "a later issue",
-            },
-        }
+        (self.entry().availability)()
     }
-}
 
-/// How a strategy turns `--workers N` into threads (see [`Strategy::loops`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Threads {
-    /// N independent loops: N [`run_worker`] calls, each on its own thread with its
-    /// own listener (or one shared listener) and its own counters.
-    Loops,
-    /// One [`run_worker`] call with one listener, which starts N threads of its own
-    /// (`pool`: one reactor thread plus a pool of N workers).
-    Pool,
-}
+    /// Check the settings only this strategy reads (`--uring-*`).
+    pub(crate) fn check_config(self, config: &Config) -> Result<(), String> {
+        (self.entry().check_config)(config)
+    }
 
-impl Strategy {
     /// How this strategy uses `--workers`.
     pub(crate) fn threads(self) -> Threads {
-        match self {
-            Strategy::Pool => Threads::Pool,
-            _ => Threads::Loops,
-        }
+        self.entry().threads
     }
 
-    /// How many [`run_worker`] calls (threads started by the builder, listeners,
+    /// How many [`run`] calls (threads started by the builder, listeners,
     /// counter sets) serve `workers`.
     pub(crate) fn loops(self, workers: usize) -> usize {
         match self.threads() {
@@ -287,24 +247,118 @@ impl Strategy {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-const fn info(
-    strategy: Strategy,
-    name: &'static str,
-    item: &'static str,
-    summary: &'static str,
-    limits: &'static str,
-    instead: &'static str,
-) -> StrategyInfo {
-    StrategyInfo {
-        strategy,
-        name,
-        item,
-        summary,
-        limits,
-        instead,
-    }
-}
+const SELECT: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Select,
+    name: "select",
+    item: "1",
+    summary: "one thread, select(2), level-triggered",
+    limits: "fds below 1024 (FD_SETSIZE) per process: connections beyond it are refused; O(maxfd) per wait",
+    instead: "poll",
+})
+.conn_limit(1024);
+
+const POLL: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Poll,
+    name: "poll",
+    item: "1",
+    summary: "one thread, poll(2), level-triggered",
+    limits: "O(connections) per wait (kernel scan and revents scan)",
+    instead: "epoll-lt",
+});
+
+const EPOLL_LT: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::EpollLt,
+    name: "epoll-lt",
+    item: "1",
+    summary: "epoll loop per worker, level-triggered",
+    limits: "one epoll_ctl per interest change",
+    instead: "epoll-et",
+});
+
+const EPOLL_ET: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::EpollEt,
+    name: "epoll-et",
+    item: "2",
+    summary: "epoll loop per worker, edge-triggered, read/write until EAGAIN",
+    limits: "none beyond fds and memory",
+    instead: "epoll-lt",
+});
+
+const URING: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Uring,
+    name: "uring",
+    item: "3",
+    summary: "io_uring completions, multishot accept and recv",
+    limits: "needs io_uring (kernel >= 6.0, not disabled)",
+    instead: "epoll-et",
+})
+.availability(uring::availability)
+.check_config(|c| uring::check_config(&c.uring));
+
+const THREAD: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Thread,
+    name: "thread",
+    item: "4",
+    summary: "one OS thread per connection, blocking I/O",
+    limits: "a thread and its stack (--stack-size) per connection, up to --max-conns",
+    instead: "epoll-et",
+});
+
+const FORK: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Fork,
+    name: "fork",
+    item: "4",
+    summary: "one process per connection",
+    limits: "a process per connection, up to --max-conns; RESP store per process: a key SET on one connection is not seen by another",
+    instead: "prefork",
+})
+.forks()
+// Not a hard limit, a practical one: a process per connection past a few thousand
+// takes longer to start than a compare cell lasts.
+.conn_limit(2000);
+
+const PREFORK: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Prefork,
+    name: "prefork",
+    item: "4",
+    summary: "fixed pool of processes blocking in accept",
+    limits: "concurrency = --workers processes, more connections wait in the backlog; RESP store per process: a key is seen only by connections served by the same worker",
+    instead: "thread",
+})
+.forks()
+// As fork: a practical limit.
+.conn_limit(2000);
+
+const POOL: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Pool,
+    name: "pool",
+    item: "answer 5",
+    summary: "reactor thread hands ready connections to a worker pool",
+    limits: "hand-off cost per request (a wake-up, an epoll_ctl); --workers is the pool size",
+    instead: "epoll-et",
+})
+.pool();
+
+const GREEN: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Green,
+    name: "green",
+    item: "answers 3, 4",
+    summary: "stackful coroutines over epoll",
+    limits: "a blocking call or long computation in a connection stalls its worker; a --stack-size stack (touched pages only) per connection",
+    instead: "epoll-et",
+});
+
+const KERNEL: Entry = Entry::new(StrategyInfo {
+    strategy: Strategy::Kernel,
+    name: "kernel",
+    item: "5",
+    summary: "eBPF sockmap, the kernel answers (echo)",
+    limits: "echo only; needs BPF",
+    instead: "epoll-et",
+})
+.availability(|| Availability::NotBuilt {
+    planned: "a later issue",
+});
 
 impl fmt::Display for Strategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -322,53 +376,65 @@ impl std::str::FromStr for Strategy {
     }
 }
 
-/// Everything one worker (event loop, thread or process) needs.
-pub(crate) struct WorkerCtx<A> {
-    pub(crate) id: usize,
-    pub(crate) app: Arc<A>,
-    /// The listener; a worker takes it (`Option::take`) so that dropping its copy at
-    /// drain closes it (nothing else holds one once the workers run).
-    pub(crate) listener: Option<Arc<TcpListener>>,
-    pub(crate) local_addr: SocketAddr,
-    /// The listener is shared with other workers (register it with EPOLLEXCLUSIVE).
-    pub(crate) shared_listener: bool,
-    pub(crate) config: Arc<Config>,
-    pub(crate) shutdown: Arc<Shutdown>,
-    pub(crate) stats: Arc<WorkerStats>,
-    pub(crate) open: Arc<OpenConns>,
-    /// Forking strategies: where children publish their counters.
-    pub(crate) shared_stats: Option<Arc<crate::shared_stats::SharedStats>>,
-    /// Forking strategies: the metrics endpoint, served by the parent's own loop.
-    pub(crate) metrics: Option<crate::metrics::MetricsEndpoint>,
-}
-
-/// Run one worker of `strategy` until it has drained after shutdown. For a
-/// [`Threads::Pool`] strategy this is the one call that runs the whole pool.
-pub(crate) fn run_worker<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> std::io::Result<()> {
+/// Run `strategy` until it has drained: the one map from a strategy to the code that
+/// runs it. A [`ProcessModel::Threads`] strategy is run once per worker thread
+/// ([`Strategy::loops`] of them; for a [`Threads::Pool`] strategy the one call runs
+/// the whole pool). A [`ProcessModel::Processes`] strategy is run in the calling
+/// thread, which must be the only thread of the process, and `ctx` must hold the only
+/// reference to the listener (a forked child closes it).
+pub(crate) fn run<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> io::Result<()> {
     match strategy {
-        Strategy::EpollLt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Level)?),
-        Strategy::EpollEt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Edge)?),
-        Strategy::Pool => pool::run(ctx),
         Strategy::Select => reactor::run(ctx, select::Select::new()),
         Strategy::Poll => reactor::run(ctx, poll::Poll::new()),
-        Strategy::Thread => thread::run(ctx),
+        Strategy::EpollLt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Level)?),
+        Strategy::EpollEt => reactor::run(ctx, epoll::Epoll::new(epoll::Trigger::Edge)?),
         Strategy::Uring => uring::run(ctx),
-        Strategy::Green => green::run(ctx),
-        other => Err(std::io::Error::other(format!(
-            "strategy {other} does not run in worker threads"
+        Strategy::Pool => pool::run(ctx),
+        Strategy::Thread | Strategy::Fork | Strategy::Prefork | Strategy::Green => {
+            run_blocking(strategy, ctx)
+        }
+        Strategy::Kernel => Err(io::Error::other(format!(
+            "strategy {strategy} is not built yet"
         ))),
     }
 }
 
-/// Run a [`ProcessModel::Processes`] strategy in the calling thread until it has
-/// drained. The caller must be the only thread of the process, and `ctx` must hold
-/// the only reference to the listener (a forked child closes it).
-pub(crate) fn run_processes<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> std::io::Result<()> {
+/// [`run`] for the strategies that give each connection its own flow of control: they
+/// serve any [`Service`], a blocking-style handler as well as an app.
+pub(crate) fn run_blocking<S: Service>(strategy: Strategy, ctx: WorkerCtx<S>) -> io::Result<()> {
     match strategy {
+        Strategy::Thread => thread::run(ctx),
         Strategy::Fork => fork::run(ctx),
         Strategy::Prefork => prefork::run(ctx),
-        other => Err(std::io::Error::other(format!(
-            "strategy {other} does not fork processes"
+        Strategy::Green => green::run(ctx),
+        Strategy::Select
+        | Strategy::Poll
+        | Strategy::EpollLt
+        | Strategy::EpollEt
+        | Strategy::Uring
+        | Strategy::Pool
+        | Strategy::Kernel => Err(io::Error::other(format!(
+            "strategy {strategy} serves sans-IO apps only"
+        ))),
+    }
+}
+
+/// [`run`] one worker of a [`ProcessModel::Threads`] strategy.
+pub(crate) fn run_worker<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> io::Result<()> {
+    match strategy.process_model() {
+        ProcessModel::Threads => run(strategy, ctx),
+        ProcessModel::Processes => Err(io::Error::other(format!(
+            "strategy {strategy} does not run in worker threads"
+        ))),
+    }
+}
+
+/// [`run`] a [`ProcessModel::Processes`] strategy in the calling thread.
+pub(crate) fn run_processes<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> io::Result<()> {
+    match strategy.process_model() {
+        ProcessModel::Processes => run(strategy, ctx),
+        ProcessModel::Threads => Err(io::Error::other(format!(
+            "strategy {strategy} does not fork processes"
         ))),
     }
 }
@@ -389,5 +455,18 @@ mod tests {
             );
         }
         assert!("nope".parse::<Strategy>().unwrap_err().contains("epoll-et"));
+    }
+
+    #[test]
+    fn all_lists_every_strategy_once_in_order() {
+        for (i, info) in Strategy::ALL.iter().enumerate() {
+            assert_eq!(info.strategy as usize, i, "{}: variant order", info.name);
+            assert_eq!(info.strategy.info().name, info.name);
+        }
+        assert_eq!(
+            Strategy::ALL.len(),
+            Strategy::Kernel as usize + 1,
+            "every variant"
+        );
     }
 }

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,64 +16,12 @@ use c10k_proto::{App, Cx, Peer, Session};
 use slab::Slab;
 
 use super::WorkerCtx;
+use super::poller::{Interest, Poller, Ready, Source};
 use crate::accept::{Accepted, accept_one};
 use crate::conn::{Bufs, ReadyConn};
 use crate::lifecycle::{ConnTable, Env, Limits, Phase, Settled, WorkerCore};
 use crate::ratelog::RateLog;
 use crate::stats::WorkerStats;
-
-/// What a registration is for (a backend may treat them differently: the listener is
-/// registered with `EPOLLEXCLUSIVE` when shared, say).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Source {
-    /// A listening socket; `shared` when other workers watch it too.
-    Listener { shared: bool },
-    /// The shutdown pipe.
-    Wake,
-    /// A connection.
-    Conn,
-}
-
-/// What to be told about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Interest {
-    pub(crate) read: bool,
-    pub(crate) write: bool,
-}
-
-/// One readiness report.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Ready {
-    pub(crate) token: u64,
-    pub(crate) readable: bool,
-    pub(crate) writable: bool,
-    /// Hang-up or error: read on to find out (EOF or the error).
-    pub(crate) hup: bool,
-}
-
-/// A kernel readiness interface.
-pub(crate) trait Poller {
-    /// Edge-triggered: connections are registered once for reading and writing and
-    /// are read until the kernel has nothing more. Level-triggered otherwise.
-    fn edge(&self) -> bool;
-    /// Watch `fd`.
-    fn add(
-        &mut self,
-        fd: BorrowedFd<'_>,
-        token: u64,
-        interest: Interest,
-        source: Source,
-    ) -> io::Result<()>;
-    /// Change what `fd` is watched for (level-triggered connections only).
-    fn modify(&mut self, fd: BorrowedFd<'_>, token: u64, interest: Interest) -> io::Result<()>;
-    /// Stop watching `fd`, which stays open.
-    fn delete(&mut self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()>;
-    /// `fd` is about to be closed (a backend whose registrations end with the fd
-    /// itself, like epoll, does nothing).
-    fn forget(&mut self, fd: BorrowedFd<'_>, token: u64);
-    /// Wait for readiness; append reports to `out`.
-    fn wait(&mut self, out: &mut Vec<Ready>, timeout: Option<Duration>) -> io::Result<()>;
-}
 
 /// Token of the listener.
 pub(crate) const LISTENER: u64 = u64::MAX;

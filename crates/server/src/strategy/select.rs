@@ -18,20 +18,21 @@
 //! every worker of a server: `--workers N` does not raise it.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
 use c10k_sys::select::{self as sys, FD_SETSIZE, FdSet};
 
-use super::reactor::{Interest, Poller, Ready, Source};
+use super::fd_table::FdTable;
+use super::poller::{Interest, Poller, Ready, Source};
 
 /// A select(2) poller.
 pub(crate) struct Select {
     /// Descriptors watched for reading / writing.
     read: FdSet,
     write: FdSet,
-    /// Token of each watched descriptor, indexed by descriptor.
-    tokens: Vec<Option<u64>>,
+    /// The token of each watched descriptor.
+    table: FdTable<()>,
 }
 
 impl Select {
@@ -39,42 +40,25 @@ impl Select {
         Select {
             read: FdSet::new(),
             write: FdSet::new(),
-            tokens: vec![None; FD_SETSIZE],
+            table: FdTable::with_capacity("select", FD_SETSIZE),
         }
     }
 
-    fn set(&mut self, fd: usize, interest: Interest) {
-        let raw = fd as i32;
+    fn set(&mut self, fd: RawFd, interest: Interest) {
         if interest.read {
-            self.read.insert(raw);
+            self.read.insert(fd);
         } else {
-            self.read.remove(raw);
+            self.read.remove(fd);
         }
         if interest.write {
-            self.write.insert(raw);
+            self.write.insert(fd);
         } else {
-            self.write.remove(raw);
-        }
-    }
-
-    /// The slot of a descriptor registered under `token`.
-    fn slot(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<usize> {
-        let raw = fd.as_raw_fd();
-        match usize::try_from(raw) {
-            Ok(i) if self.tokens.get(i) == Some(&Some(token)) => Ok(i),
-            _ => Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("select: fd {raw} is not registered"),
-            )),
+            self.write.remove(fd);
         }
     }
 }
 
 impl Poller for Select {
-    fn edge(&self) -> bool {
-        false
-    }
-
     fn add(
         &mut self,
         fd: BorrowedFd<'_>,
@@ -89,34 +73,21 @@ impl Poller for Select {
                  (use --strategy poll or epoll-et for more connections)"
             )));
         }
-        let i = raw as usize;
-        if self.tokens[i].is_some() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("select: fd {raw} is already registered"),
-            ));
-        }
-        self.tokens[i] = Some(token);
-        self.set(i, interest);
+        self.table.insert(raw, token, ())?;
+        self.set(raw, interest);
         Ok(())
     }
 
     fn modify(&mut self, fd: BorrowedFd<'_>, token: u64, interest: Interest) -> io::Result<()> {
-        let i = self.slot(fd, token)?;
-        self.set(i, interest);
+        self.table.get_mut(fd.as_raw_fd(), token)?;
+        self.set(fd.as_raw_fd(), interest);
         Ok(())
     }
 
     fn delete(&mut self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
-        let i = self.slot(fd, token)?;
-        self.set(i, Interest::default());
-        self.tokens[i] = None;
+        self.table.remove(fd.as_raw_fd(), token)?;
+        self.set(fd.as_raw_fd(), Interest::default());
         Ok(())
-    }
-
-    fn forget(&mut self, fd: BorrowedFd<'_>, token: u64) {
-        // A closed descriptor left in a set would fail every select with EBADF.
-        let _ = self.delete(fd, token);
     }
 
     fn wait(&mut self, out: &mut Vec<Ready>, timeout: Option<Duration>) -> io::Result<()> {
@@ -148,7 +119,7 @@ impl Poller for Select {
                     (b, false, true)
                 }
             };
-            if let Some(token) = self.tokens[fd as usize] {
+            if let Some(token) = self.table.token(fd) {
                 out.push(Ready {
                     token,
                     readable,
@@ -166,75 +137,25 @@ impl Poller for Select {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
+    use crate::strategy::poller::tests::{BOTH, READ, contract, pair, quiet, reports};
+    use std::io::Write;
     use std::os::fd::{AsFd, OwnedFd};
 
-    const READ: Interest = Interest {
-        read: true,
-        write: false,
-    };
-    const BOTH: Interest = Interest {
-        read: true,
-        write: true,
-    };
-
-    fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (b, _) = l.accept().unwrap();
-        b.set_nonblocking(true).unwrap();
-        (a, b)
-    }
-
-    fn wait(p: &mut Select) -> Vec<(u64, bool, bool)> {
-        let mut out = Vec::new();
-        p.wait(&mut out, Some(Duration::from_millis(100))).unwrap();
-        out.iter()
-            .map(|r| (r.token, r.readable, r.writable))
-            .collect()
-    }
-
-    /// Pins level-triggered semantics: unread data is reported again on every wait,
-    /// until it is read.
+    /// A descriptor ready for reading and writing is one report, not one per set.
     #[test]
-    fn level_triggered_re_reports_unread_data() {
-        let (mut a, mut b) = pair();
-        let mut p = Select::new();
-        p.add(b.as_fd(), 7, READ, Source::Conn).unwrap();
-        assert!(wait(&mut p).is_empty(), "nothing sent yet");
-        a.write_all(b"unread").unwrap();
-        assert_eq!(wait(&mut p), vec![(7, true, false)], "first report");
-        assert_eq!(
-            wait(&mut p),
-            vec![(7, true, false)],
-            "second wait, data still unread"
-        );
-        let mut buf = [0u8; 16];
-        assert_eq!(b.read(&mut buf).unwrap(), 6);
-        assert!(wait(&mut p).is_empty(), "read: no more reports");
+    fn keeps_the_poller_contract() {
+        contract(Select::new());
     }
 
     #[test]
-    fn one_report_per_descriptor_modify_and_delete() {
+    fn one_report_per_descriptor() {
         let (mut a1, b1) = pair();
         let (_a2, b2) = pair();
         let mut p = Select::new();
         p.add(b1.as_fd(), 1, BOTH, Source::Conn).unwrap();
         p.add(b2.as_fd(), 2, BOTH, Source::Conn).unwrap();
         a1.write_all(b"x").unwrap();
-        let mut got = wait(&mut p);
-        got.sort_unstable();
-        assert_eq!(got, vec![(1, true, true), (2, false, true)]);
-        p.modify(b1.as_fd(), 1, READ).unwrap();
-        p.delete(b2.as_fd(), 2).unwrap();
-        assert_eq!(wait(&mut p), vec![(1, true, false)]);
-        assert!(p.modify(b2.as_fd(), 2, READ).is_err(), "deleted");
-        assert!(p.add(b1.as_fd(), 9, READ, Source::Conn).is_err(), "twice");
-        // forget before close: a closed descriptor must not stay in the sets.
-        p.forget(b1.as_fd(), 1);
-        drop(b1);
-        assert!(wait(&mut p).is_empty());
+        assert_eq!(reports(&mut p), vec![(1, true, true), (2, false, true)]);
     }
 
     #[test]
@@ -251,6 +172,6 @@ mod tests {
         let mut p = Select::new();
         let e = p.add(high.as_fd(), 1, READ, Source::Conn).unwrap_err();
         assert!(e.to_string().contains("FD_SETSIZE limit of 1024"), "{e}");
-        assert!(wait(&mut p).is_empty());
+        assert!(quiet(&mut p).is_empty());
     }
 }
