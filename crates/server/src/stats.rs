@@ -29,8 +29,8 @@ pub struct WorkerStats {
     pub io_errors: AtomicU64,
     /// Connections closed by the idle timeout.
     pub timeouts_idle: AtomicU64,
-    /// Connections closed because a request stayed incomplete too long.
-    pub timeouts_request: AtomicU64,
+    /// Connections closed because a request stayed incomplete for `--header-timeout`.
+    pub timeouts_header: AtomicU64,
     /// Connections force-closed at the drain deadline.
     pub drain_forced: AtomicU64,
     /// Sessions that panicked (caught; only their connection was closed).
@@ -224,12 +224,12 @@ pub(crate) const SERIES: &[Series] = &[
     ),
     counter(
         "c10k_timeouts_total",
-        "Connections closed by a timeout: kind=idle (--idle-timeout) or kind=request (--header-timeout).",
+        "Connections closed by a timeout: kind=idle (--idle-timeout) or kind=header (--header-timeout).",
         Some(("kind", "idle")),
         |s| &s.timeouts_idle,
     ),
-    counter("c10k_timeouts_total", "", Some(("kind", "request")), |s| {
-        &s.timeouts_request
+    counter("c10k_timeouts_total", "", Some(("kind", "header")), |s| {
+        &s.timeouts_header
     }),
     counter(
         "c10k_drain_forced_total",

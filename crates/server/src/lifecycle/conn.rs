@@ -424,7 +424,7 @@ impl<S: Session> ConnCore<S> {
             .due(env.now, l.idle_timeout, l.header_timeout, open)?
         {
             Timeout::Header => {
-                WorkerStats::add(&env.stats.timeouts_request, 1);
+                WorkerStats::add(&env.stats.timeouts_header, 1);
                 self.lend_output(pool);
                 self.session.handle_timeout(env.cx, &mut self.out);
                 self.timers.replied();
@@ -828,7 +828,7 @@ mod tests {
         assert_eq!(c.poll_timeout(&w.limits), Some(w.t0 + at + HEADER));
         assert_eq!(w.timeout(&mut c, at + HEADER / 2), None);
         assert_eq!(w.timeout(&mut c, at + HEADER), Some(Timeout::Header));
-        assert_eq!(WorkerStats::get(&w.stats.timeouts_request), 1);
+        assert_eq!(WorkerStats::get(&w.stats.timeouts_header), 1);
         let reply = w.drain_out(&mut c, at + HEADER);
         assert!(
             reply.starts_with(b"HTTP/1.1 408"),
