@@ -3,7 +3,7 @@
 //! Sessions never read a clock themselves; the driver sets the time once per loop
 //! iteration, and the HTTP `Date` header is rendered at most once per second.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Length of an IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`.
 const HTTP_DATE_LEN: usize = 29;
@@ -14,6 +14,8 @@ pub struct Cx {
     unix_ms: u64,
     date_secs: u64,
     http_date: [u8; HTTP_DATE_LEN],
+    /// The driver's monotonic clock, when it sets one (for session timers).
+    instant: Option<Instant>,
 }
 
 impl Cx {
@@ -23,6 +25,7 @@ impl Cx {
             unix_ms: 0,
             date_secs: u64::MAX,
             http_date: [b' '; HTTP_DATE_LEN],
+            instant: None,
         };
         cx.set_now(now);
         cx
@@ -40,6 +43,18 @@ impl Cx {
             let n = bytes.len().min(HTTP_DATE_LEN);
             self.http_date[..n].copy_from_slice(&bytes[..n]);
         }
+    }
+
+    /// Move the context's monotonic clock to `now` (drivers set it with the wall
+    /// clock; a session computes its timer deadlines from it).
+    pub fn set_instant(&mut self, now: Instant) {
+        self.instant = Some(now);
+    }
+
+    /// The driver's monotonic now, if the driver keeps one (every c10k strategy
+    /// does; an in-memory test sets it with [`set_instant`](Cx::set_instant)).
+    pub fn instant(&self) -> Option<Instant> {
+        self.instant
     }
 
     /// Milliseconds since the Unix epoch.

@@ -24,12 +24,14 @@
 pub mod cx;
 pub mod echo;
 pub mod http;
+pub mod mailbox;
 pub mod proxy;
 pub mod resp;
 
 use std::net::SocketAddr;
 
 pub use cx::Cx;
+pub use mailbox::{Mailbox, Message, PostError};
 
 /// A session may stop consuming pipelined input once `out` holds at least this many
 /// bytes: it returns what it consumed so far, and the driver offers the rest again
@@ -130,6 +132,35 @@ pub trait Session: Send {
     fn take_requests(&mut self) -> u64 {
         0
     }
+
+    /// Whether this session wants a [`Mailbox`]: asked after every call until it is
+    /// given one, and given right after the call that said yes (before any of that
+    /// call's output is written). Only sessions that are spoken to (a subscriber, a
+    /// chat member) pay for one.
+    fn wants_mailbox(&self) -> bool {
+        false
+    }
+
+    /// The session's own mailbox, given once it
+    /// [`wants_mailbox`](Session::wants_mailbox). Clones of it may be handed to
+    /// anyone who will post to this connection (a broker, another session).
+    fn attach_mailbox(&mut self, _mailbox: Mailbox) {}
+
+    /// A message posted to this connection's mailbox. Called on the connection's own
+    /// worker, in posting order, never concurrently with the other calls. Append any
+    /// output to `out`.
+    fn handle_message(&mut self, _cx: &Cx, _msg: Message, _out: &mut Vec<u8>) {}
+
+    /// When the session wants [`handle_timer`](Session::handle_timer) called (an
+    /// instant of the driver's monotonic clock, [`Cx::instant`]); `None`: no timer.
+    /// Asked after every call; the latest answer wins.
+    fn poll_timer(&self) -> Option<std::time::Instant> {
+        None
+    }
+
+    /// The instant of [`poll_timer`](Session::poll_timer) has come. Append any
+    /// output to `out`.
+    fn handle_timer(&mut self, _cx: &Cx, _out: &mut Vec<u8>) {}
 }
 
 /// A protocol: opens one [`Session`] per connection and owns what they share.
