@@ -150,6 +150,7 @@ macro_rules! env {
             now: Instant::now(),
             stats: $d.conn.stats(),
             limits: &$d.limits,
+            mailbox: None,
         }
     };
 }

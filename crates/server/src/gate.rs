@@ -432,6 +432,32 @@ impl<S: Session> Session for GateSession<S> {
     fn take_requests(&mut self) -> u64 {
         self.inner.as_mut().map_or(0, |s| s.take_requests())
     }
+
+    fn wants_mailbox(&self) -> bool {
+        self.inner.as_ref().is_some_and(|s| s.wants_mailbox())
+    }
+
+    fn attach_mailbox(&mut self, mailbox: c10k_proto::Mailbox) {
+        if let Some(session) = &mut self.inner {
+            session.attach_mailbox(mailbox);
+        }
+    }
+
+    fn handle_message(&mut self, cx: &Cx, msg: c10k_proto::Message, out: &mut Vec<u8>) {
+        if let Some(session) = &mut self.inner {
+            session.handle_message(cx, msg, out);
+        }
+    }
+
+    fn poll_timer(&self) -> Option<std::time::Instant> {
+        self.inner.as_ref().and_then(|s| s.poll_timer())
+    }
+
+    fn handle_timer(&mut self, cx: &Cx, out: &mut Vec<u8>) {
+        if let Some(session) = &mut self.inner {
+            session.handle_timer(cx, out);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -172,6 +172,26 @@ impl<S: Session> Session for Guarded<S> {
         self.guard("take_requests", |s| s.take_requests())
             .unwrap_or(0)
     }
+
+    fn wants_mailbox(&self) -> bool {
+        self.ask("wants_mailbox", false, |s| s.wants_mailbox())
+    }
+
+    fn attach_mailbox(&mut self, mailbox: c10k_proto::Mailbox) {
+        let _ = self.guard("attach_mailbox", |s| s.attach_mailbox(mailbox));
+    }
+
+    fn handle_message(&mut self, cx: &Cx, msg: c10k_proto::Message, out: &mut Vec<u8>) {
+        let _ = self.guard_out("handle_message", out, |s, out| s.handle_message(cx, msg, out));
+    }
+
+    fn poll_timer(&self) -> Option<std::time::Instant> {
+        self.ask("poll_timer", None, |s| s.poll_timer())
+    }
+
+    fn handle_timer(&mut self, cx: &Cx, out: &mut Vec<u8>) {
+        let _ = self.guard_out("handle_timer", out, |s, out| s.handle_timer(cx, out));
+    }
 }
 
 impl<S> Drop for Guarded<S> {

@@ -41,6 +41,11 @@ pub struct WorkerStats {
     pub bytes_out: AtomicU64,
     /// Requests answered (HTTP requests, RESP commands; echo has none).
     pub requests: AtomicU64,
+    /// Messages delivered to sessions through their mailboxes.
+    pub messages_delivered: AtomicU64,
+    /// Connections closed because their mailbox overflowed (a consumer that did not
+    /// keep up; the poster asked for the disconnect).
+    pub mailbox_disconnects: AtomicU64,
     /// io_uring counters (the `uring` strategy only).
     pub uring: UringStats,
 }
@@ -231,6 +236,18 @@ pub(crate) const SERIES: &[Series] = &[
     counter("c10k_timeouts_total", "", Some(("kind", "header")), |s| {
         &s.timeouts_header
     }),
+    counter(
+        "c10k_messages_delivered_total",
+        "Messages delivered to sessions through their mailboxes (pub/sub, chat).",
+        None,
+        |s| &s.messages_delivered,
+    ),
+    counter(
+        "c10k_mailbox_disconnects_total",
+        "Connections closed because they did not keep up with their messages (mailbox full).",
+        None,
+        |s| &s.mailbox_disconnects,
+    ),
     counter(
         "c10k_drain_forced_total",
         "Connections (or processes) force-closed at the drain deadline.",

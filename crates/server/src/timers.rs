@@ -61,6 +61,8 @@ pub(crate) enum Timeout {
     Header,
     /// The linger after our write side was shut ran out.
     Linger,
+    /// The session's own timer ([`Session::poll_timer`](c10k_proto::Session::poll_timer)).
+    Session,
 }
 
 /// A connection's idle and header clocks.

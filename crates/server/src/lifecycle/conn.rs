@@ -44,6 +44,12 @@ use std::time::{Duration, Instant};
 
 use c10k_proto::{Cx, Session};
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use c10k_proto::Mailbox;
+
+use super::mailbox::{Letter, MailSlot};
 use crate::config::{LINGER, MAX_PENDING_INPUT};
 use crate::stats::WorkerStats;
 use crate::timers::{Timeout, Timers};
@@ -95,6 +101,10 @@ impl Limits {
     }
 }
 
+/// Makes the mailbox of the connection being served (the loop knows where its
+/// letters go and how the loop is woken).
+pub(crate) type MailboxMaker<'a> = &'a dyn Fn() -> Option<(Mailbox, Arc<MailSlot>)>;
+
 /// What a driver passes with each event.
 pub(crate) struct Env<'a> {
     /// The protocol's clock (wall time, for HTTP `Date`).
@@ -103,6 +113,8 @@ pub(crate) struct Env<'a> {
     pub(crate) now: Instant,
     pub(crate) stats: &'a WorkerStats,
     pub(crate) limits: &'a Limits,
+    /// How to make this connection's mailbox, if the driver delivers messages.
+    pub(crate) mailbox: Option<MailboxMaker<'a>>,
 }
 
 /// Where a connection is in its life.
@@ -158,6 +170,13 @@ pub(crate) struct ConnCore<S> {
     timers: Timers,
     /// When lingering ends.
     linger_until: Option<Instant>,
+    /// The session's mailbox, once it asked for one.
+    mail: Option<Arc<MailSlot>>,
+    /// Messages taken from the inbox and not delivered yet (held while the output
+    /// is over the cap).
+    letters: VecDeque<c10k_proto::Message>,
+    /// When the session wants its timer ([`Session::poll_timer`]).
+    session_timer: Option<Instant>,
 }
 
 impl<S: Session> ConnCore<S> {
@@ -179,7 +198,11 @@ impl<S: Session> ConnCore<S> {
             discarded: 0,
             timers: Timers::started(now),
             linger_until: None,
+            mail: None,
+            letters: VecDeque::new(),
+            session_timer: None,
         };
+        core.session_timer = core.session.poll_timer();
         if core.session.wants_close() {
             // Refused at open (--max-conns-per-ip): closed unread.
             core.phase = Phase::Done;
@@ -273,6 +296,7 @@ impl<S: Session> ConnCore<S> {
             let before = self.out.len();
             self.session.handle_eof(env.cx, &mut self.out);
             self.replied(before);
+            self.after_call(env);
             self.pending_in = Vec::new();
             self.phase = Phase::Closing;
         }
@@ -382,8 +406,68 @@ impl<S: Session> ConnCore<S> {
     }
 
     /// The output buffers, for reuse once the connection is closed.
-    pub(crate) fn into_buffers(self) -> [Vec<u8>; 2] {
-        [self.out, self.rest]
+    pub(crate) fn into_buffers(mut self) -> [Vec<u8>; 2] {
+        [std::mem::take(&mut self.out), std::mem::take(&mut self.rest)]
+    }
+
+    // ----- messages and session timers ----------------------------------------------
+
+    /// A letter from the connection's mailbox: a message is delivered to the session
+    /// (now, or once the output is back under the cap); a disconnect closes the
+    /// connection at once.
+    pub(crate) fn letter(&mut self, env: &Env<'_>, letter: Letter, pool: &mut OutputPool) {
+        match letter {
+            Letter::Message(msg) => {
+                self.letters.push_back(msg);
+                self.deliver(env, pool);
+            }
+            Letter::Disconnect => {
+                if self.phase != Phase::Done {
+                    WorkerStats::add(&env.stats.mailbox_disconnects, 1);
+                    tracing::debug!("disconnecting a connection that does not keep up with its messages");
+                    self.finish();
+                }
+            }
+        }
+        self.after_event(env, pool);
+    }
+
+    /// Deliver waiting messages while the connection is open and its output under
+    /// the cap.
+    fn deliver(&mut self, env: &Env<'_>, pool: &mut OutputPool) {
+        while self.phase == Phase::Open && self.out_pending() <= env.limits.output_cap {
+            let Some(msg) = self.letters.pop_front() else {
+                break;
+            };
+            if let Some(slot) = &self.mail {
+                slot.delivered();
+            }
+            WorkerStats::add(&env.stats.messages_delivered, 1);
+            self.lend_output(pool);
+            let before = self.out.len();
+            self.session.handle_message(env.cx, msg, &mut self.out);
+            self.replied(before);
+            self.after_call(env);
+        }
+    }
+
+    /// After every session call: the session's timer, its mailbox, its wish to close.
+    fn after_call(&mut self, env: &Env<'_>) {
+        self.session_timer = self.session.poll_timer();
+        if self.mail.is_none() && self.session.wants_mailbox() {
+            if let Some((mailbox, slot)) = env.mailbox.and_then(|make| make()) {
+                self.mail = Some(slot);
+                self.session.attach_mailbox(mailbox);
+            }
+        }
+        if self.session.wants_close() {
+            self.phase = Phase::Closing;
+        }
+    }
+
+    /// When the session's own timer is due, while open.
+    pub(crate) fn session_deadline(&self) -> Option<Instant> {
+        self.session_timer.filter(|_| self.phase == Phase::Open)
     }
 
     // ----- timers -------------------------------------------------------------------
@@ -391,10 +475,12 @@ impl<S: Session> ConnCore<S> {
     /// When the next timer runs out (`None`: none runs).
     pub(crate) fn poll_timeout(&self, limits: &Limits) -> Option<Instant> {
         match self.phase {
-            Phase::Open => Some(
-                self.timers
-                    .deadline(limits.idle_timeout, limits.header_timeout),
-            ),
+            Phase::Open => {
+                let t = self
+                    .timers
+                    .deadline(limits.idle_timeout, limits.header_timeout);
+                Some(self.session_timer.map_or(t, |s| s.min(t)))
+            }
             Phase::Closing => Some(self.timers.idle_deadline(limits.idle_timeout)),
             Phase::Lingering => self.linger_until,
             Phase::Done => None,
@@ -418,6 +504,16 @@ impl<S: Session> ConnCore<S> {
         if self.phase == Phase::Done {
             return None;
         }
+        if self.phase == Phase::Open && self.session_timer.is_some_and(|t| t <= env.now) {
+            self.session_timer = None;
+            self.lend_output(pool);
+            let before = self.out.len();
+            self.session.handle_timer(env.cx, &mut self.out);
+            self.replied(before);
+            self.after_call(env);
+            self.after_event(env, pool);
+            return Some(Timeout::Session);
+        }
         let open = self.phase == Phase::Open;
         match self
             .timers
@@ -427,13 +523,14 @@ impl<S: Session> ConnCore<S> {
                 WorkerStats::add(&env.stats.timeouts_header, 1);
                 self.lend_output(pool);
                 self.session.handle_timeout(env.cx, &mut self.out);
+                self.after_call(env);
                 self.timers.replied();
                 self.pending_in = Vec::new();
                 self.phase = Phase::Closing;
                 self.after_event(env, pool);
                 Some(Timeout::Header)
             }
-            Timeout::Idle | Timeout::Linger => {
+            Timeout::Idle | Timeout::Linger | Timeout::Session => {
                 WorkerStats::add(&env.stats.timeouts_idle, 1);
                 if self.phase == Phase::Open && self.is_idle() {
                     self.phase = Phase::Closing;
@@ -492,12 +589,14 @@ impl<S: Session> ConnCore<S> {
     }
 
     fn after_sent(&mut self, env: &Env<'_>, pool: &mut OutputPool) {
-        if self.phase == Phase::Open
-            && !self.pending_in.is_empty()
-            && self.out_pending() <= env.limits.output_cap
-        {
+        if self.phase == Phase::Open && self.out_pending() <= env.limits.output_cap {
             // Backpressure released: offer what waited.
-            self.pump(env, pool);
+            if !self.pending_in.is_empty() {
+                self.pump(env, pool);
+            }
+            if !self.letters.is_empty() {
+                self.deliver(env, pool);
+            }
         }
         self.after_event(env, pool);
     }
@@ -603,9 +702,7 @@ impl<S: Session> ConnCore<S> {
         };
         self.replied(before);
         WorkerStats::add(&env.stats.requests, self.session.take_requests());
-        if self.session.wants_close() {
-            self.phase = Phase::Closing;
-        }
+        self.after_call(env);
         used
     }
 
@@ -618,12 +715,23 @@ impl<S: Session> ConnCore<S> {
 
     /// Done at once: output dropped (a send in flight is the driver's to cancel).
     fn finish(&mut self) {
+        self.drop_mail();
         self.phase = Phase::Done;
         self.out = Vec::new();
         self.rest = Vec::new();
         self.rest_pos = 0;
         self.pending_in = Vec::new();
         self.linger_until = None;
+    }
+
+    /// Close the mailbox (posts fail from now on) and drop undelivered messages.
+    fn drop_mail(&mut self) {
+        if let Some(slot) = &self.mail {
+            slot.close();
+            for _ in self.letters.drain(..) {
+                slot.delivered();
+            }
+        }
     }
 
     /// Move from Closing to Lingering or Done once the output is flushed.
@@ -642,6 +750,14 @@ impl<S: Session> ConnCore<S> {
             }
             Phase::Lingering if self.eof => self.finish(),
             _ => {}
+        }
+    }
+}
+
+impl<S> Drop for ConnCore<S> {
+    fn drop(&mut self) {
+        if let Some(slot) = &self.mail {
+            slot.close();
         }
     }
 }
@@ -687,6 +803,7 @@ mod tests {
                 now: self.t0 + after,
                 stats: &self.stats,
                 limits: &self.limits,
+                mailbox: None,
             }
         }
 

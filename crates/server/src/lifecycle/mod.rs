@@ -3,6 +3,7 @@
 //! io_uring, blocking) move bytes and report events; these decide everything else.
 
 pub(crate) mod conn;
+pub(crate) mod mailbox;
 pub(crate) mod worker;
 
 pub(crate) use conn::{ConnCore, Env, Limits, OutputPool, Phase};

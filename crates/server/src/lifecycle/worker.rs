@@ -323,6 +323,7 @@ mod tests {
                     now,
                     stats: &self.stats,
                     limits: &self.limits,
+                    mailbox: None,
                 };
                 core.received(&env, data, &mut self.pool);
                 let n = core.transmit().len();
@@ -346,6 +347,7 @@ mod tests {
                 now,
                 stats: &self.stats,
                 limits: &self.limits,
+                mailbox: None,
             };
             f(core, &env, &mut self.pool);
             let _ = core.take_shutdown_write();

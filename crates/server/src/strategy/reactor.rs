@@ -278,6 +278,7 @@ impl<A: App, P: Poller> Conns<A, P> {
             now,
             stats: &self.ctx.stats,
             limits: &self.limits,
+            mailbox: None,
         };
         f(&mut entry.conn, &mut self.bufs, &env);
         self.settle(key)

@@ -429,6 +429,7 @@ impl<A: App> RingConns<A> {
             now,
             stats: &self.ctx.stats,
             limits: &self.limits,
+            mailbox: None,
         };
         f(&mut entry.conn, &mut self.pool, &env);
         self.mark(key);
@@ -504,6 +505,7 @@ impl<A: App> RingConns<A> {
                     now: self.now,
                     stats: &self.ctx.stats,
                     limits: &self.limits,
+                    mailbox: None,
                 };
                 conn.core_mut().send_failed(&env);
             }

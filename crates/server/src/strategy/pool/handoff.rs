@@ -159,6 +159,7 @@ impl<S: Session> Shared<S> {
             now: std::time::Instant::now(),
             stats: &self.stats,
             limits: &self.limits,
+            mailbox: None,
         };
         let conn = &mut entry.conn;
         if timers {
