@@ -1121,4 +1121,141 @@ mod tests {
         assert_ne!(c.phase(), Phase::Open);
         assert!(WorkerStats::get(&w.stats.proto_errors) >= 1);
     }
+
+    /// A session that is spoken to: "sub" asks for a mailbox, a posted `u32` is
+    /// written out, "wait" asks for its timer 5 ms after its input.
+    #[derive(Default)]
+    struct Spoken {
+        wants: bool,
+        mailbox: Option<c10k_proto::Mailbox>,
+        timer: Option<Instant>,
+    }
+
+    impl Session for Spoken {
+        fn handle_input(
+            &mut self,
+            cx: &Cx,
+            input: &[u8],
+            out: &mut Vec<u8>,
+        ) -> Result<usize, c10k_proto::ProtoError> {
+            match input {
+                b"sub" => {
+                    self.wants = true;
+                    out.extend_from_slice(b"subscribed;");
+                }
+                b"wait" => self.timer = cx.instant().map(|t| t + Duration::from_millis(5)),
+                _ => out.extend_from_slice(input),
+            }
+            Ok(input.len())
+        }
+        fn handle_eof(&mut self, _cx: &Cx, _out: &mut Vec<u8>) {}
+        fn wants_close(&self) -> bool {
+            false
+        }
+        fn wants_mailbox(&self) -> bool {
+            self.wants
+        }
+        fn attach_mailbox(&mut self, mailbox: c10k_proto::Mailbox) {
+            self.mailbox = Some(mailbox);
+        }
+        fn handle_message(&mut self, _cx: &Cx, msg: c10k_proto::Message, out: &mut Vec<u8>) {
+            if let Ok(n) = msg.downcast::<u32>() {
+                out.extend_from_slice(format!("msg {n};").as_bytes());
+            }
+        }
+        fn poll_timer(&self) -> Option<Instant> {
+            self.timer
+        }
+        fn handle_timer(&mut self, _cx: &Cx, out: &mut Vec<u8>) {
+            self.timer = None;
+            out.extend_from_slice(b"tick;");
+        }
+    }
+
+    #[test]
+    fn a_session_gets_its_mailbox_when_it_asks_and_messages_in_order() {
+        let inbox = super::super::mailbox::Inbox::new().unwrap();
+        let make = || Some(inbox.mailbox(0, 1));
+        let mut cx = Cx::new(SystemTime::now());
+        let t0 = Instant::now();
+        cx.set_instant(t0);
+        let stats = WorkerStats::default();
+        let limits = Limits {
+            output_cap: 8,
+            idle_timeout: IDLE,
+            header_timeout: HEADER,
+        };
+        let env = Env {
+            cx: &cx,
+            now: t0,
+            stats: &stats,
+            limits: &limits,
+            mailbox: Some(&make),
+        };
+        let mut pool = OutputPool::default();
+        let mut c = ConnCore::new(Spoken::default(), t0);
+        c.received(&env, b"sub", &mut pool);
+        assert!(c.mail.is_some(), "attached right after the call that asked");
+        let mb = c.session.mailbox.clone().expect("the session holds its mailbox");
+        for n in 0..3u32 {
+            mb.post(n).unwrap();
+        }
+        let mut letters = Vec::new();
+        inbox.take(&mut letters);
+        for (_, _, letter) in letters.drain(..) {
+            c.letter(&env, letter, &mut pool);
+        }
+        // Over the cap (8 bytes): the first message waits until the output drains.
+        assert_eq!(c.transmit(), b"subscribed;");
+        let n = c.transmit().len();
+        c.sent(&env, n, &mut pool);
+        assert_eq!(c.transmit(), b"msg 0;msg 1;", "delivered once under the cap");
+        let n = c.transmit().len();
+        c.sent(&env, n, &mut pool);
+        assert_eq!(c.transmit(), b"msg 2;");
+        assert_eq!(WorkerStats::get(&stats.messages_delivered), 3);
+
+        // A disconnect closes at once; posts fail cleanly from then on.
+        mb.disconnect();
+        inbox.take(&mut letters);
+        for (_, _, letter) in letters.drain(..) {
+            c.letter(&env, letter, &mut pool);
+        }
+        assert!(c.is_closed());
+        assert_eq!(WorkerStats::get(&stats.mailbox_disconnects), 1);
+        assert!(matches!(mb.post(9u32), Err(c10k_proto::PostError::Closed(_))));
+    }
+
+    #[test]
+    fn a_dropped_connection_closes_its_mailbox() {
+        let inbox = super::super::mailbox::Inbox::new().unwrap();
+        let make = || Some(inbox.mailbox(0, 1));
+        let w = World::new(1 << 20);
+        let mut env = w.env(S0);
+        env.mailbox = Some(&make);
+        let mut pool = OutputPool::default();
+        let mut c = ConnCore::new(Spoken::default(), w.t0);
+        c.received(&env, b"sub", &mut pool);
+        let mb = c.session.mailbox.clone().expect("mailbox");
+        drop(c);
+        assert!(mb.is_closed());
+        assert!(matches!(mb.post(1u32), Err(c10k_proto::PostError::Closed(_))));
+    }
+
+    #[test]
+    fn the_session_timer_is_part_of_poll_timeout_and_fires_once() {
+        let mut w = World::new(1 << 20);
+        let at = Duration::from_secs(1);
+        w.cx.set_instant(w.t0 + at);
+        let mut c = ConnCore::new(Spoken::default(), w.t0);
+        w.recv(&mut c, at, b"wait");
+        let due = w.t0 + at + Duration::from_millis(5);
+        assert_eq!(c.poll_timeout(&w.limits), Some(due));
+        assert_eq!(c.session_deadline(), Some(due));
+        assert_eq!(w.timeout(&mut c, at), None, "not yet");
+        assert_eq!(w.timeout(&mut c, at + Duration::from_millis(5)), Some(Timeout::Session));
+        assert_eq!(c.transmit(), b"tick;");
+        assert_eq!(c.session_deadline(), None);
+        assert_eq!(c.poll_timeout(&w.limits), Some(w.t0 + at + IDLE));
+    }
 }
