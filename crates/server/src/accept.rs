@@ -1,6 +1,10 @@
 //! The accept path shared by every strategy: binding listeners, accepting without
 //! blocking, refusing beyond `--max-conns`, and surviving fd exhaustion.
 //!
+//! One table says what an accept error means ([`classify`]), for accept(2) and for
+//! io_uring's accept completions alike; one loop ([`AcceptBatch`]) answers a readable
+//! listener for every strategy that calls accept(2) itself.
+//!
 //! EMFILE/ENFILE (and ENOBUFS/ENOMEM) leave the pending connection in the backlog, so
 //! a level-triggered loop that keeps calling accept would spin at 100% CPU. Instead the
 //! strategy stops watching the listener for a back-off period (10 ms doubling to 1 s),
@@ -61,6 +65,43 @@ pub(crate) fn bind_one(addr: SocketAddr, reuseport: bool, backlog: i32) -> io::R
     Ok(socket.into())
 }
 
+/// What an accept error means to an accept loop: the one table for accept(2) and
+/// io_uring's accept completions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcceptErrorKind {
+    /// Nothing is waiting (`EAGAIN`).
+    Empty,
+    /// A connection failed before we got it (accept(2) reports the errors already
+    /// pending on the new connection), or a signal interrupted: try again.
+    Retry,
+    /// Out of descriptors or memory (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`): the
+    /// connection stays in the backlog, so accepting again at once would spin. Pause.
+    Exhausted,
+    /// Anything else (counted and logged by the caller).
+    Failed,
+}
+
+/// Classify an error of accept(2) (or of an io_uring accept).
+pub(crate) fn classify(errno: Errno) -> AcceptErrorKind {
+    match errno {
+        Errno::AGAIN => AcceptErrorKind::Empty,
+        // accept(2): errors already pending on the new connection are reported here.
+        Errno::INTR
+        | Errno::CONNABORTED
+        | Errno::PROTO
+        | Errno::NOPROTOOPT
+        | Errno::HOSTDOWN
+        | Errno::NONET
+        | Errno::HOSTUNREACH
+        | Errno::OPNOTSUPP
+        | Errno::NETUNREACH
+        | Errno::NETDOWN
+        | Errno::PERM => AcceptErrorKind::Retry,
+        Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM => AcceptErrorKind::Exhausted,
+        _ => AcceptErrorKind::Failed,
+    }
+}
+
 /// What one accept call produced.
 pub(crate) enum Accepted {
     /// A new connection, nonblocking, with `TCP_NODELAY` set.
@@ -87,25 +128,113 @@ pub(crate) fn accept_one(listener: &TcpListener) -> Accepted {
             let _ = stream.set_nodelay(true);
             Accepted::Conn(stream, addr.and_then(|a| SocketAddr::try_from(a).ok()))
         }
-        Err(Errno::AGAIN) => Accepted::Empty,
-        // accept(2): errors already pending on the new connection are reported here.
-        Err(
-            Errno::INTR
-            | Errno::CONNABORTED
-            | Errno::PROTO
-            | Errno::NOPROTOOPT
-            | Errno::HOSTDOWN
-            | Errno::NONET
-            | Errno::HOSTUNREACH
-            | Errno::OPNOTSUPP
-            | Errno::NETUNREACH
-            | Errno::NETDOWN
-            | Errno::PERM,
-        ) => Accepted::Retry,
-        Err(e @ (Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)) => {
-            Accepted::Exhausted(e.into())
+        Err(e) => match classify(e) {
+            AcceptErrorKind::Empty => Accepted::Empty,
+            AcceptErrorKind::Retry => Accepted::Retry,
+            AcceptErrorKind::Exhausted => Accepted::Exhausted(e.into()),
+            AcceptErrorKind::Failed => Accepted::Failed(e.into()),
+        },
+    }
+}
+
+/// What admitting a connection counts against: the open connections, `--max-conns`,
+/// and the worker's counters.
+#[derive(Clone, Copy)]
+pub(crate) struct Admission<'a> {
+    pub(crate) open: &'a OpenConns,
+    pub(crate) max_conns: usize,
+    pub(crate) stats: &'a WorkerStats,
+}
+
+/// The accepts that answer one report of a readable listener: [`accept_one`] in a
+/// loop, each connection admitted (or refused) by the [`AcceptGuard`], until nothing
+/// is waiting, `limit` accepts were made (refused and retried ones count), or
+/// accepting must stop: a failure (counted, logged), or exhaustion, which pauses the
+/// guard (see [`paused`](Self::paused)).
+///
+/// The caller owns the loop, so its body may use the rest of its state mutably:
+///
+/// ```text
+/// let mut batch = AcceptBatch::new(ACCEPT_BATCH);
+/// while let Some((stream, addr)) = batch.next(&listener, &mut guard, now, admission) {
+///     // serve it
+/// }
+/// if batch.paused() {
+///     // stop watching the listener until `guard.resume_due`
+/// }
+/// ```
+#[derive(Debug)]
+pub(crate) struct AcceptBatch {
+    left: usize,
+    paused: bool,
+}
+
+impl AcceptBatch {
+    /// At most `limit` accepts (`usize::MAX`: until nothing is waiting, as an
+    /// edge-triggered report requires).
+    pub(crate) fn new(limit: usize) -> Self {
+        AcceptBatch {
+            left: limit,
+            paused: false,
         }
-        Err(e) => Accepted::Failed(e.into()),
+    }
+
+    /// The next admitted connection, or `None` once the batch is over.
+    pub(crate) fn next(
+        &mut self,
+        listener: &TcpListener,
+        guard: &mut AcceptGuard,
+        now: Instant,
+        admission: Admission<'_>,
+    ) -> Option<(TcpStream, Option<SocketAddr>)> {
+        while self.left > 0 {
+            self.left -= 1;
+            if let Some(conn) = self.take(accept_one(listener), guard, now, admission) {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Apply one accept's result: an admitted connection is returned; a failure or
+    /// exhaustion is counted and ends the batch, as does an empty backlog.
+    fn take(
+        &mut self,
+        accepted: Accepted,
+        guard: &mut AcceptGuard,
+        now: Instant,
+        admission: Admission<'_>,
+    ) -> Option<(TcpStream, Option<SocketAddr>)> {
+        let Admission {
+            open,
+            max_conns,
+            stats,
+        } = admission;
+        match accepted {
+            Accepted::Conn(stream, addr) => {
+                if guard.admit(now, open, max_conns, stats) {
+                    return Some((stream, addr));
+                }
+            }
+            Accepted::Retry => {}
+            Accepted::Empty => self.left = 0,
+            Accepted::Exhausted(e) => {
+                guard.exhausted(now, &e, stats, open);
+                self.paused = true;
+                self.left = 0;
+            }
+            Accepted::Failed(e) => {
+                guard.failed(now, &e, stats);
+                self.left = 0;
+            }
+        }
+        None
+    }
+
+    /// Accepting was paused (out of descriptors or memory): stop watching the
+    /// listener until the guard's pause is over.
+    pub(crate) fn paused(&self) -> bool {
+        self.paused
     }
 }
 
@@ -229,6 +358,188 @@ mod tests {
         }
         let (_s, peer) = got.expect("the connection is accepted");
         assert!(peer.unwrap().ip().is_loopback());
+    }
+
+    #[test]
+    fn classify_sorts_every_accept_error() {
+        use AcceptErrorKind::*;
+        assert_eq!(classify(Errno::AGAIN), Empty);
+        assert_eq!(classify(Errno::WOULDBLOCK), Empty);
+        for e in [
+            Errno::INTR,
+            Errno::CONNABORTED,
+            Errno::PROTO,
+            Errno::NOPROTOOPT,
+            Errno::HOSTDOWN,
+            Errno::NONET,
+            Errno::HOSTUNREACH,
+            Errno::OPNOTSUPP,
+            Errno::NETUNREACH,
+            Errno::NETDOWN,
+            Errno::PERM,
+        ] {
+            assert_eq!(classify(e), Retry, "{e}");
+        }
+        for e in [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM] {
+            assert_eq!(classify(e), Exhausted, "{e}");
+        }
+        for e in [Errno::BADF, Errno::INVAL, Errno::NOTSOCK, Errno::FAULT] {
+            assert_eq!(classify(e), Failed, "{e}");
+        }
+    }
+
+    /// Connect `n` clients and wait until the listener reports them queued.
+    fn queue(l: &TcpListener, n: usize) -> Vec<TcpStream> {
+        let clients: Vec<TcpStream> = (0..n)
+            .map(|_| TcpStream::connect(l.local_addr().unwrap()).unwrap())
+            .collect();
+        let mut fds = [rustix::event::PollFd::new(l, rustix::event::PollFlags::IN)];
+        let ten_s = rustix::event::Timespec {
+            tv_sec: 10,
+            tv_nsec: 0,
+        };
+        rustix::event::poll(&mut fds, Some(&ten_s)).unwrap();
+        clients
+    }
+
+    fn admission<'a>(
+        open: &'a OpenConns,
+        max_conns: usize,
+        stats: &'a WorkerStats,
+    ) -> Admission<'a> {
+        Admission {
+            open,
+            max_conns,
+            stats,
+        }
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_limit_and_when_nothing_is_waiting() {
+        let l = bind_one("127.0.0.1:0".parse().unwrap(), false, 16).unwrap();
+        let (stats, open) = (WorkerStats::default(), OpenConns::default());
+        let mut g = AcceptGuard::new();
+        let _clients = queue(&l, 3);
+        // Loopback completes the handshakes at connect: all three are queued.
+        let mut batch = AcceptBatch::new(2);
+        let mut got = 0;
+        while let Some((_s, peer)) =
+            batch.next(&l, &mut g, Instant::now(), admission(&open, 10, &stats))
+        {
+            assert!(peer.unwrap().ip().is_loopback());
+            got += 1;
+        }
+        assert_eq!(got, 2, "the limit is honoured");
+        assert!(!batch.paused());
+        let mut batch = AcceptBatch::new(usize::MAX);
+        let mut rest = 0;
+        while batch
+            .next(&l, &mut g, Instant::now(), admission(&open, 10, &stats))
+            .is_some()
+        {
+            rest += 1;
+        }
+        assert_eq!(rest, 1, "an unbounded batch ends when nothing is waiting");
+        assert!(!batch.paused());
+        assert_eq!(WorkerStats::get(&stats.accepted), 3);
+        assert_eq!(open.current(), 3);
+        assert_eq!(WorkerStats::get(&stats.accept_errors), 0);
+    }
+
+    #[test]
+    fn a_batch_refuses_beyond_max_conns_and_counts_refusals_against_its_limit() {
+        let l = bind_one("127.0.0.1:0".parse().unwrap(), false, 16).unwrap();
+        let (stats, open) = (WorkerStats::default(), OpenConns::default());
+        let mut g = AcceptGuard::new();
+        let _clients = queue(&l, 3);
+        let mut batch = AcceptBatch::new(2);
+        assert!(
+            batch
+                .next(&l, &mut g, Instant::now(), admission(&open, 1, &stats))
+                .is_some()
+        );
+        // The second is refused (closed), and the limit of 2 is used up.
+        assert!(
+            batch
+                .next(&l, &mut g, Instant::now(), admission(&open, 1, &stats))
+                .is_none()
+        );
+        assert_eq!(WorkerStats::get(&stats.refused_max_conns), 1);
+        // Once over, a batch stays over.
+        assert!(
+            batch
+                .next(&l, &mut g, Instant::now(), admission(&open, 10, &stats))
+                .is_none()
+        );
+        assert_eq!(WorkerStats::get(&stats.accepted), 1);
+    }
+
+    #[test]
+    fn a_batch_on_a_broken_listener_fails_once_and_stops() {
+        // Not listening: accept(2) fails with EINVAL, an error that is not a pause.
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let l: TcpListener = s.into();
+        let (stats, open) = (WorkerStats::default(), OpenConns::default());
+        let mut g = AcceptGuard::new();
+        let mut batch = AcceptBatch::new(usize::MAX);
+        assert!(
+            batch
+                .next(&l, &mut g, Instant::now(), admission(&open, 10, &stats))
+                .is_none()
+        );
+        assert!(!batch.paused());
+        assert_eq!(WorkerStats::get(&stats.accept_errors), 1);
+        assert_eq!(g.paused_until(), None);
+    }
+
+    #[test]
+    fn exhaustion_pauses_the_guard_and_ends_the_batch() {
+        let l = bind_one("127.0.0.1:0".parse().unwrap(), false, 16).unwrap();
+        let (stats, open) = (WorkerStats::default(), OpenConns::default());
+        let mut g = AcceptGuard::new();
+        let _clients = queue(&l, 1);
+        let mut batch = AcceptBatch::new(usize::MAX);
+        let now = Instant::now();
+        let emfile = Accepted::Exhausted(Errno::MFILE.into());
+        assert!(
+            batch
+                .take(emfile, &mut g, now, admission(&open, 10, &stats))
+                .is_none()
+        );
+        assert!(batch.paused());
+        assert_eq!(g.paused_until(), Some(now + BACKOFF_MIN));
+        assert_eq!(WorkerStats::get(&stats.accept_pauses), 1);
+        // The queued connection stays in the backlog until the pause is over.
+        assert!(
+            batch
+                .next(&l, &mut g, now, admission(&open, 10, &stats))
+                .is_none()
+        );
+        assert_eq!(WorkerStats::get(&stats.accepted), 0);
+        assert!(matches!(accept_one(&l), Accepted::Conn(..)));
+    }
+
+    #[test]
+    fn a_retry_does_not_end_the_batch() {
+        let (stats, open) = (WorkerStats::default(), OpenConns::default());
+        let mut g = AcceptGuard::new();
+        let mut batch = AcceptBatch::new(3);
+        let now = Instant::now();
+        assert!(
+            batch
+                .take(Accepted::Retry, &mut g, now, admission(&open, 10, &stats))
+                .is_none()
+        );
+        assert_eq!(batch.left, 3, "a retry leaves the batch going");
+        assert!(
+            batch
+                .take(Accepted::Empty, &mut g, now, admission(&open, 10, &stats))
+                .is_none()
+        );
+        assert_eq!(batch.left, 0);
+        assert!(!batch.paused());
+        assert_eq!(WorkerStats::get(&stats.accept_errors), 0);
     }
 
     #[test]

@@ -48,7 +48,7 @@ use rustix::event::{PollFlags, Timespec};
 use slab::Slab;
 
 use super::WorkerCtx;
-use crate::accept::{AcceptGuard, Accepted, accept_one};
+use crate::accept::{AcceptBatch, AcceptGuard, Admission};
 use crate::handler::{Conn, ConnLimits, Park, Waited};
 use crate::service::Service;
 use crate::stats::WorkerStats;
@@ -450,40 +450,34 @@ impl<A: Service> Scheduler<A> {
     }
 
     fn accept_ready(&mut self) {
+        let mut batch = AcceptBatch::new(usize::MAX);
         loop {
             let Some(listener) = &self.ctx.listener else {
                 return;
             };
-            let now = Instant::now();
-            match accept_one(listener) {
-                Accepted::Conn(stream, addr) => {
-                    let c = &self.ctx;
-                    if !self.guard.admit(now, &c.open, c.config.max_conns, &c.stats) {
-                        continue;
-                    }
-                    let peer = Peer {
-                        addr,
-                        local: Some(c.local_addr),
-                    };
-                    if let Err(e) = self.spawn(stream, peer) {
-                        tracing::debug!("cannot start a green thread: {e}");
-                        WorkerStats::add(&self.ctx.stats.refused_backend, 1);
-                        self.ctx.open.release();
-                    }
-                }
-                Accepted::Empty => return,
-                Accepted::Retry => {}
-                Accepted::Exhausted(e) => {
-                    let c = &self.ctx;
-                    self.guard.exhausted(now, &e, &c.stats, &c.open);
-                    self.unlisten();
-                    return;
-                }
-                Accepted::Failed(e) => {
-                    self.guard.failed(now, &e, &self.ctx.stats);
-                    return;
-                }
+            let c = &self.ctx;
+            let admission = Admission {
+                open: &c.open,
+                max_conns: c.config.max_conns,
+                stats: &c.stats,
+            };
+            let Some((stream, addr)) =
+                batch.next(listener, &mut self.guard, Instant::now(), admission)
+            else {
+                break;
+            };
+            let peer = Peer {
+                addr,
+                local: Some(c.local_addr),
+            };
+            if let Err(e) = self.spawn(stream, peer) {
+                tracing::debug!("cannot start a green thread: {e}");
+                WorkerStats::add(&self.ctx.stats.refused_backend, 1);
+                self.ctx.open.release();
             }
+        }
+        if batch.paused() {
+            self.unlisten();
         }
     }
 

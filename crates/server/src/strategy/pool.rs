@@ -123,7 +123,7 @@ use rustix::io::Errno;
 use slab::Slab;
 
 use super::WorkerCtx;
-use crate::accept::{AcceptGuard, Accepted, accept_one};
+use crate::accept::{AcceptBatch, AcceptGuard, Admission};
 use crate::config::DRAIN_FRESH_GRACE;
 use crate::conn::Conn;
 use crate::ratelog::RateLog;
@@ -426,45 +426,36 @@ impl<A: App> Reactor<A> {
     }
 
     fn accept_ready(&mut self) {
-        for _ in 0..ACCEPT_BATCH {
+        let mut batch = AcceptBatch::new(ACCEPT_BATCH);
+        loop {
             let Some(listener) = &self.listener else {
                 return;
             };
-            match accept_one(listener) {
-                Accepted::Conn(stream, addr) => {
-                    let s = &self.shared;
-                    if !self
-                        .guard
-                        .admit(self.now, &s.open, self.max_conns, &s.stats)
-                    {
-                        continue;
-                    }
-                    let peer = Peer {
-                        addr,
-                        local: Some(self.local_addr),
-                    };
-                    let session = crate::panic_guard::open_guarded(&*self.app, &peer, &s.stats);
-                    if session.wants_close() {
-                        // Refused at open (--max-conns-per-ip): closed unread.
-                        s.open.release();
-                        WorkerStats::add(&s.stats.closed, 1);
-                        continue;
-                    }
-                    self.register(Conn::new(stream, session));
-                }
-                Accepted::Empty => return,
-                Accepted::Retry => {}
-                Accepted::Exhausted(e) => {
-                    let s = &self.shared;
-                    self.guard.exhausted(self.now, &e, &s.stats, &s.open);
-                    self.unlisten();
-                    return;
-                }
-                Accepted::Failed(e) => {
-                    self.guard.failed(self.now, &e, &self.shared.stats);
-                    return;
-                }
+            let s = &self.shared;
+            let admission = Admission {
+                open: &s.open,
+                max_conns: self.max_conns,
+                stats: &s.stats,
+            };
+            let Some((stream, addr)) = batch.next(listener, &mut self.guard, self.now, admission)
+            else {
+                break;
+            };
+            let peer = Peer {
+                addr,
+                local: Some(self.local_addr),
+            };
+            let session = crate::panic_guard::open_guarded(&*self.app, &peer, &s.stats);
+            if session.wants_close() {
+                // Refused at open (--max-conns-per-ip): closed unread.
+                s.open.release();
+                WorkerStats::add(&s.stats.closed, 1);
+                continue;
             }
+            self.register(Conn::new(stream, session));
+        }
+        if batch.paused() {
+            self.unlisten();
         }
     }
 

@@ -17,7 +17,7 @@ use c10k_proto::{App, Cx, Peer, Session};
 use slab::Slab;
 
 use super::WorkerCtx;
-use crate::accept::{AcceptGuard, Accepted, accept_one};
+use crate::accept::{AcceptBatch, AcceptGuard, Admission};
 use crate::config::{DRAIN_FRESH_GRACE, LINGER};
 use crate::conn::{Bufs, Conn, Env, Phase, Timeout};
 use crate::ratelog::RateLog;
@@ -210,50 +210,41 @@ impl<A: App, P: Poller> Reactor<A, P> {
     }
 
     fn accept_ready(&mut self) {
-        let batch = if self.poller.edge() {
+        let limit = if self.poller.edge() {
             usize::MAX
         } else {
             ACCEPT_BATCH
         };
-        for _ in 0..batch {
+        let mut batch = AcceptBatch::new(limit);
+        loop {
             let Some(listener) = &self.listener else {
                 return;
             };
-            match accept_one(listener) {
-                Accepted::Conn(stream, addr) => {
-                    let c = &self.ctx;
-                    if !self
-                        .guard
-                        .admit(self.now, &c.open, c.config.max_conns, &c.stats)
-                    {
-                        continue;
-                    }
-                    let peer = Peer {
-                        addr,
-                        local: Some(c.local_addr),
-                    };
-                    let session = crate::panic_guard::open_guarded(&*c.app, &peer, &c.stats);
-                    if session.wants_close() {
-                        // Refused at open (--max-conns-per-ip): closed unread.
-                        c.open.release();
-                        WorkerStats::add(&c.stats.closed, 1);
-                        continue;
-                    }
-                    self.register(Conn::new(stream, session));
-                }
-                Accepted::Empty => return,
-                Accepted::Retry => {}
-                Accepted::Exhausted(e) => {
-                    self.guard
-                        .exhausted(self.now, &e, &self.ctx.stats, &self.ctx.open);
-                    self.unlisten();
-                    return;
-                }
-                Accepted::Failed(e) => {
-                    self.guard.failed(self.now, &e, &self.ctx.stats);
-                    return;
-                }
+            let c = &self.ctx;
+            let admission = Admission {
+                open: &c.open,
+                max_conns: c.config.max_conns,
+                stats: &c.stats,
+            };
+            let Some((stream, addr)) = batch.next(listener, &mut self.guard, self.now, admission)
+            else {
+                break;
+            };
+            let peer = Peer {
+                addr,
+                local: Some(c.local_addr),
+            };
+            let session = crate::panic_guard::open_guarded(&*c.app, &peer, &c.stats);
+            if session.wants_close() {
+                // Refused at open (--max-conns-per-ip): closed unread.
+                c.open.release();
+                WorkerStats::add(&c.stats.closed, 1);
+                continue;
             }
+            self.register(Conn::new(stream, session));
+        }
+        if batch.paused() {
+            self.unlisten();
         }
     }
 

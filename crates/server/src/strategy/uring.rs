@@ -32,11 +32,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use c10k_proto::{App, Cx, Peer, Session};
 use c10k_sys::uring::{Completion, Event, OpId, Ring, RingConfig, Socket};
+use rustix::io::Errno;
 use slab::Slab;
 
 use self::conn::{Spare, UConn};
 use super::{Availability, WorkerCtx};
-use crate::accept::AcceptGuard;
+use crate::accept::{AcceptErrorKind, AcceptGuard, classify};
 use crate::config::{DRAIN_FRESH_GRACE, LINGER, UringConfig};
 use crate::conn::{Env, Phase, Timeout};
 use crate::stats::{UringStats, WorkerStats};
@@ -277,48 +278,38 @@ impl<A: App> Worker<A> {
         let Event::Accepted(result) = c.event else {
             return;
         };
-        match result {
-            Ok(socket) => self.admit(socket),
-            Err(e) => match e.raw_os_error() {
-                Some(libc_errno::ECANCELED) => {}
-                Some(
-                    libc_errno::EMFILE
-                    | libc_errno::ENFILE
-                    | libc_errno::ENOBUFS
-                    | libc_errno::ENOMEM,
-                ) => {
+        let e = match result {
+            Ok(socket) => return self.admit(socket),
+            Err(e) => e,
+        };
+        let errno = Errno::from_io_error(&e);
+        if errno == Some(Errno::CANCELED) {
+            // We cancelled it (a pause or the drain): not an accept error.
+            return;
+        }
+        match errno.map_or(AcceptErrorKind::Failed, classify) {
+            AcceptErrorKind::Exhausted => {
+                self.guard
+                    .exhausted(self.now, &e, &self.ctx.stats, &self.ctx.open);
+                // Pause: stop the accept if it is still armed; it is re-armed when
+                // the back-off is over.
+                if let Some(op) = self.accept {
+                    let _ = self.ring.cancel(op);
+                }
+            }
+            // A connection that failed before we got it: the accept goes on (or is
+            // re-armed).
+            AcceptErrorKind::Retry => {}
+            // io_uring waits for connections itself, so `EAGAIN` is as unexpected
+            // here as any other error.
+            AcceptErrorKind::Empty | AcceptErrorKind::Failed => {
+                self.guard.failed(self.now, &e, &self.ctx.stats);
+                // Re-arming at once could spin on a persistent error: back off.
+                if self.accept.is_none() {
                     self.guard
                         .exhausted(self.now, &e, &self.ctx.stats, &self.ctx.open);
-                    // Pause: stop the accept if it is still armed; it is re-armed
-                    // when the back-off is over.
-                    if let Some(op) = self.accept {
-                        let _ = self.ring.cancel(op);
-                    }
                 }
-                // Errors already pending on a connection that failed before we got
-                // it: the accept goes on (or is re-armed).
-                Some(
-                    libc_errno::ECONNABORTED
-                    | libc_errno::EPROTO
-                    | libc_errno::EINTR
-                    | libc_errno::EPERM
-                    | libc_errno::ENETDOWN
-                    | libc_errno::ENETUNREACH
-                    | libc_errno::EHOSTUNREACH
-                    | libc_errno::EHOSTDOWN
-                    | libc_errno::ENONET
-                    | libc_errno::EOPNOTSUPP
-                    | libc_errno::ENOPROTOOPT,
-                ) => {}
-                _ => {
-                    self.guard.failed(self.now, &e, &self.ctx.stats);
-                    // Re-arming at once could spin on a persistent error: back off.
-                    if self.accept.is_none() {
-                        self.guard
-                            .exhausted(self.now, &e, &self.ctx.stats, &self.ctx.open);
-                    }
-                }
-            },
+            }
         }
     }
 
@@ -406,9 +397,9 @@ impl<A: App> Worker<A> {
                 match result {
                     Ok(Some(buf)) => conn.on_data(&buf, &mut self.spare, &env),
                     Ok(None) => conn.on_eof(&mut self.spare, &env),
-                    Err(e) => match e.raw_os_error() {
+                    Err(e) => match Errno::from_io_error(&e) {
                         // Out of buffers, or cancelled: re-armed by `settle` if wanted.
-                        Some(libc_errno::ENOBUFS | libc_errno::ECANCELED) => {}
+                        Some(Errno::NOBUFS | Errno::CANCELED) => {}
                         _ => conn.on_recv_error(&env),
                     },
                 }
@@ -705,25 +696,4 @@ impl<A: App> Worker<A> {
             s.leaked_ops
         );
     }
-}
-
-/// The errno values the accept and receive completions are checked against.
-mod libc_errno {
-    use rustix::io::Errno;
-    pub(super) const ECANCELED: i32 = Errno::CANCELED.raw_os_error();
-    pub(super) const EMFILE: i32 = Errno::MFILE.raw_os_error();
-    pub(super) const ENFILE: i32 = Errno::NFILE.raw_os_error();
-    pub(super) const ENOBUFS: i32 = Errno::NOBUFS.raw_os_error();
-    pub(super) const ENOMEM: i32 = Errno::NOMEM.raw_os_error();
-    pub(super) const ECONNABORTED: i32 = Errno::CONNABORTED.raw_os_error();
-    pub(super) const EPROTO: i32 = Errno::PROTO.raw_os_error();
-    pub(super) const EINTR: i32 = Errno::INTR.raw_os_error();
-    pub(super) const EPERM: i32 = Errno::PERM.raw_os_error();
-    pub(super) const ENETDOWN: i32 = Errno::NETDOWN.raw_os_error();
-    pub(super) const ENETUNREACH: i32 = Errno::NETUNREACH.raw_os_error();
-    pub(super) const EHOSTUNREACH: i32 = Errno::HOSTUNREACH.raw_os_error();
-    pub(super) const EHOSTDOWN: i32 = Errno::HOSTDOWN.raw_os_error();
-    pub(super) const ENONET: i32 = Errno::NONET.raw_os_error();
-    pub(super) const EOPNOTSUPP: i32 = Errno::OPNOTSUPP.raw_os_error();
-    pub(super) const ENOPROTOOPT: i32 = Errno::NOPROTOOPT.raw_os_error();
 }
