@@ -34,8 +34,7 @@ use rustix::event::PollFlags;
 
 use crate::config::{DRAIN_FRESH_GRACE, LINGER, MAX_PENDING_INPUT, READ_CHUNK};
 use crate::conn::LINGER_MAX_DISCARD;
-use crate::handler::{Conn, ConnLimits, PollPark, Waited};
-use crate::service::Service;
+use crate::handler::{Conn, ConnLimits, PollPark, ServeConn, Waited};
 use crate::stats::WorkerStats;
 use crate::timers::{Timeout, Timers};
 
@@ -85,7 +84,7 @@ pub(crate) struct Outcome {
 /// Serve one connection with `service` (a sans-IO app through [`serve_session`], or a
 /// blocking-style handler) in the calling OS thread, waiting in `poll(2)`, until it
 /// closes, fails or is drained. The stream is closed on return.
-pub(crate) fn serve_blocking<A: Service>(
+pub(crate) fn serve_blocking<A: ServeConn>(
     stream: TcpStream,
     service: &A,
     peer: &Peer,

@@ -36,9 +36,9 @@ use super::procs::{CHILD_MARGIN, Children, describe, enter_child, require_single
 use crate::accept::{AcceptGuard, Accepted, accept_one};
 use crate::blocking::{BlockingEnv, serve_blocking};
 use crate::config::Config;
+use crate::handler::ServeConn;
 use crate::metrics::PARENT_BUDGET;
 use crate::ratelog::RateLog;
-use crate::service::Service;
 use crate::shared_stats::SharedStats;
 use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;
@@ -51,7 +51,7 @@ const PANIC_EXIT: i32 = 3;
 const ACCEPT_BATCH: usize = 64;
 
 /// Run the parent until shutdown, then drain the children.
-pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
+pub(crate) fn run<A: ServeConn>(ctx: WorkerCtx<A>) -> io::Result<()> {
     require_single_thread("fork")?;
     let WorkerCtx {
         app,
@@ -221,7 +221,7 @@ pub(crate) fn drain_children(
 }
 
 /// The child: serve one connection, return the exit status.
-fn child_main<A: Service>(
+fn child_main<A: ServeConn>(
     stream: TcpStream,
     app: &A,
     peer: &Peer,

@@ -49,8 +49,7 @@ use slab::Slab;
 
 use super::WorkerCtx;
 use crate::accept::{AcceptBatch, AcceptGuard, Admission};
-use crate::handler::{Conn, ConnLimits, Park, Waited};
-use crate::service::Service;
+use crate::handler::{Conn, ConnLimits, Park, ServeConn, Waited};
 use crate::stats::WorkerStats;
 
 /// A green thread yields after this many reads and writes in a row that did not wait.
@@ -206,7 +205,7 @@ struct Scheduler<A> {
 }
 
 /// Run one green-thread scheduler until it has drained after shutdown.
-pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
+pub(crate) fn run<A: ServeConn>(ctx: WorkerCtx<A>) -> io::Result<()> {
     c10k_sys::stack_guard::install_overflow_report()?;
     c10k_sys::stack_guard::ensure_alt_stack()?;
     let limits = ConnLimits {
@@ -239,7 +238,7 @@ pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
     s.serve()
 }
 
-impl<A: Service> Scheduler<A> {
+impl<A: ServeConn> Scheduler<A> {
     fn listen(&mut self) -> io::Result<()> {
         let Some(l) = &self.ctx.listener else {
             return Ok(());

@@ -39,9 +39,9 @@ use super::procs::{Children, describe, enter_child, require_single_thread};
 use crate::accept::{AcceptGuard, Accepted, accept_one};
 use crate::blocking::{BlockingEnv, serve_blocking};
 use crate::config::Config;
+use crate::handler::ServeConn;
 use crate::metrics::PARENT_BUDGET;
 use crate::ratelog::RateLog;
-use crate::service::Service;
 use crate::shared_stats::SharedStats;
 use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;
@@ -52,7 +52,7 @@ const RESPAWN_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const RESPAWN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Run the parent: fork the pool, replace workers that die, drain on shutdown.
-pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
+pub(crate) fn run<A: ServeConn>(ctx: WorkerCtx<A>) -> io::Result<()> {
     require_single_thread("prefork")?;
     let WorkerCtx {
         app,
@@ -208,7 +208,7 @@ const WAKE: u64 = 1;
 
 /// A worker: accept and serve one connection at a time until shutdown. Returns how
 /// many connections it accepted, or `Err` after logging a failure.
-fn worker_main<A: Service>(
+fn worker_main<A: ServeConn>(
     listener: &Arc<TcpListener>,
     app: &Arc<A>,
     parent_shutdown: &Arc<Shutdown>,
@@ -243,7 +243,7 @@ fn worker_main<A: Service>(
     }
 }
 
-fn serve_pool_slot<A: Service>(
+fn serve_pool_slot<A: ServeConn>(
     listener: &TcpListener,
     app: &A,
     own: &Shutdown,

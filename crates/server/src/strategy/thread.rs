@@ -27,8 +27,8 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use super::WorkerCtx;
 use crate::accept::{AcceptGuard, Accepted, accept_one};
 use crate::blocking::{BlockingEnv, serve_blocking};
+use crate::handler::ServeConn;
 use crate::ratelog::RateLog;
-use crate::service::Service;
 use crate::stats::{OpenConns, WorkerStats};
 
 /// Connections accepted per listener report before polling again.
@@ -88,7 +88,7 @@ impl Drop for ConnSlot {
 }
 
 /// Run one accept loop until shutdown, then wait for its connection threads.
-pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
+pub(crate) fn run<A: ServeConn>(ctx: WorkerCtx<A>) -> io::Result<()> {
     let WorkerCtx {
         id,
         app,
