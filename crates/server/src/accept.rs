@@ -11,6 +11,7 @@
 //! logs at most once a second, and counts the pause. Connections already open keep
 //! being served, and accepting resumes by itself once descriptors free up.
 
+use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -141,9 +142,19 @@ pub(crate) fn accept_one(listener: &TcpListener) -> Accepted {
 /// and the worker's counters.
 #[derive(Clone, Copy)]
 pub(crate) struct Admission<'a> {
-    pub(crate) open: &'a OpenConns,
-    pub(crate) max_conns: usize,
-    pub(crate) stats: &'a WorkerStats,
+    open: &'a OpenConns,
+    max_conns: usize,
+    stats: &'a WorkerStats,
+}
+
+impl<'a> Admission<'a> {
+    pub(crate) fn new(open: &'a OpenConns, max_conns: usize, stats: &'a WorkerStats) -> Self {
+        Admission {
+            open,
+            max_conns,
+            stats,
+        }
+    }
 }
 
 /// The accepts that answer one report of a readable listener: [`accept_one`] in a
@@ -245,6 +256,7 @@ pub(crate) struct AcceptGuard {
     paused_until: Option<Instant>,
     exhausted_log: RateLog,
     refused_log: RateLog,
+    backend_log: RateLog,
     failed_log: RateLog,
 }
 
@@ -255,6 +267,7 @@ impl AcceptGuard {
             paused_until: None,
             exhausted_log: RateLog::new(Duration::from_secs(1)),
             refused_log: RateLog::new(Duration::from_secs(1)),
+            backend_log: RateLog::new(Duration::from_secs(1)),
             failed_log: RateLog::new(Duration::from_secs(1)),
         }
     }
@@ -278,6 +291,22 @@ impl AcceptGuard {
             tracing::warn!("refused {n} connection(s): --max-conns {max_conns} reached");
         }
         false
+    }
+
+    /// An admitted connection was refused after all, for want of a thread or a
+    /// process to serve it (`why`): the caller has closed it and released its slot.
+    /// Counted in `refused_backend`, logged at most once a second.
+    pub(crate) fn refused_backend(
+        &mut self,
+        now: Instant,
+        why: fmt::Arguments<'_>,
+        stats: &WorkerStats,
+        open: &OpenConns,
+    ) {
+        WorkerStats::add(&stats.refused_backend, 1);
+        if let Some(n) = self.backend_log.hit(now) {
+            tracing::warn!("refused {n} connection(s): {why}; {} open", open.current());
+        }
     }
 
     /// Accepting failed for lack of resources: pause, and return when to resume.
@@ -388,90 +417,88 @@ mod tests {
         }
     }
 
-    /// Connect `n` clients and wait until the listener reports them queued.
-    fn queue(l: &TcpListener, n: usize) -> Vec<TcpStream> {
-        let clients: Vec<TcpStream> = (0..n)
-            .map(|_| TcpStream::connect(l.local_addr().unwrap()).unwrap())
-            .collect();
-        let mut fds = [rustix::event::PollFd::new(l, rustix::event::PollFlags::IN)];
-        let ten_s = rustix::event::Timespec {
-            tv_sec: 10,
-            tv_nsec: 0,
-        };
-        rustix::event::poll(&mut fds, Some(&ten_s)).unwrap();
-        clients
+    /// A worker's accept-side state, for driving an [`AcceptBatch`].
+    struct Worker {
+        stats: WorkerStats,
+        open: OpenConns,
+        guard: AcceptGuard,
     }
 
-    fn admission<'a>(
-        open: &'a OpenConns,
-        max_conns: usize,
-        stats: &'a WorkerStats,
-    ) -> Admission<'a> {
-        Admission {
-            open,
-            max_conns,
-            stats,
+    impl Worker {
+        fn new() -> Self {
+            Worker {
+                stats: WorkerStats::default(),
+                open: OpenConns::default(),
+                guard: AcceptGuard::new(),
+            }
         }
+
+        /// Run `batch` to its end with `--max-conns max`; returns how many it yielded.
+        fn drain(&mut self, batch: &mut AcceptBatch, l: &TcpListener, max: usize) -> usize {
+            let admission = Admission::new(&self.open, max, &self.stats);
+            let mut n = 0;
+            while let Some((_stream, peer)) =
+                batch.next(l, &mut self.guard, Instant::now(), admission)
+            {
+                assert!(peer.unwrap().ip().is_loopback());
+                n += 1;
+            }
+            n
+        }
+
+        /// Apply one accept result to `batch`.
+        fn take(&mut self, batch: &mut AcceptBatch, accepted: Accepted, now: Instant) -> bool {
+            let admission = Admission::new(&self.open, 10, &self.stats);
+            batch
+                .take(accepted, &mut self.guard, now, admission)
+                .is_some()
+        }
+
+        fn count(&self, counter: fn(&WorkerStats) -> &std::sync::atomic::AtomicU64) -> u64 {
+            WorkerStats::get(counter(&self.stats))
+        }
+    }
+
+    /// A listener with `n` connections queued (loopback completes the handshake
+    /// within connect), and the clients.
+    fn queued(n: usize) -> (TcpListener, Vec<TcpStream>) {
+        let l = bind_one("127.0.0.1:0".parse().unwrap(), false, 16).unwrap();
+        let clients = (0..n)
+            .map(|_| TcpStream::connect(l.local_addr().unwrap()).unwrap())
+            .collect();
+        (l, clients)
     }
 
     #[test]
     fn a_batch_stops_at_its_limit_and_when_nothing_is_waiting() {
-        let l = bind_one("127.0.0.1:0".parse().unwrap(), false, 16).unwrap();
-        let (stats, open) = (WorkerStats::default(), OpenConns::default());
-        let mut g = AcceptGuard::new();
-        let _clients = queue(&l, 3);
-        // Loopback completes the handshakes at connect: all three are queued.
+        let (l, _clients) = queued(3);
+        let mut w = Worker::new();
         let mut batch = AcceptBatch::new(2);
-        let mut got = 0;
-        while let Some((_s, peer)) =
-            batch.next(&l, &mut g, Instant::now(), admission(&open, 10, &stats))
-        {
-            assert!(peer.unwrap().ip().is_loopback());
-            got += 1;
-        }
-        assert_eq!(got, 2, "the limit is honoured");
+        assert_eq!(w.drain(&mut batch, &l, 10), 2, "the limit is honoured");
         assert!(!batch.paused());
         let mut batch = AcceptBatch::new(usize::MAX);
-        let mut rest = 0;
-        while batch
-            .next(&l, &mut g, Instant::now(), admission(&open, 10, &stats))
-            .is_some()
-        {
-            rest += 1;
-        }
-        assert_eq!(rest, 1, "an unbounded batch ends when nothing is waiting");
+        assert_eq!(
+            w.drain(&mut batch, &l, 10),
+            1,
+            "it ends when nothing is waiting"
+        );
         assert!(!batch.paused());
-        assert_eq!(WorkerStats::get(&stats.accepted), 3);
-        assert_eq!(open.current(), 3);
-        assert_eq!(WorkerStats::get(&stats.accept_errors), 0);
+        assert_eq!(w.count(|s| &s.accepted), 3);
+        assert_eq!(w.open.current(), 3);
+        assert_eq!(w.count(|s| &s.accept_errors), 0);
     }
 
     #[test]
     fn a_batch_refuses_beyond_max_conns_and_counts_refusals_against_its_limit() {
-        let l = bind_one("127.0.0.1:0".parse().unwrap(), false, 16).unwrap();
-        let (stats, open) = (WorkerStats::default(), OpenConns::default());
-        let mut g = AcceptGuard::new();
-        let _clients = queue(&l, 3);
+        let (l, _clients) = queued(3);
+        let mut w = Worker::new();
         let mut batch = AcceptBatch::new(2);
-        assert!(
-            batch
-                .next(&l, &mut g, Instant::now(), admission(&open, 1, &stats))
-                .is_some()
-        );
         // The second is refused (closed), and the limit of 2 is used up.
-        assert!(
-            batch
-                .next(&l, &mut g, Instant::now(), admission(&open, 1, &stats))
-                .is_none()
-        );
-        assert_eq!(WorkerStats::get(&stats.refused_max_conns), 1);
+        assert_eq!(w.drain(&mut batch, &l, 1), 1);
+        assert_eq!(w.count(|s| &s.refused_max_conns), 1);
         // Once over, a batch stays over.
-        assert!(
-            batch
-                .next(&l, &mut g, Instant::now(), admission(&open, 10, &stats))
-                .is_none()
-        );
-        assert_eq!(WorkerStats::get(&stats.accepted), 1);
+        assert_eq!(w.drain(&mut batch, &l, 10), 0);
+        assert_eq!(w.count(|s| &s.accepted), 1);
     }
 
     #[test]
@@ -480,66 +507,41 @@ mod tests {
         let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
         s.set_nonblocking(true).unwrap();
         let l: TcpListener = s.into();
-        let (stats, open) = (WorkerStats::default(), OpenConns::default());
-        let mut g = AcceptGuard::new();
+        let mut w = Worker::new();
         let mut batch = AcceptBatch::new(usize::MAX);
-        assert!(
-            batch
-                .next(&l, &mut g, Instant::now(), admission(&open, 10, &stats))
-                .is_none()
-        );
+        assert_eq!(w.drain(&mut batch, &l, 10), 0);
         assert!(!batch.paused());
-        assert_eq!(WorkerStats::get(&stats.accept_errors), 1);
-        assert_eq!(g.paused_until(), None);
+        assert_eq!(w.count(|s| &s.accept_errors), 1);
+        assert_eq!(w.guard.paused_until(), None);
     }
 
     #[test]
     fn exhaustion_pauses_the_guard_and_ends_the_batch() {
-        let l = bind_one("127.0.0.1:0".parse().unwrap(), false, 16).unwrap();
-        let (stats, open) = (WorkerStats::default(), OpenConns::default());
-        let mut g = AcceptGuard::new();
-        let _clients = queue(&l, 1);
+        let (l, _clients) = queued(1);
+        let mut w = Worker::new();
         let mut batch = AcceptBatch::new(usize::MAX);
         let now = Instant::now();
-        let emfile = Accepted::Exhausted(Errno::MFILE.into());
-        assert!(
-            batch
-                .take(emfile, &mut g, now, admission(&open, 10, &stats))
-                .is_none()
-        );
+        assert!(!w.take(&mut batch, Accepted::Exhausted(Errno::MFILE.into()), now));
         assert!(batch.paused());
-        assert_eq!(g.paused_until(), Some(now + BACKOFF_MIN));
-        assert_eq!(WorkerStats::get(&stats.accept_pauses), 1);
+        assert_eq!(w.guard.paused_until(), Some(now + BACKOFF_MIN));
+        assert_eq!(w.count(|s| &s.accept_pauses), 1);
         // The queued connection stays in the backlog until the pause is over.
-        assert!(
-            batch
-                .next(&l, &mut g, now, admission(&open, 10, &stats))
-                .is_none()
-        );
-        assert_eq!(WorkerStats::get(&stats.accepted), 0);
+        assert_eq!(w.drain(&mut batch, &l, 10), 0);
+        assert_eq!(w.count(|s| &s.accepted), 0);
         assert!(matches!(accept_one(&l), Accepted::Conn(..)));
     }
 
     #[test]
     fn a_retry_does_not_end_the_batch() {
-        let (stats, open) = (WorkerStats::default(), OpenConns::default());
-        let mut g = AcceptGuard::new();
+        let mut w = Worker::new();
         let mut batch = AcceptBatch::new(3);
         let now = Instant::now();
-        assert!(
-            batch
-                .take(Accepted::Retry, &mut g, now, admission(&open, 10, &stats))
-                .is_none()
-        );
+        assert!(!w.take(&mut batch, Accepted::Retry, now));
         assert_eq!(batch.left, 3, "a retry leaves the batch going");
-        assert!(
-            batch
-                .take(Accepted::Empty, &mut g, now, admission(&open, 10, &stats))
-                .is_none()
-        );
-        assert_eq!(batch.left, 0);
+        assert!(!w.take(&mut batch, Accepted::Empty, now));
+        assert_eq!(batch.left, 0, "an empty backlog ends it");
         assert!(!batch.paused());
-        assert_eq!(WorkerStats::get(&stats.accept_errors), 0);
+        assert_eq!(w.count(|s| &s.accept_errors), 0);
     }
 
     #[test]

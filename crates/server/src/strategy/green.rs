@@ -455,11 +455,7 @@ impl<A: ServeConn> Scheduler<A> {
                 return;
             };
             let c = &self.ctx;
-            let admission = Admission {
-                open: &c.open,
-                max_conns: c.config.max_conns,
-                stats: &c.stats,
-            };
+            let admission = Admission::new(&c.open, c.config.max_conns, &c.stats);
             let Some((stream, addr)) =
                 batch.next(listener, &mut self.guard, Instant::now(), admission)
             else {

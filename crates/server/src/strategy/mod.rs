@@ -19,6 +19,7 @@ use crate::stats::{OpenConns, WorkerStats};
 pub(crate) mod epoll;
 pub(crate) mod fork;
 pub(crate) mod green;
+mod parent_poll;
 pub(crate) mod poll;
 pub(crate) mod pool;
 pub(crate) mod prefork;

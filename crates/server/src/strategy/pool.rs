@@ -432,11 +432,7 @@ impl<A: App> Reactor<A> {
                 return;
             };
             let s = &self.shared;
-            let admission = Admission {
-                open: &s.open,
-                max_conns: self.max_conns,
-                stats: &s.stats,
-            };
+            let admission = Admission::new(&s.open, self.max_conns, &s.stats);
             let Some((stream, addr)) = batch.next(listener, &mut self.guard, self.now, admission)
             else {
                 break;

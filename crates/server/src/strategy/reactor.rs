@@ -221,11 +221,7 @@ impl<A: App, P: Poller> Reactor<A, P> {
                 return;
             };
             let c = &self.ctx;
-            let admission = Admission {
-                open: &c.open,
-                max_conns: c.config.max_conns,
-                stats: &c.stats,
-            };
+            let admission = Admission::new(&c.open, c.config.max_conns, &c.stats);
             let Some((stream, addr)) = batch.next(listener, &mut self.guard, self.now, admission)
             else {
                 break;
