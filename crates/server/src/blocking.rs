@@ -29,9 +29,8 @@ use c10k_proto::{Cx, Peer, Session};
 use rustix::event::PollFlags;
 
 use crate::config::{DEFAULT_OUTPUT_CAP, DRAIN_FRESH_GRACE, READ_CHUNK};
-use crate::handler::{Conn, ConnLimits, PollPark, Waited};
+use crate::handler::{Conn, ConnLimits, PollPark, ServeConn, Waited};
 use crate::lifecycle::{ConnCore, Env, Limits, OutputPool, Phase};
-use crate::service::Service;
 use crate::stats::WorkerStats;
 
 /// First size of a blocking connection's read buffer. Every connection owns one, so it
@@ -76,7 +75,7 @@ pub(crate) struct Outcome {
 /// Serve one connection with `service` (a sans-IO app through [`serve_session`], or a
 /// blocking-style handler) in the calling OS thread, waiting in `poll(2)`, until it
 /// closes, fails or is drained. The stream is closed on return.
-pub(crate) fn serve_blocking<A: Service>(
+pub(crate) fn serve_blocking<A: ServeConn>(
     stream: TcpStream,
     service: &A,
     peer: &Peer,

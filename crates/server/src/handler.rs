@@ -23,11 +23,26 @@ use std::net::{Shutdown as NetShutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
+use c10k_proto::Peer;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 use std::sync::Arc;
 
 use crate::stats::WorkerStats;
+
+/// Serve one connection from start to end over a [`Conn`]: all that the strategies
+/// giving each connection its own flow of control (`thread`, `fork`, `prefork`,
+/// `green`) and the blocking driver need of what they serve. A sans-IO app does it
+/// through the adapter, a [`Handler`](crate::Handler) by calling the user's function;
+/// both impls are in `service.rs`, whose sealed [`Service`](crate::Service) requires
+/// this trait, so the strategies depend on this leaf and never on `service.rs`.
+///
+/// `pub` only because `Service` names it as a supertrait; this module is private, so
+/// no other crate can name or implement it.
+pub trait ServeConn: Send + Sync + 'static {
+    /// Serve `conn` until it should close; the stream is closed when `conn` drops.
+    fn serve(&self, conn: &mut Conn<'_>, peer: &Peer);
+}
 
 /// Why a wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -182,7 +182,9 @@ impl<S: Session> Session for Guarded<S> {
     }
 
     fn handle_message(&mut self, cx: &Cx, msg: c10k_proto::Message, out: &mut Vec<u8>) {
-        let _ = self.guard_out("handle_message", out, |s, out| s.handle_message(cx, msg, out));
+        let _ = self.guard_out("handle_message", out, |s, out| {
+            s.handle_message(cx, msg, out)
+        });
     }
 
     fn poll_timer(&self) -> Option<std::time::Instant> {

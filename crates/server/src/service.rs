@@ -2,10 +2,11 @@
 //! [`Handler`] (the strategies that give each connection its own flow of control:
 //! `thread`, `fork`, `prefork`, `green`).
 //!
-//! Both are a [`Service`]: something that serves one [`Conn`] from start to end. An
-//! app does it through the sans-IO adapter ([`serve_session`]), a handler by calling
-//! the user's function. The event-loop strategies (`select` ... `uring`, `pool`) drive
-//! sessions themselves and take apps only.
+//! Both are a [`Service`]: something that serves one [`Conn`] from start to end
+//! ([`ServeConn`], the leaf trait the blocking strategies and driver depend on). An app
+//! does it through the sans-IO adapter ([`serve_session`]), a handler by calling the
+//! user's function. The event-loop strategies (`select` ... `uring`, `pool`) drive
+//! sessions themselves and take apps only. `Service` is sealed: these two are all.
 
 use std::io;
 use std::sync::Arc;
@@ -14,15 +15,22 @@ use c10k_proto::{App, Peer};
 
 use crate::blocking::serve_session;
 use crate::gate::{GateApp, GateStats};
-use crate::handler::Conn;
+use crate::handler::{Conn, ServeConn};
 use crate::stats::WorkerStats;
 use crate::strategy::{
     Strategy, WorkerCtx, fork, green, prefork, run_processes, run_worker, thread,
 };
 
-/// Something a server serves: any [`App`], or a [`Handler`]. Not implemented
-/// outside this crate.
-pub trait Service: Send + Sync + Sized + 'static {
+/// The seal: [`Service`] requires this trait, which no other crate can name, so it
+/// cannot be implemented outside this crate.
+mod sealed {
+    /// Implemented for [`App`](super::App)s and [`Handler`](super::Handler)s only.
+    pub trait Sealed {}
+}
+
+/// Something a server serves: any [`App`], or a [`Handler`]. Sealed: not
+/// implemented outside this crate.
+pub trait Service: sealed::Sealed + ServeConn + Send + Sync + Sized + 'static {
     /// What the server runs: this service behind the gate (PROXY header,
     /// `--max-conns-per-ip`; see [`GateApp`]).
     type Gated: Service;
@@ -31,9 +39,6 @@ pub trait Service: Send + Sync + Sized + 'static {
     /// apply to it.
     #[doc(hidden)]
     fn gated(self, gate: &GateSettings) -> Result<(Self::Gated, Arc<GateStats>), String>;
-
-    /// Serve one connection from start to end (an app through the sans-IO adapter).
-    fn serve(&self, conn: &mut Conn<'_>, peer: &Peer);
 
     /// Whether `strategy` can serve it.
     fn runs_on(strategy: Strategy) -> bool;
@@ -59,6 +64,16 @@ pub struct GateSettings {
     pub log_connections: bool,
 }
 
+impl<A: App> sealed::Sealed for A {}
+
+/// An app serves a connection through the sans-IO adapter.
+impl<A: App> ServeConn for A {
+    fn serve(&self, conn: &mut Conn<'_>, peer: &Peer) {
+        let session = crate::panic_guard::open_guarded(self, peer, conn.stats_arc());
+        serve_session(conn, session);
+    }
+}
+
 impl<A: App> Service for A {
     type Gated = GateApp<A>;
 
@@ -71,11 +86,6 @@ impl<A: App> Service for A {
         );
         let stats = Arc::clone(app.stats());
         Ok((app, stats))
-    }
-
-    fn serve(&self, conn: &mut Conn<'_>, peer: &Peer) {
-        let session = crate::panic_guard::open_guarded(self, peer, conn.stats_arc());
-        serve_session(conn, session);
     }
 
     fn runs_on(_strategy: Strategy) -> bool {
@@ -108,6 +118,21 @@ pub const HANDLER_STRATEGIES: [Strategy; 4] = [
     Strategy::Green,
 ];
 
+impl<F> sealed::Sealed for Handler<F> {}
+
+/// A handler serves a connection by being called; an `Err` is logged and counted.
+impl<F> ServeConn for Handler<F>
+where
+    F: Fn(&mut Conn<'_>) -> io::Result<()> + Send + Sync + 'static,
+{
+    fn serve(&self, conn: &mut Conn<'_>, _peer: &Peer) {
+        if let Err(e) = (self.0)(conn) {
+            tracing::debug!("handler: {e}");
+            WorkerStats::add(&conn.stats().io_errors, 1);
+        }
+    }
+}
+
 impl<F> Service for Handler<F>
 where
     F: Fn(&mut Conn<'_>) -> io::Result<()> + Send + Sync + 'static,
@@ -123,13 +148,6 @@ where
             );
         }
         Ok((self, Arc::new(GateStats::default())))
-    }
-
-    fn serve(&self, conn: &mut Conn<'_>, _peer: &Peer) {
-        if let Err(e) = (self.0)(conn) {
-            tracing::debug!("handler: {e}");
-            WorkerStats::add(&conn.stats().io_errors, 1);
-        }
     }
 
     fn runs_on(strategy: Strategy) -> bool {

@@ -407,7 +407,10 @@ impl<S: Session> ConnCore<S> {
 
     /// The output buffers, for reuse once the connection is closed.
     pub(crate) fn into_buffers(mut self) -> [Vec<u8>; 2] {
-        [std::mem::take(&mut self.out), std::mem::take(&mut self.rest)]
+        [
+            std::mem::take(&mut self.out),
+            std::mem::take(&mut self.rest),
+        ]
     }
 
     // ----- messages and session timers ----------------------------------------------
@@ -424,7 +427,9 @@ impl<S: Session> ConnCore<S> {
             Letter::Disconnect => {
                 if self.phase != Phase::Done {
                     WorkerStats::add(&env.stats.mailbox_disconnects, 1);
-                    tracing::debug!("disconnecting a connection that does not keep up with its messages");
+                    tracing::debug!(
+                        "disconnecting a connection that does not keep up with its messages"
+                    );
                     self.finish();
                 }
             }
@@ -1196,7 +1201,11 @@ mod tests {
         let mut c = ConnCore::new(Spoken::default(), t0);
         c.received(&env, b"sub", &mut pool);
         assert!(c.mail.is_some(), "attached right after the call that asked");
-        let mb = c.session.mailbox.clone().expect("the session holds its mailbox");
+        let mb = c
+            .session
+            .mailbox
+            .clone()
+            .expect("the session holds its mailbox");
         for n in 0..3u32 {
             mb.post(n).unwrap();
         }
@@ -1209,7 +1218,11 @@ mod tests {
         assert_eq!(c.transmit(), b"subscribed;");
         let n = c.transmit().len();
         c.sent(&env, n, &mut pool);
-        assert_eq!(c.transmit(), b"msg 0;msg 1;", "delivered once under the cap");
+        assert_eq!(
+            c.transmit(),
+            b"msg 0;msg 1;",
+            "delivered once under the cap"
+        );
         let n = c.transmit().len();
         c.sent(&env, n, &mut pool);
         assert_eq!(c.transmit(), b"msg 2;");
@@ -1223,7 +1236,10 @@ mod tests {
         }
         assert!(c.is_closed());
         assert_eq!(WorkerStats::get(&stats.mailbox_disconnects), 1);
-        assert!(matches!(mb.post(9u32), Err(c10k_proto::PostError::Closed(_))));
+        assert!(matches!(
+            mb.post(9u32),
+            Err(c10k_proto::PostError::Closed(_))
+        ));
     }
 
     #[test]
@@ -1239,7 +1255,10 @@ mod tests {
         let mb = c.session.mailbox.clone().expect("mailbox");
         drop(c);
         assert!(mb.is_closed());
-        assert!(matches!(mb.post(1u32), Err(c10k_proto::PostError::Closed(_))));
+        assert!(matches!(
+            mb.post(1u32),
+            Err(c10k_proto::PostError::Closed(_))
+        ));
     }
 
     #[test]
@@ -1253,7 +1272,10 @@ mod tests {
         assert_eq!(c.poll_timeout(&w.limits), Some(due));
         assert_eq!(c.session_deadline(), Some(due));
         assert_eq!(w.timeout(&mut c, at), None, "not yet");
-        assert_eq!(w.timeout(&mut c, at + Duration::from_millis(5)), Some(Timeout::Session));
+        assert_eq!(
+            w.timeout(&mut c, at + Duration::from_millis(5)),
+            Some(Timeout::Session)
+        );
         assert_eq!(c.transmit(), b"tick;");
         assert_eq!(c.session_deadline(), None);
         assert_eq!(c.poll_timeout(&w.limits), Some(w.t0 + at + IDLE));

@@ -89,10 +89,7 @@ impl Inbox {
             pending: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
-        (
-            Mailbox::new(Arc::clone(&slot) as Arc<dyn Post>),
-            slot,
-        )
+        (Mailbox::new(Arc::clone(&slot) as Arc<dyn Post>), slot)
     }
 }
 
@@ -128,8 +125,7 @@ impl Post for MailSlot {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             return Err(PostError::Full(msg));
         }
-        self.inbox
-            .push(self.key, self.serial, Letter::Message(msg));
+        self.inbox.push(self.key, self.serial, Letter::Message(msg));
         Ok(())
     }
 
@@ -156,7 +152,11 @@ mod tests {
         mb.post(2u8).unwrap();
         let mut counter = [0u8; 8];
         let n = rustix::io::read(&inbox.wake, &mut counter).unwrap();
-        assert_eq!((n, u64::from_ne_bytes(counter)), (8, 1), "one wake for the batch");
+        assert_eq!(
+            (n, u64::from_ne_bytes(counter)),
+            (8, 1),
+            "one wake for the batch"
+        );
         let _ = rustix::io::write(&inbox.wake, &1u64.to_ne_bytes());
         let mut got = Vec::new();
         inbox.take(&mut got);

@@ -22,23 +22,19 @@
 
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use c10k_proto::Peer;
-use c10k_sys::process::{Fork, exit_immediately, fork};
-use rustix::event::{PollFd, PollFlags, Timespec, poll};
-use rustix::process::{Pid, Signal};
+use rustix::process::Pid;
 
 use super::WorkerCtx;
-use super::procs::{CHILD_MARGIN, Children, describe, enter_child, require_single_thread};
-use crate::accept::{AcceptGuard, Accepted, accept_one};
+use super::parent_poll::ParentPoll;
+use super::procs::{Children, Forked, describe, enter_child, require_single_thread};
+use crate::accept::{AcceptBatch, AcceptGuard, Admission};
 use crate::blocking::{BlockingEnv, serve_blocking};
 use crate::config::Config;
-use crate::metrics::PARENT_BUDGET;
-use crate::ratelog::RateLog;
-use crate::service::Service;
+use crate::handler::ServeConn;
 use crate::shared_stats::SharedStats;
 use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;
@@ -51,7 +47,7 @@ const PANIC_EXIT: i32 = 3;
 const ACCEPT_BATCH: usize = 64;
 
 /// Run the parent until shutdown, then drain the children.
-pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
+pub(crate) fn run<A: ServeConn>(ctx: WorkerCtx<A>) -> io::Result<()> {
     require_single_thread("fork")?;
     let WorkerCtx {
         app,
@@ -70,7 +66,6 @@ pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
     let mut children = Children::new()?;
     let parent = rustix::process::getpid();
     let mut guard = AcceptGuard::new();
-    let mut fork_log = RateLog::new(Duration::from_secs(1));
     loop {
         for r in children.reap() {
             open.release();
@@ -85,143 +80,65 @@ pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
                 );
             }
         }
-        let Some(l) = listener.as_ref() else {
+        let Some(l) = listener.as_deref() else {
             break;
         };
-        let now = Instant::now();
-        guard.resume_due(now);
-        let paused = guard.paused_until();
-        let timeout = paused
-            .map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
-            .and_then(|t| Timespec::try_from(t).ok());
-        let listen_flags = if paused.is_some() {
-            PollFlags::empty()
-        } else {
-            PollFlags::IN
-        };
-        let (metrics_fd, metrics_flags) = match &metrics {
-            Some(m) => (m.listener.as_fd(), PollFlags::IN),
-            None => (shutdown.wake_fd(), PollFlags::empty()),
-        };
-        let mut fds = [
-            PollFd::from_borrowed_fd(shutdown.wake_fd(), PollFlags::IN),
-            PollFd::from_borrowed_fd(l.as_fd(), listen_flags),
-            PollFd::from_borrowed_fd(children.fd().unwrap_or(shutdown.wake_fd()), PollFlags::IN),
-            PollFd::from_borrowed_fd(metrics_fd, metrics_flags),
-        ];
-        match poll(&mut fds, timeout.as_ref()) {
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
+        let woke = ParentPoll {
+            shutdown: &shutdown,
+            children: Some(&children),
+            metrics: metrics.as_ref(),
         }
-        if !fds[0].revents().is_empty() {
+        .wait(Some((l, &mut guard)), None)?;
+        if woke.shutdown {
             break;
         }
-        if !fds[3].revents().is_empty() {
-            if let Some(m) = &metrics {
-                m.serve_ready(PARENT_BUDGET);
-            }
-        }
-        if fds[1].revents().is_empty() {
+        if !woke.listener {
             continue; // SIGCHLD or the end of a pause: handled at the top
         }
-        for _ in 0..ACCEPT_BATCH {
+        let mut batch = AcceptBatch::new(ACCEPT_BATCH);
+        loop {
             let now = Instant::now();
-            let Some(l) = listener.as_ref() else {
+            let Some(l) = listener.as_deref() else {
                 break;
             };
-            match accept_one(l) {
-                Accepted::Conn(stream, addr) => {
-                    if !guard.admit(now, &open, config.max_conns, &stats) {
-                        continue;
-                    }
-                    let peer = Peer {
-                        addr,
-                        local: Some(local_addr),
-                    };
-                    match fork() {
-                        Ok(Fork::Child) => {
-                            // The child: it must not keep the listener open (the
-                            // socket would outlive the parent's close on drain).
-                            drop(listener.take());
-                            drop(metrics.take());
-                            children.forget_in_child();
-                            let code = child_main(
-                                stream,
-                                &*app,
-                                &peer,
-                                &shutdown,
-                                parent,
-                                &config,
-                                shared_stats.as_deref(),
-                            );
-                            exit_immediately(code);
-                        }
-                        Ok(Fork::Parent(pid)) => {
-                            children.insert(pid);
-                            drop(stream);
-                        }
-                        // Not an OS error: the process is not single-threaded, a bug
-                        // that every later fork would hit too.
-                        Err(e) if e.raw_os_error().is_none() => return Err(e),
-                        Err(e) => {
-                            open.release();
-                            WorkerStats::add(&stats.refused_backend, 1);
-                            WorkerStats::add(&stats.closed, 1);
-                            if let Some(n) = fork_log.hit(now) {
-                                tracing::warn!(
-                                    "refused {n} connection(s): cannot fork ({e}); {} processes alive",
-                                    children.len()
-                                );
-                            }
-                        }
-                    }
-                }
-                Accepted::Empty => break,
-                Accepted::Retry => {}
-                Accepted::Exhausted(e) => {
-                    guard.exhausted(now, &e, &stats, &open);
-                    break;
-                }
-                Accepted::Failed(e) => {
-                    guard.failed(now, &e, &stats);
-                    break;
-                }
+            let admission = Admission::new(&open, config.max_conns, &stats);
+            let Some((stream, addr)) = batch.next(l, &mut guard, now, admission) else {
+                break;
+            };
+            let peer = Peer {
+                addr,
+                local: Some(local_addr),
+            };
+            // In the parent, the closure (and with it the connection) is dropped.
+            let forked = children.fork(|| {
+                // The child must not keep the listener open (the socket would
+                // outlive the parent's close on drain).
+                drop(listener.take());
+                drop(metrics.take());
+                child_main(
+                    stream,
+                    &*app,
+                    &peer,
+                    &shutdown,
+                    parent,
+                    &config,
+                    shared_stats.as_deref(),
+                )
+            })?;
+            if let Forked::Refused(e) = forked {
+                open.release();
+                WorkerStats::add(&stats.closed, 1);
+                guard.refused_backend(now, format_args!("cannot fork ({e})"), &stats, &open);
             }
         }
     }
     drop(listener);
-    drain_children(
-        &mut children,
-        config.drain_timeout,
-        &stats,
-        "connection process",
-    );
+    children.drain(config.drain_timeout, &stats, "connection process");
     Ok(())
 }
 
-/// Forward SIGTERM to every child, wait for them until the drain timeout (plus a
-/// margin), kill the rest. Shared with `prefork`.
-pub(crate) fn drain_children(
-    children: &mut Children,
-    drain_timeout: Duration,
-    stats: &WorkerStats,
-    what: &str,
-) {
-    let n = children.len();
-    if n > 0 {
-        tracing::debug!("draining {n} {what}(es)");
-    }
-    children.signal_all(Signal::TERM);
-    let killed = children.wait_all(Instant::now() + drain_timeout + CHILD_MARGIN);
-    if killed > 0 {
-        WorkerStats::add(&stats.drain_forced, killed as u64);
-        tracing::warn!("{killed} {what}(es) still running at the drain deadline: killed");
-    }
-}
-
 /// The child: serve one connection, return the exit status.
-fn child_main<A: Service>(
+fn child_main<A: ServeConn>(
     stream: TcpStream,
     app: &A,
     peer: &Peer,

@@ -48,9 +48,8 @@ use rustix::event::{PollFlags, Timespec};
 use slab::Slab;
 
 use super::WorkerCtx;
-use crate::accept::{AcceptGuard, Accepted, accept_one};
-use crate::handler::{Conn, ConnLimits, Park, Waited};
-use crate::service::Service;
+use crate::accept::{AcceptBatch, AcceptGuard, Admission};
+use crate::handler::{Conn, ConnLimits, Park, ServeConn, Waited};
 use crate::stats::WorkerStats;
 
 /// A green thread yields after this many reads and writes in a row that did not wait.
@@ -206,7 +205,7 @@ struct Scheduler<A> {
 }
 
 /// Run one green-thread scheduler until it has drained after shutdown.
-pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
+pub(crate) fn run<A: ServeConn>(ctx: WorkerCtx<A>) -> io::Result<()> {
     c10k_sys::stack_guard::install_overflow_report()?;
     c10k_sys::stack_guard::ensure_alt_stack()?;
     let limits = ConnLimits {
@@ -239,7 +238,7 @@ pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
     s.serve()
 }
 
-impl<A: Service> Scheduler<A> {
+impl<A: ServeConn> Scheduler<A> {
     fn listen(&mut self) -> io::Result<()> {
         let Some(l) = &self.ctx.listener else {
             return Ok(());
@@ -450,40 +449,30 @@ impl<A: Service> Scheduler<A> {
     }
 
     fn accept_ready(&mut self) {
+        let mut batch = AcceptBatch::new(usize::MAX);
         loop {
             let Some(listener) = &self.ctx.listener else {
                 return;
             };
-            let now = Instant::now();
-            match accept_one(listener) {
-                Accepted::Conn(stream, addr) => {
-                    let c = &self.ctx;
-                    if !self.guard.admit(now, &c.open, c.config.max_conns, &c.stats) {
-                        continue;
-                    }
-                    let peer = Peer {
-                        addr,
-                        local: Some(c.local_addr),
-                    };
-                    if let Err(e) = self.spawn(stream, peer) {
-                        tracing::debug!("cannot start a green thread: {e}");
-                        WorkerStats::add(&self.ctx.stats.refused_backend, 1);
-                        self.ctx.open.release();
-                    }
-                }
-                Accepted::Empty => return,
-                Accepted::Retry => {}
-                Accepted::Exhausted(e) => {
-                    let c = &self.ctx;
-                    self.guard.exhausted(now, &e, &c.stats, &c.open);
-                    self.unlisten();
-                    return;
-                }
-                Accepted::Failed(e) => {
-                    self.guard.failed(now, &e, &self.ctx.stats);
-                    return;
-                }
+            let c = &self.ctx;
+            let admission = Admission::new(&c.open, c.config.max_conns, &c.stats);
+            let Some((stream, addr)) =
+                batch.next(listener, &mut self.guard, Instant::now(), admission)
+            else {
+                break;
+            };
+            let peer = Peer {
+                addr,
+                local: Some(c.local_addr),
+            };
+            if let Err(e) = self.spawn(stream, peer) {
+                tracing::debug!("cannot start a green thread: {e}");
+                WorkerStats::add(&self.ctx.stats.refused_backend, 1);
+                self.ctx.open.release();
             }
+        }
+        if batch.paused() {
+            self.unlisten();
         }
     }
 

@@ -21,6 +21,7 @@ pub(crate) mod epoll;
 mod fd_table;
 pub(crate) mod fork;
 pub(crate) mod green;
+mod parent_poll;
 pub(crate) mod poll;
 pub(crate) mod poller;
 pub(crate) mod pool;

@@ -123,7 +123,7 @@ use rustix::io::Errno;
 use slab::Slab;
 
 use super::WorkerCtx;
-use crate::accept::{AcceptGuard, Accepted, accept_one};
+use crate::accept::{AcceptBatch, AcceptGuard, Admission};
 use crate::conn::ReadyConn;
 use crate::lifecycle::{DrainClock, Limits, LingerQueue};
 use crate::ratelog::RateLog;
@@ -418,45 +418,32 @@ impl<A: App> Dispatcher<A> {
     }
 
     fn accept_ready(&mut self) {
-        for _ in 0..ACCEPT_BATCH {
+        let mut batch = AcceptBatch::new(ACCEPT_BATCH);
+        loop {
             let Some(listener) = &self.listener else {
                 return;
             };
-            match accept_one(listener) {
-                Accepted::Conn(stream, addr) => {
-                    let s = &self.shared;
-                    if !self
-                        .guard
-                        .admit(self.now, &s.open, self.max_conns, &s.stats)
-                    {
-                        continue;
-                    }
-                    let peer = Peer {
-                        addr,
-                        local: Some(self.local_addr),
-                    };
-                    let session = crate::panic_guard::open_guarded(&*self.app, &peer, &s.stats);
-                    if session.wants_close() {
-                        // Refused at open (--max-conns-per-ip): closed unread.
-                        s.open.release();
-                        WorkerStats::add(&s.stats.closed, 1);
-                        continue;
-                    }
-                    self.register(ReadyConn::new(stream, session, self.now));
-                }
-                Accepted::Empty => return,
-                Accepted::Retry => {}
-                Accepted::Exhausted(e) => {
-                    let s = &self.shared;
-                    self.guard.exhausted(self.now, &e, &s.stats, &s.open);
-                    self.unlisten();
-                    return;
-                }
-                Accepted::Failed(e) => {
-                    self.guard.failed(self.now, &e, &self.shared.stats);
-                    return;
-                }
+            let s = &self.shared;
+            let admission = Admission::new(&s.open, self.max_conns, &s.stats);
+            let Some((stream, addr)) = batch.next(listener, &mut self.guard, self.now, admission)
+            else {
+                break;
+            };
+            let peer = Peer {
+                addr,
+                local: Some(self.local_addr),
+            };
+            let session = crate::panic_guard::open_guarded(&*self.app, &peer, &s.stats);
+            if session.wants_close() {
+                // Refused at open (--max-conns-per-ip): closed unread.
+                s.open.release();
+                WorkerStats::add(&s.stats.closed, 1);
+                continue;
             }
+            self.register(ReadyConn::new(stream, session, self.now));
+        }
+        if batch.paused() {
+            self.unlisten();
         }
     }
 

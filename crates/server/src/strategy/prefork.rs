@@ -28,20 +28,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use c10k_proto::Peer;
-use c10k_sys::process::{Fork, exit_immediately, fork};
+use rustix::event::Timespec;
 use rustix::event::epoll::{self, EventData, EventFlags};
-use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::Pid;
 
 use super::WorkerCtx;
-use super::fork::drain_children;
-use super::procs::{Children, describe, enter_child, require_single_thread};
-use crate::accept::{AcceptGuard, Accepted, accept_one};
+use super::parent_poll::ParentPoll;
+use super::procs::{Children, Forked, describe, enter_child, require_single_thread};
+use crate::accept::{AcceptBatch, AcceptGuard, Admission};
 use crate::blocking::{BlockingEnv, serve_blocking};
 use crate::config::Config;
-use crate::metrics::PARENT_BUDGET;
+use crate::handler::ServeConn;
 use crate::ratelog::RateLog;
-use crate::service::Service;
 use crate::shared_stats::SharedStats;
 use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;
@@ -52,25 +50,14 @@ const RESPAWN_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const RESPAWN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Run the parent: fork the pool, replace workers that die, drain on shutdown.
-pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
+pub(crate) fn run<A: ServeConn>(ctx: WorkerCtx<A>) -> io::Result<()> {
     require_single_thread("prefork")?;
-    let WorkerCtx {
-        app,
-        listener,
-        local_addr,
-        config,
-        shutdown,
-        stats,
-        shared_stats,
-        metrics,
-        ..
-    } = ctx;
-    let shared_stats = match shared_stats {
+    let config = &ctx.config;
+    let shared_stats = match ctx.shared_stats {
         Some(s) => s,
         None => Arc::new(SharedStats::new(config.workers)?),
     };
-    let mut listener = listener;
-    let mut metrics = metrics;
+    let mut metrics = ctx.metrics;
     let mut children = Children::new()?;
     let parent = rustix::process::getpid();
     let mut missing = config.workers;
@@ -81,35 +68,37 @@ pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
     let mut backoff = RESPAWN_BACKOFF_MIN;
     let mut started = 0u64;
     let mut fork_log = RateLog::new(Duration::from_secs(1));
-    while !shutdown.is_requested() {
+    while !ctx.shutdown.is_requested() {
         let now = Instant::now();
         while missing > 0 && now >= next_start {
-            let Some(l) = listener.as_ref() else {
+            let Some(l) = ctx.listener.as_ref() else {
                 break;
             };
             let slot = free_slots.pop().unwrap_or(0);
-            match fork() {
-                Ok(Fork::Child) => {
-                    let l = Arc::clone(l);
-                    drop(listener.take());
-                    drop(metrics.take());
-                    children.forget_in_child();
-                    let publish = Publish {
-                        shared: &shared_stats,
-                        slot,
-                    };
-                    let code =
-                        worker_main(&l, &app, &shutdown, parent, &config, local_addr, &publish);
-                    exit_immediately(if code.is_ok() { 0 } else { 1 });
-                }
-                Ok(Fork::Parent(pid)) => {
-                    children.insert(pid);
+            let forked = children.fork(|| {
+                drop(metrics.take());
+                let publish = Publish {
+                    shared: &shared_stats,
+                    slot,
+                };
+                let code = worker_main(
+                    l,
+                    &ctx.app,
+                    &ctx.shutdown,
+                    parent,
+                    config,
+                    ctx.local_addr,
+                    &publish,
+                );
+                if code.is_ok() { 0 } else { 1 }
+            })?;
+            match forked {
+                Forked::Started(pid) => {
                     slot_of.insert(pid, slot);
                     missing -= 1;
                     started += 1;
                 }
-                Err(e) if e.raw_os_error().is_none() => return Err(e),
-                Err(e) => {
+                Forked::Refused(e) => {
                     free_slots.push(slot);
                     if let Some(n) = fork_log.hit(now) {
                         tracing::warn!(
@@ -122,30 +111,14 @@ pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
                 }
             }
         }
-        let timeout = (missing > 0)
-            .then(|| next_start.saturating_duration_since(now) + Duration::from_millis(1))
-            .and_then(|t| Timespec::try_from(t).ok());
-        let (metrics_fd, metrics_flags) = match &metrics {
-            Some(m) => (m.listener.as_fd(), PollFlags::IN),
-            None => (shutdown.wake_fd(), PollFlags::empty()),
-        };
-        let mut fds = [
-            PollFd::from_borrowed_fd(shutdown.wake_fd(), PollFlags::IN),
-            PollFd::from_borrowed_fd(children.fd().unwrap_or(shutdown.wake_fd()), PollFlags::IN),
-            PollFd::from_borrowed_fd(metrics_fd, metrics_flags),
-        ];
-        match poll(&mut fds, timeout.as_ref()) {
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
+        let woke = ParentPoll {
+            shutdown: &ctx.shutdown,
+            children: Some(&children),
+            metrics: metrics.as_ref(),
         }
-        if !fds[0].revents().is_empty() || shutdown.is_requested() {
+        .wait(None, (missing > 0).then_some(next_start))?;
+        if woke.shutdown || ctx.shutdown.is_requested() {
             break;
-        }
-        if !fds[2].revents().is_empty() {
-            if let Some(m) = &metrics {
-                m.serve_ready(PARENT_BUDGET);
-            }
         }
         let reaped = children.reap();
         for r in reaped {
@@ -169,14 +142,9 @@ pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
             }
         }
     }
-    drop(listener);
+    drop(ctx.listener);
     drop(metrics);
-    drain_children(
-        &mut children,
-        config.drain_timeout,
-        &stats,
-        "prefork worker",
-    );
+    children.drain(config.drain_timeout, &ctx.stats, "prefork worker");
     let accepted = (0..shared_stats.blocks())
         .map(|b| accepted_in(&shared_stats, b))
         .sum::<u64>();
@@ -208,7 +176,7 @@ const WAKE: u64 = 1;
 
 /// A worker: accept and serve one connection at a time until shutdown. Returns how
 /// many connections it accepted, or `Err` after logging a failure.
-fn worker_main<A: Service>(
+fn worker_main<A: ServeConn>(
     listener: &Arc<TcpListener>,
     app: &Arc<A>,
     parent_shutdown: &Arc<Shutdown>,
@@ -243,7 +211,7 @@ fn worker_main<A: Service>(
     }
 }
 
-fn serve_pool_slot<A: Service>(
+fn serve_pool_slot<A: ServeConn>(
     listener: &TcpListener,
     app: &A,
     own: &Shutdown,
@@ -297,34 +265,29 @@ fn serve_pool_slot<A: Service>(
         if !events.iter().any(|e| e.data.u64() == LISTENER) {
             continue;
         }
-        match accept_one(listener) {
-            Accepted::Conn(stream, addr) => {
-                // One connection at a time: the slot is free again when it returns.
-                if !guard.admit(now, &open, 1, &stats) {
-                    continue;
-                }
-                publish.shared.set_open(publish.slot, 1);
-                publish.shared.publish(publish.slot, &stats, &mut published);
-                let peer = Peer {
-                    addr,
-                    local: Some(local_addr),
-                };
-                let outcome = serve_blocking(stream, app, &peer, &env);
-                open.release();
-                WorkerStats::add(&stats.closed, 1);
-                publish.shared.publish(publish.slot, &stats, &mut published);
-                publish.shared.set_open(publish.slot, 0);
-                if outcome.drained {
-                    break;
-                }
-            }
-            // Another worker took it.
-            Accepted::Empty | Accepted::Retry => {}
-            Accepted::Exhausted(e) => {
-                guard.exhausted(now, &e, &stats, &open);
+        // One connection at a time: the slot is free again when it returns.
+        let admission = Admission::new(&open, 1, &stats);
+        let mut batch = AcceptBatch::new(1);
+        let Some((stream, addr)) = batch.next(listener, &mut guard, now, admission) else {
+            // Another worker took it, or accepting paused or failed.
+            if batch.paused() {
                 epoll::delete(&ep, listener.as_fd())?;
             }
-            Accepted::Failed(e) => guard.failed(now, &e, &stats),
+            continue;
+        };
+        publish.shared.set_open(publish.slot, 1);
+        publish.shared.publish(publish.slot, &stats, &mut published);
+        let peer = Peer {
+            addr,
+            local: Some(local_addr),
+        };
+        let outcome = serve_blocking(stream, app, &peer, &env);
+        open.release();
+        WorkerStats::add(&stats.closed, 1);
+        publish.shared.publish(publish.slot, &stats, &mut published);
+        publish.shared.set_open(publish.slot, 0);
+        if outcome.drained {
+            break;
         }
     }
     publish.shared.publish(publish.slot, &stats, &mut published);

@@ -1,6 +1,6 @@
-//! What `fork` and `prefork` share: the parent's table of children (reaped on
-//! SIGCHLD, signalled on drain, killed at the deadline) and a child's set-up (its own
-//! signal handlers and shutdown pipe).
+//! What `fork` and `prefork` share: the parent's table of children (forked, reaped on
+//! SIGCHLD, signalled and waited for on drain, killed at the deadline) and a child's
+//! set-up (its own signal handlers and shutdown pipe).
 //!
 //! The rule both strategies follow, and the reason they run without the builder's
 //! worker threads: **fork only while the process has a single thread.** The builder
@@ -15,15 +15,17 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use c10k_sys::process::{Fork, exit_immediately, fork};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus, kill_process, waitpid};
 use signal_hook::SigId;
 
 use crate::shutdown::Shutdown;
+use crate::stats::WorkerStats;
 
 /// Extra time the parent waits for children beyond the drain timeout before it kills
 /// them (each child bounds its own drain; this covers scheduling and exit).
-pub(crate) const CHILD_MARGIN: Duration = Duration::from_secs(1);
+const CHILD_MARGIN: Duration = Duration::from_secs(1);
 
 /// Fail early, with a clear message, if forking would be refused.
 pub(crate) fn require_single_thread(strategy: &str) -> io::Result<()> {
@@ -57,6 +59,14 @@ pub(crate) fn describe(status: WaitStatus) -> String {
     }
 }
 
+/// How [`Children::fork`] went, in the parent.
+pub(crate) enum Forked {
+    /// The child runs; it is in the table.
+    Started(Pid),
+    /// The system refused (`EAGAIN`: a process limit; `ENOMEM`): log, count, go on.
+    Refused(io::Error),
+}
+
 /// The parent's children, and the SIGCHLD self-pipe that wakes it when one exits.
 pub(crate) struct Children {
     live: HashMap<Pid, Instant>,
@@ -83,8 +93,24 @@ impl Children {
         self.sigchld.as_ref().map(|fd| fd.as_fd())
     }
 
-    pub(crate) fn insert(&mut self, pid: Pid) {
-        self.live.insert(pid, Instant::now());
+    /// Fork a child that runs `child` and exits with the status it returns (the
+    /// closure is dropped unrun in the parent). The child forgets the parent's table
+    /// first. `Err` when the process is not single-threaded: a bug that every later
+    /// fork would hit too.
+    pub(crate) fn fork(&mut self, child: impl FnOnce() -> i32) -> io::Result<Forked> {
+        match fork() {
+            Ok(Fork::Child) => {
+                self.forget_in_child();
+                exit_immediately(child())
+            }
+            Ok(Fork::Parent(pid)) => {
+                self.live.insert(pid, Instant::now());
+                Ok(Forked::Started(pid))
+            }
+            // Not an OS error: the process has other threads.
+            Err(e) if e.raw_os_error().is_none() => Err(e),
+            Err(e) => Ok(Forked::Refused(e)),
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -119,7 +145,7 @@ impl Children {
     }
 
     /// Send `sig` to every live child.
-    pub(crate) fn signal_all(&self, sig: Signal) {
+    fn signal_all(&self, sig: Signal) {
         for &pid in self.live.keys() {
             // ESRCH: it exited and is waiting to be reaped.
             let _ = kill_process(pid, sig);
@@ -128,7 +154,7 @@ impl Children {
 
     /// Wait for every child to exit, reaping them, until `deadline`; then kill the
     /// ones left with SIGKILL and reap them too. Returns how many were killed.
-    pub(crate) fn wait_all(&mut self, deadline: Instant) -> usize {
+    fn wait_all(&mut self, deadline: Instant) -> usize {
         loop {
             self.reap();
             if self.live.is_empty() {
@@ -156,9 +182,24 @@ impl Children {
         killed
     }
 
+    /// Forward SIGTERM to every child, wait for them until the drain timeout (plus a
+    /// margin), kill the rest (counted in `drain_forced`).
+    pub(crate) fn drain(&mut self, drain_timeout: Duration, stats: &WorkerStats, what: &str) {
+        let n = self.len();
+        if n > 0 {
+            tracing::debug!("draining {n} {what}(es)");
+        }
+        self.signal_all(Signal::TERM);
+        let killed = self.wait_all(Instant::now() + drain_timeout + CHILD_MARGIN);
+        if killed > 0 {
+            WorkerStats::add(&stats.drain_forced, killed as u64);
+            tracing::warn!("{killed} {what}(es) still running at the drain deadline: killed");
+        }
+    }
+
     /// In a newly forked child: drop the copy of the parent's table and its SIGCHLD
     /// handler.
-    pub(crate) fn forget_in_child(&mut self) {
+    fn forget_in_child(&mut self) {
         if let Some(id) = self.sigchld_id.take() {
             signal_hook::low_level::unregister(id);
         }

@@ -17,7 +17,7 @@ use slab::Slab;
 
 use super::WorkerCtx;
 use super::poller::{Interest, Poller, Ready, Source};
-use crate::accept::{Accepted, accept_one};
+use crate::accept::{AcceptBatch, Admission};
 use crate::conn::{Bufs, ReadyConn};
 use crate::lifecycle::{ConnTable, Env, Limits, Phase, Settled, WorkerCore};
 use crate::ratelog::RateLog;
@@ -145,54 +145,40 @@ impl<A: App, P: Poller> Reactor<A, P> {
     }
 
     fn accept_ready(&mut self) {
-        let batch = if self.conns.poller.edge() {
+        let limit = if self.conns.poller.edge() {
             usize::MAX
         } else {
             ACCEPT_BATCH
         };
-        for _ in 0..batch {
+        let mut batch = AcceptBatch::new(limit);
+        loop {
             let c = &mut self.conns;
             let Some(listener) = &c.listener else {
                 return;
             };
-            match accept_one(listener) {
-                Accepted::Conn(stream, addr) => {
-                    let x = &c.ctx;
-                    if !self
-                        .worker
-                        .accept
-                        .admit(c.now, &x.open, x.config.max_conns, &x.stats)
-                    {
-                        continue;
-                    }
-                    let peer = Peer {
-                        addr,
-                        local: Some(x.local_addr),
-                    };
-                    let session = crate::panic_guard::open_guarded(&*x.app, &peer, &x.stats);
-                    if session.wants_close() {
-                        // Refused at open (--max-conns-per-ip): closed unread.
-                        x.open.release();
-                        WorkerStats::add(&x.stats.closed, 1);
-                        continue;
-                    }
-                    let now = c.now;
-                    c.register(ReadyConn::new(stream, session, now));
-                }
-                Accepted::Empty => return,
-                Accepted::Retry => {}
-                Accepted::Exhausted(e) => {
-                    self.worker
-                        .accept
-                        .exhausted(c.now, &e, &c.ctx.stats, &c.ctx.open);
-                    c.unlisten();
-                    return;
-                }
-                Accepted::Failed(e) => {
-                    self.worker.accept.failed(c.now, &e, &c.ctx.stats);
-                    return;
-                }
+            let x = &c.ctx;
+            let admission = Admission::new(&x.open, x.config.max_conns, &x.stats);
+            let Some((stream, addr)) =
+                batch.next(listener, &mut self.worker.accept, c.now, admission)
+            else {
+                break;
+            };
+            let peer = Peer {
+                addr,
+                local: Some(x.local_addr),
+            };
+            let session = crate::panic_guard::open_guarded(&*x.app, &peer, &x.stats);
+            if session.wants_close() {
+                // Refused at open (--max-conns-per-ip): closed unread.
+                x.open.release();
+                WorkerStats::add(&x.stats.closed, 1);
+                continue;
             }
+            let now = c.now;
+            c.register(ReadyConn::new(stream, session, now));
+        }
+        if batch.paused() {
+            self.conns.unlisten();
         }
     }
 

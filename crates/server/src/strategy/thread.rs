@@ -17,18 +17,16 @@
 //! margin, and returns.
 
 use std::io;
-use std::os::fd::AsFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use c10k_proto::Peer;
-use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 use super::WorkerCtx;
-use crate::accept::{AcceptGuard, Accepted, accept_one};
+use super::parent_poll::ParentPoll;
+use crate::accept::{AcceptBatch, AcceptGuard, Admission};
 use crate::blocking::{BlockingEnv, serve_blocking};
-use crate::ratelog::RateLog;
-use crate::service::Service;
+use crate::handler::ServeConn;
 use crate::stats::{OpenConns, WorkerStats};
 
 /// Connections accepted per listener report before polling again.
@@ -88,107 +86,69 @@ impl Drop for ConnSlot {
 }
 
 /// Run one accept loop until shutdown, then wait for its connection threads.
-pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
-    let WorkerCtx {
-        id,
-        app,
-        listener,
-        local_addr,
-        config,
-        shutdown,
-        stats,
-        open,
-        ..
-    } = ctx;
-    let listener = listener.ok_or_else(|| io::Error::other("thread: no listener"))?;
+pub(crate) fn run<A: ServeConn>(ctx: WorkerCtx<A>) -> io::Result<()> {
+    let listener = ctx
+        .listener
+        .ok_or_else(|| io::Error::other("thread: no listener"))?;
+    let (config, open, stats) = (&ctx.config, &ctx.open, &ctx.stats);
     let live = Arc::new(Live::default());
     let mut guard = AcceptGuard::new();
-    let mut spawn_log = RateLog::new(Duration::from_secs(1));
+    let parent = ParentPoll {
+        shutdown: &ctx.shutdown,
+        children: None,
+        metrics: None,
+    };
+    let admission = Admission::new(open, config.max_conns, stats);
     loop {
-        let now = Instant::now();
-        guard.resume_due(now);
-        let paused = guard.paused_until();
-        let timeout = paused
-            .map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
-            .and_then(|t| Timespec::try_from(t).ok());
-        let listen_flags = if paused.is_some() {
-            PollFlags::empty()
-        } else {
-            PollFlags::IN
-        };
-        let mut fds = [
-            PollFd::from_borrowed_fd(shutdown.wake_fd(), PollFlags::IN),
-            PollFd::from_borrowed_fd(listener.as_fd(), listen_flags),
-        ];
-        match poll(&mut fds, timeout.as_ref()) {
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-        if !fds[0].revents().is_empty() {
+        let woke = parent.wait(Some((&listener, &mut guard)), None)?;
+        if woke.shutdown {
             break;
         }
-        if fds[1].revents().is_empty() {
+        if !woke.listener {
             continue;
         }
-        for _ in 0..ACCEPT_BATCH {
+        let mut batch = AcceptBatch::new(ACCEPT_BATCH);
+        loop {
             let now = Instant::now();
-            match accept_one(&listener) {
-                Accepted::Conn(stream, addr) => {
-                    if !guard.admit(now, &open, config.max_conns, &stats) {
-                        continue;
-                    }
-                    live.add(1);
-                    let slot = ConnSlot {
-                        live: Arc::clone(&live),
-                        open: Arc::clone(&open),
-                        stats: Arc::clone(&stats),
+            let Some((stream, addr)) = batch.next(&listener, &mut guard, now, admission) else {
+                break;
+            };
+            live.add(1);
+            let slot = ConnSlot {
+                live: Arc::clone(&live),
+                open: Arc::clone(open),
+                stats: Arc::clone(stats),
+            };
+            let app = Arc::clone(&ctx.app);
+            let shutdown = Arc::clone(&ctx.shutdown);
+            let config = Arc::clone(config);
+            let peer = Peer {
+                addr,
+                local: Some(ctx.local_addr),
+            };
+            let spawned = std::thread::Builder::new()
+                .stack_size(config.stack_size)
+                .spawn(move || {
+                    let wake = [shutdown.wake_fd()];
+                    let env = BlockingEnv {
+                        stats: &slot.stats,
+                        wake: &wake,
+                        drain_timeout: config.drain_timeout,
+                        idle_timeout: config.idle_timeout,
+                        header_timeout: config.header_timeout,
                     };
-                    let app = Arc::clone(&app);
-                    let shutdown = Arc::clone(&shutdown);
-                    let drain_timeout = config.drain_timeout;
-                    let idle_timeout = config.idle_timeout;
-                    let header_timeout = config.header_timeout;
-                    let spawned = std::thread::Builder::new()
-                        .stack_size(config.stack_size)
-                        .spawn(move || {
-                            let peer = Peer {
-                                addr,
-                                local: Some(local_addr),
-                            };
-                            let wake = [shutdown.wake_fd()];
-                            let env = BlockingEnv {
-                                stats: &slot.stats,
-                                wake: &wake,
-                                drain_timeout,
-                                idle_timeout,
-                                header_timeout,
-                            };
-                            serve_blocking(stream, &*app, &peer, &env);
-                            drop(slot);
-                        });
-                    if let Err(e) = spawned {
-                        // The closure was dropped: the connection is closed and its
-                        // slot released.
-                        WorkerStats::add(&stats.refused_backend, 1);
-                        if let Some(n) = spawn_log.hit(now) {
-                            tracing::warn!(
-                                "refused {n} connection(s): cannot create a thread ({e}); {} open",
-                                open.current()
-                            );
-                        }
-                    }
-                }
-                Accepted::Empty => break,
-                Accepted::Retry => {}
-                Accepted::Exhausted(e) => {
-                    guard.exhausted(now, &e, &stats, &open);
-                    break;
-                }
-                Accepted::Failed(e) => {
-                    guard.failed(now, &e, &stats);
-                    break;
-                }
+                    serve_blocking(stream, &*app, &peer, &env);
+                    drop(slot);
+                });
+            if let Err(e) = spawned {
+                // The closure was dropped: the connection is closed and its slot
+                // released.
+                guard.refused_backend(
+                    now,
+                    format_args!("cannot create a thread ({e})"),
+                    stats,
+                    open,
+                );
             }
         }
     }
@@ -198,7 +158,10 @@ pub(crate) fn run<A: Service>(ctx: WorkerCtx<A>) -> io::Result<()> {
     let deadline = Instant::now() + config.drain_timeout + JOIN_MARGIN;
     let left = live.wait_zero(deadline);
     if left > 0 {
-        tracing::warn!("worker {id}: {left} connection thread(s) still running at the deadline");
+        tracing::warn!(
+            "worker {}: {left} connection thread(s) still running at the deadline",
+            ctx.id
+        );
     }
     Ok(())
 }

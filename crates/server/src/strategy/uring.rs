@@ -31,10 +31,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use c10k_proto::{App, Cx, Peer, Session};
 use c10k_sys::uring::{Completion, Event, OpId, Ring, RingConfig, Socket};
+use rustix::io::Errno;
 use slab::Slab;
 
 use self::conn::RingConn;
 use super::{Availability, WorkerCtx};
+use crate::accept::{AcceptErrorKind, classify};
 use crate::config::UringConfig;
 use crate::lifecycle::{ConnTable, Env, Limits, OutputPool, Phase, Settled, WorkerCore};
 use crate::stats::{UringStats, WorkerStats};
@@ -272,52 +274,43 @@ impl<A: App> Worker<A> {
             return;
         };
         let guard = &mut self.worker.accept;
-        match result {
+        let e = match result {
             Ok(socket) => {
                 if let Some(key) = x.admit(socket, guard) {
                     let now = x.now;
                     self.worker
                         .admitted_while_draining(&mut self.conns, key, now);
                 }
+                return;
             }
-            Err(e) => match e.raw_os_error() {
-                Some(libc_errno::ECANCELED) => {}
-                Some(
-                    libc_errno::EMFILE
-                    | libc_errno::ENFILE
-                    | libc_errno::ENOBUFS
-                    | libc_errno::ENOMEM,
-                ) => {
+            Err(e) => e,
+        };
+        let errno = Errno::from_io_error(&e);
+        if errno == Some(Errno::CANCELED) {
+            // We cancelled it (a pause or the drain): not an accept error.
+            return;
+        }
+        match errno.map_or(AcceptErrorKind::Failed, classify) {
+            AcceptErrorKind::Exhausted => {
+                guard.exhausted(x.now, &e, &x.ctx.stats, &x.ctx.open);
+                // Pause: stop the accept if it is still armed; it is re-armed when
+                // the back-off is over.
+                if let Some(op) = x.accept {
+                    let _ = x.ring.cancel(op);
+                }
+            }
+            // A connection that failed before we got it: the accept goes on (or is
+            // re-armed).
+            AcceptErrorKind::Retry => {}
+            // io_uring waits for connections itself, so `EAGAIN` is as unexpected
+            // here as any other error.
+            AcceptErrorKind::Empty | AcceptErrorKind::Failed => {
+                guard.failed(x.now, &e, &x.ctx.stats);
+                // Re-arming at once could spin on a persistent error: back off.
+                if x.accept.is_none() {
                     guard.exhausted(x.now, &e, &x.ctx.stats, &x.ctx.open);
-                    // Pause: stop the accept if it is still armed; it is re-armed
-                    // when the back-off is over.
-                    if let Some(op) = x.accept {
-                        let _ = x.ring.cancel(op);
-                    }
                 }
-                // Errors already pending on a connection that failed before we got
-                // it: the accept goes on (or is re-armed).
-                Some(
-                    libc_errno::ECONNABORTED
-                    | libc_errno::EPROTO
-                    | libc_errno::EINTR
-                    | libc_errno::EPERM
-                    | libc_errno::ENETDOWN
-                    | libc_errno::ENETUNREACH
-                    | libc_errno::EHOSTUNREACH
-                    | libc_errno::EHOSTDOWN
-                    | libc_errno::ENONET
-                    | libc_errno::EOPNOTSUPP
-                    | libc_errno::ENOPROTOOPT,
-                ) => {}
-                _ => {
-                    guard.failed(x.now, &e, &x.ctx.stats);
-                    // Re-arming at once could spin on a persistent error: back off.
-                    if x.accept.is_none() {
-                        guard.exhausted(x.now, &e, &x.ctx.stats, &x.ctx.open);
-                    }
-                }
-            },
+            }
         }
     }
 
@@ -454,9 +447,9 @@ impl<A: App> RingConns<A> {
                 match result {
                     Ok(Some(buf)) => conn.on_data(&buf, pool, env),
                     Ok(None) => conn.on_eof(pool, env),
-                    Err(e) => match e.raw_os_error() {
+                    Err(e) => match Errno::from_io_error(&e) {
                         // Out of buffers, or cancelled: re-armed by `settle` if wanted.
-                        Some(libc_errno::ENOBUFS | libc_errno::ECANCELED) => {}
+                        Some(Errno::NOBUFS | Errno::CANCELED) => {}
                         _ => conn.on_recv_error(env),
                     },
                 }
@@ -673,25 +666,4 @@ impl<A: App> ConnTable for RingConns<A> {
     fn stats(&self) -> &WorkerStats {
         &self.ctx.stats
     }
-}
-
-/// The errno values the accept and receive completions are checked against.
-mod libc_errno {
-    use rustix::io::Errno;
-    pub(super) const ECANCELED: i32 = Errno::CANCELED.raw_os_error();
-    pub(super) const EMFILE: i32 = Errno::MFILE.raw_os_error();
-    pub(super) const ENFILE: i32 = Errno::NFILE.raw_os_error();
-    pub(super) const ENOBUFS: i32 = Errno::NOBUFS.raw_os_error();
-    pub(super) const ENOMEM: i32 = Errno::NOMEM.raw_os_error();
-    pub(super) const ECONNABORTED: i32 = Errno::CONNABORTED.raw_os_error();
-    pub(super) const EPROTO: i32 = Errno::PROTO.raw_os_error();
-    pub(super) const EINTR: i32 = Errno::INTR.raw_os_error();
-    pub(super) const EPERM: i32 = Errno::PERM.raw_os_error();
-    pub(super) const ENETDOWN: i32 = Errno::NETDOWN.raw_os_error();
-    pub(super) const ENETUNREACH: i32 = Errno::NETUNREACH.raw_os_error();
-    pub(super) const EHOSTUNREACH: i32 = Errno::HOSTUNREACH.raw_os_error();
-    pub(super) const EHOSTDOWN: i32 = Errno::HOSTDOWN.raw_os_error();
-    pub(super) const ENONET: i32 = Errno::NONET.raw_os_error();
-    pub(super) const EOPNOTSUPP: i32 = Errno::OPNOTSUPP.raw_os_error();
-    pub(super) const ENOPROTOOPT: i32 = Errno::NOPROTOOPT.raw_os_error();
 }
