@@ -16,6 +16,7 @@ use std::time::Instant;
 use c10k_proto::Session;
 
 use crate::config::READ_CHUNK;
+use crate::lifecycle::mailbox::Letter;
 use crate::lifecycle::{ConnCore, Env, OutputPool, Phase};
 
 /// Buffers owned by a worker and lent to whichever connection it is serving.
@@ -134,6 +135,12 @@ impl<S: Session> ReadyConn<S> {
             self.core.end_grace(env, &mut bufs.pool);
             self.flush(bufs, env);
         }
+    }
+
+    /// A letter from the connection's mailbox (its reply is written at once).
+    pub(crate) fn letter(&mut self, bufs: &mut Bufs, env: &Env<'_>, letter: Letter) {
+        self.core.letter(env, letter, &mut bufs.pool);
+        self.flush(bufs, env);
     }
 
     /// Act on due timers (the timeout reply is written at once).

@@ -93,6 +93,12 @@ impl Inbox {
     }
 }
 
+impl AsFd for Inbox {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+}
+
 /// One connection's end of its mailbox.
 pub(crate) struct MailSlot {
     inbox: Arc<Inbox>,

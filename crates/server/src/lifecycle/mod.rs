@@ -7,4 +7,4 @@ pub(crate) mod mailbox;
 pub(crate) mod worker;
 
 pub(crate) use conn::{ConnCore, Env, Limits, OutputPool, Phase};
-pub(crate) use worker::{ConnTable, DrainClock, LingerQueue, Settled, WorkerCore};
+pub(crate) use worker::{Armed, ConnTable, DrainClock, LingerQueue, Settled, WorkerCore};

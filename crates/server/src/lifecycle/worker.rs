@@ -8,25 +8,80 @@
 //! I/O a decision needs (read before judging, cancel, close) and reports how the
 //! connection settled.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use c10k_proto::Session;
 
+use super::ConnCore;
 use crate::accept::AcceptGuard;
 use crate::config::DRAIN_FRESH_GRACE;
 use crate::stats::WorkerStats;
 use crate::timers::{SweepClock, sweep_interval};
 
 /// How a connection stands after a table served it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settled {
-    /// Still open (or gone already).
-    Open,
-    /// It started lingering: close it at `deadline` unless it closes first.
-    Lingering { deadline: Instant, serial: u64 },
-    /// It was closed.
-    Closed,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Settled {
+    /// It was closed (or is gone).
+    pub(crate) closed: bool,
+    /// It started lingering: close it at this deadline unless it closes first.
+    pub(crate) linger: Option<Instant>,
+    /// Its session asked for a timer at this instant (new since the last settle).
+    pub(crate) timer: Option<Instant>,
+    /// The connection's serial (for the queued timers).
+    pub(crate) serial: u64,
+}
+
+impl Settled {
+    /// Still open, nothing new to schedule.
+    pub(crate) const OPEN: Settled = Settled {
+        closed: false,
+        linger: None,
+        timer: None,
+        serial: 0,
+    };
+    /// Closed.
+    pub(crate) const CLOSED: Settled = Settled {
+        closed: true,
+        linger: None,
+        timer: None,
+        serial: 0,
+    };
+}
+
+/// What a loop remembers per connection so that each linger and each session timer
+/// is reported to the worker core once ([`Armed::settle`]).
+#[derive(Debug, Default)]
+pub(crate) struct Armed {
+    linger: bool,
+    timer: Option<Instant>,
+}
+
+impl Armed {
+    /// How `core` stands after it was served: closed, or open with a linger or a
+    /// session timer to queue when they are new.
+    pub(crate) fn settle<S: Session>(&mut self, core: &ConnCore<S>, serial: u64) -> Settled {
+        if core.is_closed() {
+            return Settled::CLOSED;
+        }
+        let mut settled = Settled {
+            serial,
+            ..Settled::OPEN
+        };
+        if !self.linger {
+            if let Some(deadline) = core.linger_deadline() {
+                self.linger = true;
+                settled.linger = Some(deadline);
+            }
+        }
+        let timer = core.session_deadline();
+        if timer != self.timer {
+            self.timer = timer;
+            settled.timer = timer;
+        }
+        settled
+    }
 }
 
 /// An event loop's connections, as the worker core sees them.
@@ -164,6 +219,10 @@ pub(crate) struct WorkerCore {
     lingering: LingerQueue,
     sweep: SweepClock,
     sweep_every: Duration,
+    /// Sessions' own timers `(at, key, serial)`, earliest first. An entry may be
+    /// stale (the session moved or dropped its timer): firing one early is harmless,
+    /// the core checks the session's current deadline.
+    session_timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     /// The worker's number, for logs.
     id: usize,
 }
@@ -177,6 +236,7 @@ impl WorkerCore {
             lingering: LingerQueue::default(),
             sweep: SweepClock::default(),
             sweep_every: sweep_interval(config.idle_timeout, config.header_timeout),
+            session_timers: BinaryHeap::new(),
             id,
         }
     }
@@ -186,10 +246,14 @@ impl WorkerCore {
         self.drain.draining()
     }
 
-    /// A connection settled: start its linger timer when it began lingering.
+    /// A connection settled: start its linger timer when it began lingering, queue
+    /// its session's timer when it asked for a new one.
     pub(crate) fn settled(&mut self, key: usize, settled: Settled) {
-        if let Settled::Lingering { deadline, serial } = settled {
-            self.lingering.push(deadline, key, serial);
+        if let Some(deadline) = settled.linger {
+            self.lingering.push(deadline, key, settled.serial);
+        }
+        if let Some(at) = settled.timer {
+            self.session_timers.push(Reverse((at, key, settled.serial)));
         }
     }
 
@@ -235,6 +299,7 @@ impl WorkerCore {
             self.lingering.next(),
             self.drain.next(),
             self.sweep.next(),
+            self.session_timers.peek().map(|t| t.0.0),
         ]
         .into_iter()
         .flatten()
@@ -247,6 +312,16 @@ impl WorkerCore {
     pub(crate) fn run_timers<T: ConnTable>(&mut self, table: &mut T, now: Instant) -> bool {
         if self.sweep.due(now, !table.is_empty(), self.sweep_every) {
             for key in table.keys() {
+                let settled = table.on_timeout(key, now);
+                self.settled(key, settled);
+            }
+        }
+        while let Some(&Reverse((at, key, serial))) = self.session_timers.peek() {
+            if at > now {
+                break;
+            }
+            self.session_timers.pop();
+            if table.serial(key) == Some(serial) {
                 let settled = table.on_timeout(key, now);
                 self.settled(key, settled);
             }
@@ -288,14 +363,14 @@ mod tests {
     //! The worker core over an in-memory table of cores: drain, grace, linger,
     //! sweep and the forced close, without a socket.
     use super::*;
-    use crate::lifecycle::{ConnCore, Env, Limits, OutputPool, Phase};
+    use crate::lifecycle::{Env, Limits, OutputPool, Phase};
     use c10k_proto::echo::{EchoApp, EchoSession};
     use c10k_proto::{App, Cx, Peer};
     use slab::Slab;
     use std::time::SystemTime;
 
     struct Table {
-        slab: Slab<(ConnCore<EchoSession>, u64, bool)>,
+        slab: Slab<(ConnCore<EchoSession>, u64, Armed)>,
         cx: Cx,
         stats: WorkerStats,
         limits: Limits,
@@ -330,7 +405,7 @@ mod tests {
                 core.sent(&env, n, &mut self.pool);
             }
             let serial = self.slab.len() as u64 + 1;
-            self.slab.insert((core, serial, false))
+            self.slab.insert((core, serial, Armed::default()))
         }
 
         fn act(
@@ -340,7 +415,7 @@ mod tests {
             f: impl FnOnce(&mut ConnCore<EchoSession>, &Env<'_>, &mut OutputPool),
         ) -> Settled {
             let Some((core, serial, armed)) = self.slab.get_mut(key) else {
-                return Settled::Open;
+                return Settled::OPEN;
             };
             let env = Env {
                 cx: &self.cx,
@@ -351,20 +426,11 @@ mod tests {
             };
             f(core, &env, &mut self.pool);
             let _ = core.take_shutdown_write();
-            if core.is_closed() {
+            let settled = armed.settle(core, *serial);
+            if settled.closed {
                 self.close(key);
-                return Settled::Closed;
             }
-            match core.linger_deadline() {
-                Some(deadline) if !*armed => {
-                    *armed = true;
-                    Settled::Lingering {
-                        deadline,
-                        serial: *serial,
-                    }
-                }
-                _ => Settled::Open,
-            }
+            settled
         }
 
         fn phase(&self, key: usize) -> Option<Phase> {

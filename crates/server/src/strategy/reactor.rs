@@ -19,7 +19,8 @@ use super::WorkerCtx;
 use super::poller::{Interest, Poller, Ready, Source};
 use crate::accept::{AcceptBatch, Admission};
 use crate::conn::{Bufs, ReadyConn};
-use crate::lifecycle::{ConnTable, Env, Limits, Phase, Settled, WorkerCore};
+use crate::lifecycle::mailbox::{Inbox, Letter};
+use crate::lifecycle::{Armed, ConnTable, Env, Limits, Settled, WorkerCore};
 use crate::ratelog::RateLog;
 use crate::stats::WorkerStats;
 
@@ -27,6 +28,8 @@ use crate::stats::WorkerStats;
 pub(crate) const LISTENER: u64 = u64::MAX;
 /// Token of the shutdown pipe.
 pub(crate) const WAKE: u64 = u64::MAX - 1;
+/// Token of the worker's inbox (messages posted to its connections).
+pub(crate) const MAIL: u64 = u64::MAX - 2;
 
 /// Connections a level-triggered loop accepts per listener report.
 const ACCEPT_BATCH: usize = 64;
@@ -35,10 +38,10 @@ struct Entry<S> {
     conn: ReadyConn<S>,
     /// What the connection is registered for (level-triggered only).
     interest: Interest,
-    /// Tells a reused slab slot from the connection a timer was set for.
+    /// Tells a reused slab slot from the connection a timer or letter was for.
     serial: u64,
-    /// Its linger timer is set.
-    linger_armed: bool,
+    /// Its linger and session timer, as reported to the worker core.
+    armed: Armed,
 }
 
 /// One readiness worker: its lifecycle ([`WorkerCore`]) and its connections.
@@ -61,6 +64,9 @@ struct Conns<A: App, P> {
     listening: bool,
     refused_log: RateLog,
     next_serial: u64,
+    /// Messages posted to this worker's connections.
+    inbox: Arc<Inbox>,
+    letters: Vec<(usize, u64, Letter)>,
 }
 
 /// Run one worker's loop on `poller` until it has drained after shutdown.
@@ -70,6 +76,8 @@ pub(crate) fn run<A: App, P: Poller>(mut ctx: WorkerCtx<A>, mut poller: P) -> io
         write: false,
     };
     poller.add(ctx.shutdown.wake_fd(), WAKE, read, Source::Wake)?;
+    let inbox = Inbox::new()?;
+    poller.add(inbox.fd(), MAIL, read, Source::Wake)?;
     let listener = ctx.listener.take();
     let mut r = Reactor {
         worker: WorkerCore::new(ctx.id, &ctx.config),
@@ -84,6 +92,8 @@ pub(crate) fn run<A: App, P: Poller>(mut ctx: WorkerCtx<A>, mut poller: P) -> io
             listening: false,
             refused_log: RateLog::new(Duration::from_secs(1)),
             next_serial: 0,
+            inbox,
+            letters: Vec::new(),
             ctx,
         },
     };
@@ -111,11 +121,13 @@ impl<A: App, P: Poller> Reactor<A, P> {
             let c = &mut self.conns;
             c.now = Instant::now();
             c.cx.set_now(SystemTime::now());
+            c.cx.set_instant(c.now);
             let mut wake = false;
             for r in &ready {
                 match r.token {
                     LISTENER => self.accept_ready(),
                     WAKE => wake = true,
+                    MAIL => self.conns.deliver_letters(&mut self.worker),
                     key => {
                         let settled = self.conns.conn_ready(key as usize, *r);
                         self.worker.settled(key as usize, settled);
@@ -130,6 +142,7 @@ impl<A: App, P: Poller> Reactor<A, P> {
             }
             let now = Instant::now();
             self.conns.now = now;
+            self.conns.cx.set_instant(now);
             if self.worker.run_timers(&mut self.conns, now) && self.conns.listener.is_some() {
                 if let Err(e) = self.conns.listen() {
                     tracing::error!(
@@ -245,7 +258,7 @@ impl<A: App, P: Poller> Conns<A, P> {
             conn,
             interest,
             serial: self.next_serial,
-            linger_armed: false,
+            armed: Armed::default(),
         });
     }
 
@@ -257,17 +270,35 @@ impl<A: App, P: Poller> Conns<A, P> {
         f: impl FnOnce(&mut ReadyConn<crate::panic_guard::Guarded<A::Session>>, &mut Bufs, &Env<'_>),
     ) -> Settled {
         let Some(entry) = self.slab.get_mut(key) else {
-            return Settled::Open;
+            return Settled::CLOSED;
         };
+        let serial = entry.serial;
+        let inbox = &self.inbox;
+        let make = || Some(inbox.mailbox(key, serial));
         let env = Env {
             cx: &self.cx,
             now,
             stats: &self.ctx.stats,
             limits: &self.limits,
-            mailbox: None,
+            mailbox: Some(&make),
         };
         f(&mut entry.conn, &mut self.bufs, &env);
         self.settle(key)
+    }
+
+    /// The inbox is readable: hand each letter to its connection.
+    fn deliver_letters(&mut self, worker: &mut WorkerCore) {
+        let mut letters = std::mem::take(&mut self.letters);
+        self.inbox.take(&mut letters);
+        for (key, serial, letter) in letters.drain(..) {
+            if self.slab.get(key).is_some_and(|e| e.serial == serial) {
+                let settled = self.serve(key, self.now, |conn, bufs, env| {
+                    conn.letter(bufs, env, letter);
+                });
+                worker.settled(key, settled);
+            }
+        }
+        self.letters = letters;
     }
 
     fn conn_ready(&mut self, key: usize, ready: Ready) -> Settled {
@@ -282,28 +313,16 @@ impl<A: App, P: Poller> Conns<A, P> {
         })
     }
 
-    /// After a connection was served: close it, start its linger timer, or bring its
+    /// After a connection was served: close it, report its new timers, or bring its
     /// registration up to date.
     fn settle(&mut self, key: usize) -> Settled {
         let Some(entry) = self.slab.get_mut(key) else {
-            return Settled::Open;
+            return Settled::CLOSED;
         };
-        let mut settled = Settled::Open;
-        match entry.conn.phase() {
-            Phase::Done => {
-                self.close(key);
-                return Settled::Closed;
-            }
-            Phase::Lingering if !entry.linger_armed => {
-                entry.linger_armed = true;
-                if let Some(deadline) = entry.conn.core().linger_deadline() {
-                    settled = Settled::Lingering {
-                        deadline,
-                        serial: entry.serial,
-                    };
-                }
-            }
-            _ => {}
+        let settled = entry.armed.settle(entry.conn.core(), entry.serial);
+        if settled.closed {
+            self.close(key);
+            return settled;
         }
         if !self.poller.edge() {
             let want = Interest {
@@ -317,7 +336,7 @@ impl<A: App, P: Poller> Conns<A, P> {
                     .is_err()
                 {
                     self.close(key);
-                    return Settled::Closed;
+                    return Settled::CLOSED;
                 }
                 entry.interest = want;
             }

@@ -38,13 +38,16 @@ use self::conn::RingConn;
 use super::{Availability, WorkerCtx};
 use crate::accept::{AcceptErrorKind, classify};
 use crate::config::UringConfig;
-use crate::lifecycle::{ConnTable, Env, Limits, OutputPool, Phase, Settled, WorkerCore};
+use crate::lifecycle::mailbox::{Inbox, Letter};
+use crate::lifecycle::{Armed, ConnTable, Env, Limits, OutputPool, Settled, WorkerCore};
 use crate::stats::{UringStats, WorkerStats};
 
 /// Tag of the listener's accept.
 const LISTENER: u64 = u64::MAX;
 /// Tag of the shutdown pipe's poll.
 const WAKE: u64 = u64::MAX - 1;
+/// Tag of the inbox's poll (messages posted to this worker's connections).
+const MAIL: u64 = u64::MAX - 2;
 /// How long to wait before checking the shutdown flag again when its pipe cannot be
 /// polled.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -119,7 +122,8 @@ struct Entry<S> {
     serial: u32,
     /// Queued for `settle` at the end of this iteration.
     dirty: bool,
-    linger_armed: bool,
+    /// Its linger and session timer, as reported to the worker core.
+    armed: Armed,
 }
 
 /// One ring worker: its lifecycle ([`WorkerCore`]) and its connections.
@@ -147,6 +151,10 @@ struct RingConns<A: App> {
     next_serial: u32,
     dirty: Vec<usize>,
     pool: OutputPool,
+    /// Messages posted to this worker's connections; its poll is re-armed after
+    /// each completion.
+    inbox: Arc<Inbox>,
+    letters: Vec<(usize, u64, Letter)>,
 }
 
 /// Run one worker until it has drained after shutdown.
@@ -155,6 +163,8 @@ pub(crate) fn run<A: App>(mut ctx: WorkerCtx<A>) -> io::Result<()> {
     // The poll owns a duplicate of the pipe's read end, so the descriptor it watches
     // lives as long as the operation does.
     ring.poll_readable(ctx.shutdown.wake_fd().try_clone_to_owned()?, WAKE)?;
+    let inbox = Inbox::new()?;
+    ring.poll_readable(Arc::clone(&inbox), MAIL)?;
     let listener = ctx.listener.take();
     let mut w = Worker {
         worker: WorkerCore::new(ctx.id, &ctx.config),
@@ -169,6 +179,8 @@ pub(crate) fn run<A: App>(mut ctx: WorkerCtx<A>) -> io::Result<()> {
             next_serial: 0,
             dirty: Vec::new(),
             pool: OutputPool::default(),
+            inbox,
+            letters: Vec::new(),
             ctx,
         },
         drain_requested: false,
@@ -213,6 +225,7 @@ impl<A: App> Worker<A> {
             }
             self.conns.now = Instant::now();
             self.conns.cx.set_now(SystemTime::now());
+            self.conns.cx.set_instant(self.conns.now);
             self.conns.ring.reap(&mut completions);
             for c in completions.drain(..) {
                 self.dispatch(c);
@@ -261,6 +274,7 @@ impl<A: App> Worker<A> {
                 // Not at once: a receive later in this batch is a request in flight.
                 _ => self.drain_requested = true,
             },
+            MAIL => self.conns.deliver_letters(),
             tag => self.conns.on_conn(c, (tag >> 32) as usize, tag as u32),
         }
     }
@@ -331,6 +345,7 @@ impl<A: App> Worker<A> {
     fn run_timers(&mut self) {
         let now = Instant::now();
         self.conns.now = now;
+        self.conns.cx.set_instant(now);
         // The accept is re-armed by the loop once the pause is over.
         let _ = self.worker.run_timers(&mut self.conns, now);
         if let Some(t) = self.check_flag_at {
@@ -387,7 +402,7 @@ impl<A: App> RingConns<A> {
             conn: RingConn::new(socket, session, self.now),
             serial: self.next_serial,
             dirty: false,
-            linger_armed: false,
+            armed: Armed::default(),
         });
         self.mark(key);
         Some(key)
@@ -417,12 +432,15 @@ impl<A: App> RingConns<A> {
         let Some(entry) = self.slab.get_mut(key) else {
             return;
         };
+        let serial = u64::from(entry.serial);
+        let inbox = &self.inbox;
+        let make = || Some(inbox.mailbox(key, serial));
         let env = Env {
             cx: &self.cx,
             now,
             stats: &self.ctx.stats,
             limits: &self.limits,
-            mailbox: None,
+            mailbox: Some(&make),
         };
         f(&mut entry.conn, &mut self.pool, &env);
         self.mark(key);
@@ -463,6 +481,31 @@ impl<A: App> RingConns<A> {
         });
     }
 
+    /// The inbox's poll completed: hand each letter to its connection, and watch the
+    /// inbox again.
+    fn deliver_letters(&mut self) {
+        let mut letters = std::mem::take(&mut self.letters);
+        self.inbox.take(&mut letters);
+        for (key, serial, letter) in letters.drain(..) {
+            if self
+                .slab
+                .get(key)
+                .is_some_and(|e| u64::from(e.serial) == serial)
+            {
+                self.serve(key, self.now, |conn, pool, env| {
+                    conn.core_mut().letter(env, letter, pool);
+                });
+            }
+        }
+        self.letters = letters;
+        if let Err(e) = self.ring.poll_readable(Arc::clone(&self.inbox), MAIL) {
+            tracing::error!(
+                "worker {}: cannot watch the inbox again ({e}); messages to its connections stall",
+                self.ctx.id
+            );
+        }
+    }
+
     fn settle_dirty(&mut self, worker: &mut WorkerCore) {
         // Bounded: settling never marks another connection dirty.
         let dirty = std::mem::take(&mut self.dirty);
@@ -485,7 +528,7 @@ impl<A: App> RingConns<A> {
     fn settle(&mut self, key: usize) -> Settled {
         let output_cap = self.limits.output_cap;
         let Some(entry) = self.slab.get_mut(key) else {
-            return Settled::Open;
+            return Settled::CLOSED;
         };
         let conn = &mut entry.conn;
         let tag = conn_tag(key, entry.serial);
@@ -504,22 +547,10 @@ impl<A: App> RingConns<A> {
             }
         }
         conn.shutdown_if_due();
-        let mut settled = Settled::Open;
-        match conn.phase() {
-            Phase::Done => {
-                self.close(key);
-                return Settled::Closed;
-            }
-            Phase::Lingering if !entry.linger_armed => {
-                entry.linger_armed = true;
-                if let Some(deadline) = conn.core().linger_deadline() {
-                    settled = Settled::Lingering {
-                        deadline,
-                        serial: u64::from(entry.serial),
-                    };
-                }
-            }
-            _ => {}
+        let settled = entry.armed.settle(conn.core(), u64::from(entry.serial));
+        if settled.closed {
+            self.close(key);
+            return settled;
         }
         let wants = conn.core().wants_read(output_cap);
         match (wants, conn.recv) {
@@ -529,7 +560,7 @@ impl<A: App> RingConns<A> {
                     tracing::debug!("cannot queue a receive: {e}");
                     WorkerStats::add(&self.ctx.stats.io_errors, 1);
                     self.close(key);
-                    return Settled::Closed;
+                    return Settled::CLOSED;
                 }
             },
             (false, Some(op)) if !conn.recv_cancelled => {
@@ -628,14 +659,14 @@ impl<A: App> ConnTable for RingConns<A> {
         self.serve(key, now, |conn, pool, env| {
             conn.core_mut().on_timeout(env, pool);
         });
-        Settled::Open
+        Settled::OPEN
     }
 
     fn end_grace(&mut self, key: usize, now: Instant) -> Settled {
         self.serve(key, now, |conn, pool, env| {
             conn.core_mut().end_grace(env, pool)
         });
-        Settled::Open
+        Settled::OPEN
     }
 
     fn start_drain(&mut self, key: usize, now: Instant) -> (bool, Settled) {
@@ -643,7 +674,7 @@ impl<A: App> ConnTable for RingConns<A> {
         self.serve(key, now, |conn, pool, env| {
             deferred = conn.start_drain(pool, env);
         });
-        (deferred, Settled::Open)
+        (deferred, Settled::OPEN)
     }
 
     /// Forget a connection; its socket is closed through the ring, behind a cancel

@@ -50,10 +50,6 @@ impl<S: Session> RingConn<S> {
         (self.socket, self.core.into_buffers())
     }
 
-    pub(super) fn phase(&self) -> Phase {
-        self.core.phase()
-    }
-
     /// Bytes arrived.
     pub(super) fn on_data(&mut self, data: &[u8], pool: &mut OutputPool, env: &Env<'_>) {
         self.core.received(env, data, pool);
