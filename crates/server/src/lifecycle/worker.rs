@@ -548,16 +548,18 @@ mod tests {
     }
 
     #[test]
-    fn a_linger_for_a_reused_key_does_not_close_the_new_connection() {
+    fn a_linger_or_timer_for_a_reused_key_does_not_touch_the_new_connection() {
         let config = config();
         let mut table = Table::new(&config);
         let mut w = WorkerCore::new(0, &config);
         let t0 = Instant::now();
         w.settled(
             7,
-            Settled::Lingering {
-                deadline: t0,
+            Settled {
+                linger: Some(t0),
+                timer: Some(t0),
                 serial: 99,
+                ..Settled::OPEN
             },
         );
         let key = table.open(t0, None);
