@@ -108,7 +108,8 @@
 //! removes the slot), so a pool never shrinks and a drain never waits for a lost
 //! connection.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::AsFd;
@@ -125,7 +126,8 @@ use slab::Slab;
 use super::WorkerCtx;
 use crate::accept::{AcceptBatch, AcceptGuard, Admission};
 use crate::conn::ReadyConn;
-use crate::lifecycle::{DrainClock, Limits, LingerQueue};
+use crate::lifecycle::mailbox::Inbox;
+use crate::lifecycle::{Armed, DrainClock, Limits, LingerQueue};
 use crate::ratelog::RateLog;
 use crate::stats::WorkerStats;
 use crate::timers::sweep_interval;
@@ -144,6 +146,8 @@ const LISTENER: u64 = u64::MAX;
 const WAKE: u64 = u64::MAX - 1;
 /// Token of the eventfd workers use to wake the dispatcher.
 const NUDGE: u64 = u64::MAX - 2;
+/// Token of the inbox (messages posted to the pool's connections).
+const MAIL: u64 = u64::MAX - 3;
 /// Connections accepted per listener report (the listener is level-triggered).
 const ACCEPT_BATCH: usize = 64;
 
@@ -168,6 +172,7 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
         table: Mutex::new(Table {
             slots: Slab::new(),
             lingering: LingerQueue::default(),
+            session_timers: BinaryHeap::new(),
             draining: false,
             fresh_grace_end: None,
             next_generation: 0,
@@ -180,6 +185,7 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
         work: Condvar::new(),
         limits: Limits::of(&config),
         stats,
+        inbox: Inbox::new()?,
         open,
     });
     // The shutdown pipe and the eventfd stay level-triggered and armed.
@@ -194,6 +200,12 @@ pub(crate) fn run<A: App>(ctx: WorkerCtx<A>) -> io::Result<()> {
         &shared.epoll,
         &shared.nudge,
         EventData::new_u64(NUDGE),
+        level_in,
+    )?;
+    epoll::add(
+        &shared.epoll,
+        shared.inbox.fd(),
+        EventData::new_u64(MAIL),
         level_in,
     )?;
 
@@ -280,9 +292,9 @@ impl<A: App> Dispatcher<A> {
             self.dispatch();
         }
         let mut events: Vec<epoll::Event> = Vec::with_capacity(1024);
-        let (mut empty, mut linger_front) = {
+        let (mut empty, mut timer_front) = {
             let t = lock(&self.shared.table);
-            (t.slots.is_empty(), t.lingering.next())
+            (t.slots.is_empty(), t.next_timer())
         };
         loop {
             // Read at the end of the last iteration; a worker that changes either
@@ -294,7 +306,7 @@ impl<A: App> Dispatcher<A> {
                 self.guard
                     .paused_until()
                     .filter(|_| self.listener.is_some()),
-                linger_front,
+                timer_front,
                 self.drain.next(),
                 self.next_sweep.filter(|_| !empty),
             ]
@@ -328,6 +340,7 @@ impl<A: App> Dispatcher<A> {
                         let mut buf = [0u8; 8];
                         let _ = rustix::io::read(&self.shared.nudge, &mut buf);
                     }
+                    MAIL => self.take_letters(),
                     tok => self.pending.push((
                         tok,
                         Ready {
@@ -342,7 +355,65 @@ impl<A: App> Dispatcher<A> {
             self.take_ready();
             self.sweep_timers(empty);
             self.dispatch();
-            (empty, linger_front) = self.run_timers();
+            (empty, timer_front) = self.run_timers();
+        }
+    }
+
+    /// The inbox is readable: hand each letter to its connection (a parked one goes
+    /// to a worker with it; one that is out gets it when its owner settles it).
+    fn take_letters(&mut self) {
+        let mut letters = Vec::new();
+        self.shared.inbox.take(&mut letters);
+        let mut table = lock(&self.shared.table);
+        for (key, generation, letter) in letters {
+            let Some(slot) = table.slots.get_mut(key) else {
+                continue;
+            };
+            if u64::from(slot.generation) != generation {
+                continue;
+            }
+            match slot.entry.take() {
+                Some(mut entry) => {
+                    entry.letters.push(letter);
+                    self.jobs.push(Job {
+                        key,
+                        generation: slot.generation,
+                        entry,
+                        ready: Ready::default(),
+                        timers: false,
+                    });
+                }
+                None => slot.letters.push(letter),
+            }
+        }
+    }
+
+    /// Sessions' timers that are due: a parked connection goes to a worker, which
+    /// checks its timers; one that is out is checked by its owner when it settles.
+    fn session_timers(&mut self, now: Instant) {
+        let mut table = lock(&self.shared.table);
+        let t = &mut *table;
+        while let Some(&Reverse((at, key, generation))) = t.session_timers.peek() {
+            if at > now {
+                break;
+            }
+            t.session_timers.pop();
+            let Some(slot) = t.slots.get_mut(key) else {
+                continue;
+            };
+            if slot.generation != generation {
+                continue;
+            }
+            match slot.entry.take() {
+                Some(entry) => self.jobs.push(Job {
+                    key,
+                    generation,
+                    entry,
+                    ready: Ready::default(),
+                    timers: true,
+                }),
+                None => slot.recheck = true,
+            }
         }
     }
 
@@ -458,7 +529,8 @@ impl<A: App> Dispatcher<A> {
         let key = vacant.key();
         let entry = Box::new(Entry {
             conn,
-            linger_armed: false,
+            armed: Armed::default(),
+            letters: Vec::new(),
         });
         let added = if u32::try_from(key).is_err() {
             Err(io::Error::other("connection table full"))
@@ -467,6 +539,8 @@ impl<A: App> Dispatcher<A> {
                 generation,
                 entry: None,
                 doomed: false,
+                letters: Vec::new(),
+                recheck: false,
             });
             let parked = slot.entry.insert(entry);
             epoll::add(
@@ -535,6 +609,7 @@ impl<A: App> Dispatcher<A> {
     /// worker checks the timers, then settles it as usual).
     fn sweep_timers(&mut self, empty: bool) {
         let now = Instant::now();
+        self.session_timers(now);
         let every = sweep_interval(
             self.shared.limits.idle_timeout,
             self.shared.limits.header_timeout,
@@ -605,7 +680,7 @@ impl<A: App> Dispatcher<A> {
                     }
                 }
             }
-            (t.slots.is_empty(), t.lingering.next())
+            (t.slots.is_empty(), t.next_timer())
         };
         for entry in to_close {
             self.shared.closed(entry);

@@ -2,7 +2,8 @@
 //! the run queue), and the worker side: serve a connection, then park and re-arm it
 //! or close it. The invariants are in the [parent module](super)'s documentation.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -13,7 +14,8 @@ use rustix::event::epoll::{self, EventData, EventFlags};
 use slab::Slab;
 
 use crate::conn::{Bufs, ReadyConn};
-use crate::lifecycle::{Env, Limits, LingerQueue, Phase};
+use crate::lifecycle::mailbox::{Inbox, Letter};
+use crate::lifecycle::{Armed, Env, Limits, LingerQueue, Phase};
 use crate::stats::{OpenConns, WorkerStats};
 
 /// Generations use 31 bits, so a connection's token never has the top bit set and
@@ -49,8 +51,10 @@ pub(super) struct Ready {
 /// A connection and the pool's flags for it; moves between slot, queue and worker.
 pub(super) struct Entry<S> {
     pub(super) conn: ReadyConn<S>,
-    /// Its linger deadline is in the table's FIFO.
-    pub(super) linger_armed: bool,
+    /// Its linger and session timer, as queued in the table.
+    pub(super) armed: Armed,
+    /// Letters from its mailbox, delivered by the worker that serves it next.
+    pub(super) letters: Vec<Letter>,
 }
 
 /// A connection's place in the table.
@@ -61,6 +65,12 @@ pub(super) struct Slot<S> {
     pub(super) entry: Option<Box<Entry<S>>>,
     /// Close it when its owner settles it (set by the dispatcher while it is out).
     pub(super) doomed: bool,
+    /// Letters that came while it was out: its owner serves it again instead of
+    /// parking it.
+    pub(super) letters: Vec<Letter>,
+    /// Its session timer came due while it was out: its owner checks the timers
+    /// instead of parking it.
+    pub(super) recheck: bool,
 }
 
 /// Every open connection, by key.
@@ -68,12 +78,23 @@ pub(super) struct Table<S> {
     pub(super) slots: Slab<Slot<S>>,
     /// Lingering connections by deadline (the serial is the generation).
     pub(super) lingering: LingerQueue,
+    /// Sessions' own timers `(at, key, generation)`, earliest first (entries may be
+    /// stale: the worker checks the session's current deadline).
+    pub(super) session_timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     /// Shutdown has started (set once, by the dispatcher).
     pub(super) draining: bool,
     /// Set with `draining`: when the drain of connections that had not received a
     /// byte yet stops being deferred ([`ReadyConn::start_drain`]).
     pub(super) fresh_grace_end: Option<Instant>,
     pub(super) next_generation: u32,
+}
+
+impl<S> Table<S> {
+    /// The next linger deadline or session timer.
+    pub(super) fn next_timer(&self) -> Option<Instant> {
+        let timer = self.session_timers.peek().map(|t| t.0.0);
+        [self.lingering.next(), timer].into_iter().flatten().min()
+    }
 }
 
 /// A ready connection on its way to a worker.
@@ -108,6 +129,8 @@ pub(super) struct Shared<S> {
     pub(super) limits: Limits,
     /// The pool's counters, shared by the dispatcher and every worker.
     pub(super) stats: Arc<WorkerStats>,
+    /// Messages posted to the pool's connections (watched by the dispatcher).
+    pub(super) inbox: Arc<Inbox>,
     pub(super) open: Arc<OpenConns>,
 }
 
@@ -118,6 +141,7 @@ impl<S: Session> Shared<S> {
         let mut cx = Cx::new(SystemTime::now());
         while let Some(job) = self.next_job() {
             cx.set_now(SystemTime::now());
+            cx.set_instant(Instant::now());
             let (key, generation) = (job.key, job.generation);
             let served = catch_unwind(AssertUnwindSafe(|| self.serve(job, &mut bufs, &cx)));
             if served.is_err() {
@@ -154,14 +178,19 @@ impl<S: Session> Shared<S> {
             ready,
             timers,
         } = job;
+        let inbox = &self.inbox;
+        let make = || Some(inbox.mailbox(key, u64::from(generation)));
         let env = Env {
             cx,
             now: std::time::Instant::now(),
             stats: &self.stats,
             limits: &self.limits,
-            mailbox: None,
+            mailbox: Some(&make),
         };
         let conn = &mut entry.conn;
+        for letter in std::mem::take(&mut entry.letters) {
+            conn.letter(bufs, &env, letter);
+        }
         if timers {
             conn.on_timeout(bufs, &env);
         } else {
@@ -195,8 +224,15 @@ impl<S: Session> Shared<S> {
         }
         let t = &mut *table;
         let phase = entry.conn.phase();
-        let doomed = match t.slots.get(key) {
-            Some(slot) if slot.generation == generation && slot.entry.is_none() => slot.doomed,
+        let (doomed, again) = match t.slots.get_mut(key) {
+            Some(slot) if slot.generation == generation && slot.entry.is_none() => {
+                entry.letters.append(&mut slot.letters);
+                let recheck = std::mem::take(&mut slot.recheck);
+                (
+                    slot.doomed,
+                    (!entry.letters.is_empty() || recheck).then_some(recheck),
+                )
+            }
             // Cannot happen (only the owner removes an out slot); close it rather
             // than park it somewhere it could not be found.
             _ => {
@@ -217,12 +253,30 @@ impl<S: Session> Shared<S> {
             return;
         }
         let mut wake = false;
-        if phase == Phase::Lingering && !entry.linger_armed {
-            entry.linger_armed = true;
+        let settled = entry.armed.settle(entry.conn.core(), u64::from(generation));
+        if let Some(deadline) = settled.linger {
             wake = t.lingering.is_empty();
-            if let Some(deadline) = entry.conn.core().linger_deadline() {
-                t.lingering.push(deadline, key, u64::from(generation));
+            t.lingering.push(deadline, key, u64::from(generation));
+        }
+        if let Some(at) = settled.timer {
+            wake |= t.session_timers.peek().is_none_or(|first| at < first.0.0);
+            t.session_timers.push(Reverse((at, key, generation)));
+        }
+        if let Some(timers) = again {
+            // Letters came (or its timer) while it was out: serve it again rather
+            // than park it (it stays out).
+            drop(table);
+            self.requeue(Job {
+                key,
+                generation,
+                entry,
+                ready: Ready::default(),
+                timers,
+            });
+            if wake {
+                self.wake_reactor();
             }
+            return;
         }
         let flags = interest(&entry.conn, self.limits.output_cap);
         let Some(slot) = t.slots.get_mut(key) else {
@@ -249,6 +303,18 @@ impl<S: Session> Shared<S> {
         }
         if wake {
             self.wake_reactor();
+        }
+    }
+
+    /// Put a job back on the run queue (a connection that must be served again).
+    pub(super) fn requeue(&self, job: Job<S>) {
+        let idle = {
+            let mut q = lock(&self.queue);
+            q.jobs.push_back(job);
+            q.idle
+        };
+        if idle > 0 {
+            self.work.notify_one();
         }
     }
 
