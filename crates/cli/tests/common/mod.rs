@@ -12,7 +12,7 @@
 //! - `metrics.rs`: waiting on the server's `/metrics` counters instead of sleeping.
 //!
 //! Every loop here is bounded by a count or by a deadline.
-#![allow(dead_code, unused_imports)] // each test crate uses a different subset
+#![allow(dead_code, unused_imports, unused_macros)] // each test crate uses a different subset
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, Read, Write};
