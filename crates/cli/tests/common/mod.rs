@@ -551,6 +551,28 @@ pub fn wait_readable(stream: &TcpStream, what: &str) {
     }
 }
 
+/// Waits until the bytes waiting in `stream`'s receive queue (FIONREAD) stop changing
+/// (the same for 100 ms, at most 10 s): the server has sent what it could, and what
+/// it has left waits for the client to read. Returns how many bytes are waiting.
+pub fn wait_receive_queue_settled(stream: &TcpStream, what: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut last, mut same) = (u64::MAX, 0);
+    loop {
+        let queued = rustix::io::ioctl_fionread(stream)
+            .unwrap_or_else(|err| panic!("{what}: FIONREAD: {err}"));
+        same = if queued == last { same + 1 } else { 0 };
+        if queued > 0 && same >= 5 {
+            return queued;
+        }
+        last = queued;
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the receive queue did not settle in 10 s ({queued} bytes)"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Reads until EOF (the read timeout bounds the wait).
 pub fn read_to_eof(r: &mut impl Read, what: &str) -> Vec<u8> {
     let mut buf = Vec::new();

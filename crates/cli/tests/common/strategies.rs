@@ -27,20 +27,40 @@ use c10k_server::{Availability, Strategy};
 /// those strategies have. There is no coverage test then; each name must still be a
 /// strategy of `Strategy::ALL`.
 ///
+/// `ignore: "why",` before `tests` marks every generated per-strategy test
+/// `#[ignore = "why"]` (a known bug, pinned until it is fixed): the test harness
+/// lists them as ignored with the reason, and `-- --ignored` runs them.
+///
 /// A strategy that is built but cannot run on this machine (io_uring disabled) fails
 /// its tests, saying why; it is never skipped silently.
 macro_rules! strategy_tests {
     (strategies: $strategies:tt, tests: $tests:tt $(,)?) => {
-        $crate::common::strategy_tests!(strategies: $strategies, except: [], tests: $tests);
+        $crate::common::strategy_tests!(@all $strategies, [], [], $tests);
+    };
+    (strategies: $strategies:tt, except: $except:tt, tests: $tests:tt $(,)?) => {
+        $crate::common::strategy_tests!(@all $strategies, $except, [], $tests);
+    };
+    (strategies: $strategies:tt, ignore: $why:literal, tests: $tests:tt $(,)?) => {
+        $crate::common::strategy_tests!(@all $strategies, [], [$why], $tests);
     };
     (
         strategies: $strategies:tt,
         except: $except:tt,
-        tests: [$($test:ident),* $(,)?] $(,)?
+        ignore: $why:literal,
+        tests: $tests:tt $(,)?
     ) => {
+        $crate::common::strategy_tests!(@all $strategies, $except, [$why], $tests);
+    };
+    (only: $strategies:tt, tests: $tests:tt $(,)?) => {
+        $crate::common::strategy_tests!(@only $strategies, [], $tests);
+    };
+    (only: $strategies:tt, ignore: $why:literal, tests: $tests:tt $(,)?) => {
+        $crate::common::strategy_tests!(@only $strategies, [$why], $tests);
+    };
+    (@all $strategies:tt, $except:tt, $ignore:tt, [$($test:ident),* $(,)?]) => {
         $(
             mod $test {
-                $crate::common::strategy_tests!(@each $test, $strategies);
+                $crate::common::strategy_tests!(@each $test, $ignore, $strategies);
 
                 #[test]
                 fn every_strategy_is_listed() {
@@ -53,20 +73,22 @@ macro_rules! strategy_tests {
             }
         )*
     };
-    (only: $strategies:tt, tests: [$($test:ident),* $(,)?] $(,)?) => {
+    (@only $strategies:tt, $ignore:tt, [$($test:ident),* $(,)?]) => {
         $(
             mod $test {
-                $crate::common::strategy_tests!(@each $test, $strategies);
+                $crate::common::strategy_tests!(@each $test, $ignore, $strategies);
             }
         )*
     };
-    (@each $test:ident, [$($strategy:ident),* $(,)?]) => {
-        $(
-            #[test]
-            fn $strategy() {
-                super::$test(&$crate::common::strategy_under_test(stringify!($strategy)));
-            }
-        )*
+    (@each $test:ident, $ignore:tt, [$($strategy:ident),* $(,)?]) => {
+        $($crate::common::strategy_tests!(@one $test, $ignore, $strategy);)*
+    };
+    (@one $test:ident, [$($why:literal)?], $strategy:ident) => {
+        #[test]
+        $(#[ignore = $why])?
+        fn $strategy() {
+            super::$test(&$crate::common::strategy_under_test(stringify!($strategy)));
+        }
     };
     (@names [$($strategy:ident),* $(,)?]) => {
         [$(stringify!($strategy)),*]
