@@ -32,7 +32,8 @@ use c10k_server::{Availability, Strategy};
 /// lists them as ignored with the reason, and `-- --ignored` runs them.
 ///
 /// A strategy that is built but cannot run on this machine (io_uring disabled) fails
-/// its tests, saying why; it is never skipped silently.
+/// its tests, saying why; it is never skipped silently. A test may list a strategy
+/// that is not built when that is what it checks (`cli.rs`: it fails cleanly).
 macro_rules! strategy_tests {
     (strategies: $strategies:tt, tests: $tests:tt $(,)?) => {
         $crate::common::strategy_tests!(@all $strategies, [], [], $tests);
@@ -105,7 +106,9 @@ fn name_of(listed: &str) -> String {
 }
 
 /// The strategy a generated test runs: its command-line name, after checking that it
-/// is one of [`Strategy::ALL`] and can run here (it fails, saying why, if not).
+/// is one of [`Strategy::ALL`]. When it cannot run here (not built, or io_uring
+/// disabled) this says why on stderr: the test's server then fails to start, with the
+/// reason, unless the test expects exactly that.
 pub fn strategy_under_test(listed: &str) -> String {
     let name = name_of(listed);
     let strategy = Strategy::from_name(&name).unwrap_or_else(|| {
@@ -114,10 +117,10 @@ pub fn strategy_under_test(listed: &str) -> String {
     match strategy.availability() {
         Availability::Available => {}
         Availability::Unavailable { reason } => {
-            panic!("strategy {name} cannot run on this machine, so its test fails: {reason}")
+            eprintln!("strategy {name} cannot run on this machine: {reason}");
         }
         Availability::NotBuilt { planned } => {
-            panic!("strategy {name} is not built yet ({planned}): do not list it")
+            eprintln!("strategy {name} is not built yet ({planned})");
         }
     }
     name
