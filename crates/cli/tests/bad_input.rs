@@ -11,7 +11,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-mod support;
 
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -22,7 +21,6 @@ use std::thread;
 use std::time::Duration;
 
 use common::*;
-use support::STRATEGIES;
 
 const APPS: [&str; 3] = ["echo", "http", "resp"];
 
@@ -134,73 +132,78 @@ fn well_behaved(app: &'static str, addr: SocketAddr, stop: Arc<AtomicBool>) -> u
             }
         }
         n += 1;
+        // Pacing: a request every 5 ms or so, not a flood.
         thread::sleep(Duration::from_millis(5));
     }
     n
 }
 
-fn one_strategy(strategy: &'static str, total: Arc<AtomicUsize>) -> Vec<String> {
-    let mut failures = Vec::new();
-    for app in APPS {
-        // prefork: the well-behaved client holds a worker.
-        let workers = if strategy == "prefork" { "4" } else { "1" };
-        let mut server = Server::start(
-            strategy,
-            app,
-            &["--header-timeout", "3s", "--workers", workers],
-        );
-        let addr = server.addr();
-        let stop = Arc::new(AtomicBool::new(false));
-        let good = {
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || well_behaved(app, addr, stop))
-        };
-        for (case, input) in corpus(app) {
-            for piece in [usize::MAX, 7] {
-                let what = format!("{strategy} {app}/{case} (pieces of {piece})");
-                let got = exchange(addr, &input, piece, &what);
-                if let Err(e) = check(app, &case, &input, &got) {
-                    failures.push(format!("{strategy} (pieces of {piece}): {e}"));
-                }
-                total.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        stop.store(true, Ordering::SeqCst);
-        let served = good.join().unwrap_or(0);
-        if served == 0 {
-            failures.push(format!(
-                "{strategy} {app}: the well-behaved client was not served"
-            ));
-        }
-        server.assert_no_panic();
-        server.stop();
-    }
-    failures
+strategy_tests! {
+    strategies: [select, poll, epoll_lt, epoll_et, uring, thread, fork, prefork, pool, green],
+    tests: [the_bad_input_corpus_gets_errors_or_closes],
 }
 
-#[test]
-fn the_bad_input_corpus_gets_errors_or_closes_on_every_strategy() {
+fn the_bad_input_corpus_gets_errors_or_closes(strategy: &str) {
     let sizes: Vec<_> = APPS.iter().map(|a| (a, corpus(a).len())).collect();
     println!("bad-input corpus: {sizes:?}");
     let total = Arc::new(AtomicUsize::new(0));
-    let runs: Vec<_> = STRATEGIES
+    // The apps run side by side.
+    let runs: Vec<_> = APPS
         .iter()
-        .map(|&s| {
-            let total = Arc::clone(&total);
-            (s, thread::spawn(move || one_strategy(s, total)))
+        .map(|&app| {
+            let (strategy, total) = (strategy.to_owned(), Arc::clone(&total));
+            (app, thread::spawn(move || one_app(&strategy, app, &total)))
         })
         .collect();
     let mut failures = Vec::new();
-    for (s, run) in runs {
+    for (app, run) in runs {
         match run.join() {
             Ok(f) => failures.extend(f),
-            Err(_) => failures.push(format!("{s}: the test thread panicked (see above)")),
+            Err(_) => failures.push(format!(
+                "{strategy} {app}: the test thread panicked (see above)"
+            )),
         }
     }
     println!(
-        "bad-input: {} exchanges over {} strategies",
-        total.load(Ordering::Relaxed),
-        STRATEGIES.len()
+        "bad-input {strategy}: {} exchanges",
+        total.load(Ordering::Relaxed)
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn one_app(strategy: &str, app: &'static str, total: &AtomicUsize) -> Vec<String> {
+    let mut failures = Vec::new();
+    // prefork: the well-behaved client holds a worker.
+    let workers = if strategy == "prefork" { "4" } else { "1" };
+    let mut server = Server::start(
+        strategy,
+        app,
+        &["--header-timeout", "3s", "--workers", workers],
+    );
+    let addr = server.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || well_behaved(app, addr, stop))
+    };
+    for (case, input) in corpus(app) {
+        for piece in [usize::MAX, 7] {
+            let what = format!("{strategy} {app}/{case} (pieces of {piece})");
+            let got = exchange(addr, &input, piece, &what);
+            if let Err(e) = check(app, &case, &input, &got) {
+                failures.push(format!("{strategy} (pieces of {piece}): {e}"));
+            }
+            total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let served = good.join().unwrap_or(0);
+    if served == 0 {
+        failures.push(format!(
+            "{strategy} {app}: the well-behaved client was not served"
+        ));
+    }
+    server.assert_no_panic();
+    server.stop();
+    failures
 }

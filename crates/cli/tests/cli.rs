@@ -135,21 +135,38 @@ fn strategies_one_well_formed_line_each() {
     assert!(names.len() >= 2, "too few strategies:\n{listing}");
 }
 
-/// Every listed strategy either serves (when listed as available) or fails at once
-/// with a one-line error and no `listening on` line.
-#[test]
-fn every_listed_strategy_serves_or_fails_cleanly() {
+strategy_tests! {
+    strategies: [
+        select, poll, epoll_lt, epoll_et, uring, thread, fork, prefork, pool, green, kernel,
+    ],
+    tests: [serves_or_fails_cleanly],
+}
+
+/// `c10k strategies` lists the strategy; it serves when listed as available, and
+/// otherwise (not built, or not usable here) fails at once with a one-line error and
+/// no `listening on` line.
+fn serves_or_fails_cleanly(name: &str) {
     let listing = strategies_output();
-    for line in listing.lines() {
-        let name = line.split_whitespace().next().unwrap();
-        if says_available(line) {
-            let mut server = Server::start(name, "echo", &[]);
-            echo_round_trip(&server, b"hello");
-            server.stop();
-        } else {
-            expect_usage_error(&serve_args(name, &[]), name);
-        }
+    let line = strategy_line(&listing, name);
+    if says_available(&line) {
+        let mut server = Server::start(name, "echo", &[]);
+        echo_round_trip(&server, b"hello");
+        server.stop();
+    } else {
+        expect_usage_error(&serve_args(name, &[]), name);
     }
+}
+
+/// `c10k strategies` lists exactly the registry, `Strategy::ALL`, in its order.
+#[test]
+fn strategies_lists_the_registry() {
+    let listing = strategies_output();
+    let listed: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let registry: Vec<&str> = c10k_server::Strategy::ALL.iter().map(|i| i.name).collect();
+    assert_eq!(listed, registry, "c10k strategies:\n{listing}");
 }
 
 #[test]
@@ -244,22 +261,32 @@ fn sigint_drains_and_exits_zero() {
     server.assert_no_panic();
 }
 
-/// A request that never completes does not keep the server past `--drain-timeout`.
+/// A request that never completes does not keep the server past `--drain-timeout`:
+/// it exits at the drain deadline, not before it and not long after it.
 #[test]
 fn drain_timeout_bounds_the_exit() {
     let drain = Duration::from_secs(1);
-    let mut server = Server::start("epoll-et", "http", &["--drain-timeout", "1s"]);
+    let mut server = Server::start(
+        "epoll-et",
+        "http",
+        &["--drain-timeout", "1s", "--metrics", "127.0.0.1:0"],
+    );
+    let maddr = metrics_addr(&server);
     let mut stream = connect(server.addr());
-    stream
-        .write_all(
-            b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nonly part",
-        )
-        .unwrap();
-    thread::sleep(Duration::from_millis(200));
+    let partial =
+        b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nonly part";
+    stream.write_all(partial).unwrap();
+    // The server has read the partial request: it is in flight at the signal.
+    wait_metric(maddr, "c10k_received_bytes_total", "", partial.len() as u64);
     let signalled = Instant::now();
     server.sigterm();
     // Exit status after a forced drain is not part of the contract; exiting is.
     let status = server.wait_exit(drain + EXIT_MARGIN);
+    assert_timed_out(
+        "exit after SIGTERM with a request in flight and --drain-timeout 1s",
+        signalled.elapsed(),
+        drain,
+    );
     assert!(status.code().is_some(), "killed by a signal: {status}");
     server.assert_no_panic();
     let mut rest = Vec::new();

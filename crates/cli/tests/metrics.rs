@@ -1,7 +1,7 @@
-//! `--metrics`: the Prometheus endpoint. For several strategies (threads, an
-//! io_uring loop, and both forking ones, whose children publish through shared
-//! memory), make known traffic, scrape with curl, check the numbers, and validate
-//! the exposition with Prometheus's own `promtool check metrics`.
+//! `--metrics`: the Prometheus endpoint. For every strategy (one test each: event
+//! loops, threads, io_uring, and both forking ones, whose children publish through
+//! shared memory), make known traffic, scrape with curl, check the numbers, and
+//! validate the exposition with Prometheus's own `promtool check metrics`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -12,7 +12,26 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Server, connect, need_tool, read_http_response, read_to_eof, run_tool_with_input};
+use common::{
+    Server, assert_timed_out, connect, metrics_addr, need_tool, read_http_response, read_to_eof,
+    run_tool_with_input, strategy_tests,
+};
+
+strategy_tests! {
+    strategies: [select, poll, epoll_lt, epoll_et, uring, thread, fork, prefork, pool, green],
+    tests: [counts_traffic_open_connections_and_idle_timeouts],
+}
+
+/// Several workers where the strategy has them, to see one row per worker (fork has
+/// one accept loop; thread is checked with one).
+fn counts_traffic_open_connections_and_idle_timeouts(strategy: &str) {
+    let workers = match strategy {
+        "thread" | "fork" => 1,
+        "prefork" => 3,
+        _ => 2,
+    };
+    check(strategy, workers);
+}
 
 /// How long counters may take to settle after the client saw its answer (a forked
 /// child publishes after its connection closed, the parent reaps later).
@@ -20,23 +39,6 @@ const SETTLE: Duration = Duration::from_secs(10);
 
 const GET_CLOSE: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
-
-/// Wait for the `metrics on http://ADDR/metrics` log line.
-fn metrics_addr(server: &Server) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = server.stderr_text();
-        if let Some(rest) = text.split("metrics on http://").nth(1) {
-            let addr = rest.split('/').next().unwrap();
-            return addr.parse().unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no `metrics on` log line:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// `GET /metrics` with curl: the body, after checking status and content type.
 fn scrape(addr: SocketAddr) -> String {
@@ -203,6 +205,7 @@ fn check(strategy: &str, workers: usize) {
     let held = connect(addr);
     (&held).write_all(GET).unwrap();
     let response = read_http_response(&mut BufReader::new(&held));
+    let idle = Instant::now();
     assert_eq!(response.status, 200);
     wait_for(maddr, "one connection open", |m| {
         sum(m, "c10k_connections_open", "") == 1
@@ -211,6 +214,11 @@ fn check(strategy: &str, workers: usize) {
     });
     let mut held = held;
     read_to_eof(&mut held, "idle connection closed by the server");
+    assert_timed_out(
+        &format!("{strategy}: idle connection"),
+        idle.elapsed(),
+        Duration::from_secs(2),
+    );
     let text = wait_for(maddr, "idle timeout counted", |m| {
         sum(m, "c10k_timeouts_total", "kind=\"idle\"") == 1
             && sum(m, "c10k_connections_open", "") == 0
@@ -219,41 +227,6 @@ fn check(strategy: &str, workers: usize) {
     });
     promtool_check(&text);
     server.assert_no_panic();
-}
-
-#[test]
-fn epoll_et_two_workers() {
-    check("epoll-et", 2);
-}
-
-#[test]
-fn uring_two_workers() {
-    check("uring", 2);
-}
-
-#[test]
-fn thread_strategy() {
-    check("thread", 1);
-}
-
-#[test]
-fn pool_strategy() {
-    check("pool", 2);
-}
-
-#[test]
-fn green_two_workers() {
-    check("green", 2);
-}
-
-#[test]
-fn prefork_counts_what_its_workers_publish() {
-    check("prefork", 3);
-}
-
-#[test]
-fn fork_counts_what_its_children_publish() {
-    check("fork", 1);
 }
 
 /// Anything but GET/HEAD /metrics is refused with the right status, and the

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Server, connect, is_reset, read_http_response};
+use common::{Server, connect, is_reset, read_http_response, strategy_tests};
 
 const FRESH_CLIENTS: usize = 4;
 const KEEPALIVE_CLIENTS: usize = 2;
@@ -268,6 +268,8 @@ fn handover(old_strategy: &str, old_args: &[&str], new_strategy: &str, new_args:
 
     let at_term = t.ok.load(SeqCst);
     old.sigterm();
+    // The scenario: the rest of the request comes 200 ms after the signal. (The
+    // listener is shared, so nothing outside the old instance shows it draining.)
     thread::sleep(Duration::from_millis(200));
     (&inflight).write_all(b"world").unwrap();
     let reply = read_http_response(&mut BufReader::new(&inflight));
@@ -349,41 +351,45 @@ fn uring_to_pool() {
     handover("uring", &["--workers", "2"], "pool", &["--workers", "2"]);
 }
 
+strategy_tests! {
+    strategies: [select, poll, epoll_lt, epoll_et, uring, thread, fork, pool, green],
+    except: [
+        prefork: "a worker holds one connection (the blocking adapter of thread, fork and \
+                  green); the test holds three at once",
+    ],
+    tests: [a_request_arriving_just_after_sigterm_on_a_fresh_connection_is_answered],
+}
+
 /// The drain rule behind a clean handover, pinned on each event loop and on the
 /// blocking adapter (thread, fork, green; prefork's workers hold one connection
 /// each, the same code): a connection
 /// accepted before SIGTERM whose first request arrives after it (here 100 ms later)
 /// is answered, not closed as idle; one that never sends is closed after the grace
 /// and the server still exits 0.
-#[test]
-fn a_request_arriving_just_after_sigterm_on_a_fresh_connection_is_answered() {
-    for strategy in [
-        "epoll-et", "epoll-lt", "poll", "select", "pool", "uring", "thread", "fork", "green",
-    ] {
-        eprintln!("strategy {strategy}");
-        let mut server = Server::start(strategy, "http", &[]);
-        let late = connect(server.addr());
-        let silent = connect(server.addr());
-        // Both are accepted (the harness cannot see that; a served request on a third
-        // connection, accepted after them by the same loop, is a good proxy).
-        let probe = connect(server.addr());
-        (&probe).write_all(GET_CLOSE).unwrap();
-        let reply = read_http_response(&mut BufReader::new(&probe));
-        assert_eq!(reply.status, 200);
-        server.sigterm();
-        thread::sleep(Duration::from_millis(100));
-        (&late).write_all(GET_CLOSE).unwrap();
-        let reply = read_http_response(&mut BufReader::new(&late));
-        assert_eq!(reply.status, 200, "{strategy}: late first request");
-        assert_eq!(reply.body, b"Hello, World!");
-        let mut silent = silent;
-        common::expect_eof(&mut silent, "a fresh connection that never sent anything");
-        // Closing our ends spares the server its linger wait.
-        drop((silent, late, probe));
-        let status = server.wait_exit(Duration::from_secs(20));
-        assert!(status.success(), "{strategy}: {status}");
-        server.assert_no_panic();
-    }
+fn a_request_arriving_just_after_sigterm_on_a_fresh_connection_is_answered(strategy: &str) {
+    let mut server = Server::start(strategy, "http", &[]);
+    let late = connect(server.addr());
+    let silent = connect(server.addr());
+    // Both are accepted (the harness cannot see that; a served request on a third
+    // connection, accepted after them by the same loop, is a good proxy).
+    let probe = connect(server.addr());
+    (&probe).write_all(GET_CLOSE).unwrap();
+    let reply = read_http_response(&mut BufReader::new(&probe));
+    assert_eq!(reply.status, 200);
+    server.sigterm();
+    // The scenario: the first request comes 100 ms after the signal.
+    thread::sleep(Duration::from_millis(100));
+    (&late).write_all(GET_CLOSE).unwrap();
+    let reply = read_http_response(&mut BufReader::new(&late));
+    assert_eq!(reply.status, 200, "{strategy}: late first request");
+    assert_eq!(reply.body, b"Hello, World!");
+    let mut silent = silent;
+    common::expect_eof(&mut silent, "a fresh connection that never sent anything");
+    // Closing our ends spares the server its linger wait.
+    drop((silent, late, probe));
+    let status = server.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "{strategy}: {status}");
+    server.assert_no_panic();
 }
 
 /// Reads a whole `Connection: close` exchange: everything until EOF (bounded by a
@@ -412,46 +418,54 @@ fn expect_full_hello(mut stream: &TcpStream, what: &str) {
     );
 }
 
+#[test]
+fn a_request_sent_just_before_sigterm_is_answered_pool_1w() {
+    requests_sent_just_before_sigterm_are_answered("pool", &["--workers", "1"]);
+}
+
+#[test]
+fn a_request_sent_just_before_sigterm_is_answered_pool_4w() {
+    requests_sent_just_before_sigterm_are_answered("pool", &["--workers", "4"]);
+}
+
+#[test]
+fn a_request_sent_just_before_sigterm_is_answered_uring_1w() {
+    requests_sent_just_before_sigterm_are_answered("uring", &["--workers", "1"]);
+}
+
 /// The drain race, pinned on the pool and io_uring: requests sent just before
 /// SIGTERM (already in the server's receive buffer, or their completions not
 /// processed yet, when the drain starts) are answered in full, on keep-alive
 /// connections that already had a request served and on a fresh one. Repeated,
 /// since the race depends on where each request is when the signal lands (bounded:
 /// 40 rounds each).
-#[test]
-fn a_request_sent_just_before_sigterm_is_answered() {
+fn requests_sent_just_before_sigterm_are_answered(strategy: &str, extra: &[&str]) {
     const ROUNDS: usize = 40;
     const KEPT: usize = 8;
-    for (strategy, extra) in [
-        ("pool", &["--workers", "1"][..]),
-        ("pool", &["--workers", "4"][..]),
-        ("uring", &["--workers", "1"][..]),
-    ] {
-        for round in 0..ROUNDS {
-            let mut server = Server::start(strategy, "http", extra);
-            // Fresh first, so that serving the keep-alive ones (accepted after it,
-            // by the one accepting loop) shows that it was accepted.
-            let fresh = connect(server.addr());
-            let kept: Vec<TcpStream> = (0..KEPT).map(|_| connect(server.addr())).collect();
-            for (i, k) in kept.iter().enumerate() {
-                (&*k).write_all(GET).unwrap();
-                let reply = read_http_response(&mut BufReader::new(k));
-                assert_eq!(reply.status, 200, "{strategy} round {round}: conn {i}");
-            }
-            for k in &kept {
-                (&*k).write_all(GET_CLOSE).unwrap();
-            }
-            (&fresh).write_all(GET_CLOSE).unwrap();
-            server.sigterm();
-            let what = format!("{strategy} {extra:?} round {round}");
-            for (i, k) in kept.iter().enumerate() {
-                expect_full_hello(k, &format!("{what}, keep-alive connection {i}"));
-            }
-            expect_full_hello(&fresh, &format!("{what}, fresh connection"));
-            drop((fresh, kept));
-            let status = server.wait_exit(Duration::from_secs(20));
-            assert!(status.success(), "{what}: {status}");
-            server.assert_no_panic();
+    for round in 0..ROUNDS {
+        let mut server = Server::start(strategy, "http", extra);
+        // Fresh first, so that serving the keep-alive ones (accepted after it,
+        // by the one accepting loop) shows that it was accepted.
+        let fresh = connect(server.addr());
+        let kept: Vec<TcpStream> = (0..KEPT).map(|_| connect(server.addr())).collect();
+        for (i, k) in kept.iter().enumerate() {
+            (&*k).write_all(GET).unwrap();
+            let reply = read_http_response(&mut BufReader::new(k));
+            assert_eq!(reply.status, 200, "{strategy} round {round}: conn {i}");
         }
+        for k in &kept {
+            (&*k).write_all(GET_CLOSE).unwrap();
+        }
+        (&fresh).write_all(GET_CLOSE).unwrap();
+        server.sigterm();
+        let what = format!("{strategy} {extra:?} round {round}");
+        for (i, k) in kept.iter().enumerate() {
+            expect_full_hello(k, &format!("{what}, keep-alive connection {i}"));
+        }
+        expect_full_hello(&fresh, &format!("{what}, fresh connection"));
+        drop((fresh, kept));
+        let status = server.wait_exit(Duration::from_secs(20));
+        assert!(status.success(), "{what}: {status}");
+        server.assert_no_panic();
     }
 }

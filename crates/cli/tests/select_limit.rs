@@ -221,32 +221,36 @@ fn strategies_lists_select_and_poll_with_their_limits() {
     assert!(poll.contains("per wait"), "{poll}");
 }
 
-#[test]
-fn select_and_poll_refuse_accept_exclusive_with_several_workers() {
-    for strategy in ["select", "poll"] {
-        let mut cmd = Command::new(c10k_bin());
-        cmd.args(["serve", "--strategy", strategy, "--app", "echo"])
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--workers",
-                "2",
-                "--accept",
-                "exclusive",
-            ]);
-        let out = run_tool(&mut cmd, Duration::from_secs(10));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{strategy}: {stderr}");
-        assert!(out.stdout.is_empty(), "{strategy}: no listening line");
-        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(lines.len(), 1, "{strategy}: one-line error, got:\n{stderr}");
-        assert!(
-            lines[0].contains("EPOLLEXCLUSIVE") && lines[0].contains("--accept reuseport"),
-            "{strategy}: the error should say why and what to use: {stderr}"
-        );
-    }
+strategy_tests! {
+    only: [select, poll],
+    tests: [refuses_accept_exclusive_with_several_workers],
+}
+
+/// `--accept exclusive` needs EPOLLEXCLUSIVE: refused with several workers, accepted
+/// (irrelevant) with one.
+fn refuses_accept_exclusive_with_several_workers(strategy: &str) {
+    let mut cmd = Command::new(c10k_bin());
+    cmd.args(["serve", "--strategy", strategy, "--app", "echo"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--accept",
+            "exclusive",
+        ]);
+    let out = run_tool(&mut cmd, Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{strategy}: {stderr}");
+    assert!(out.stdout.is_empty(), "{strategy}: no listening line");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{strategy}: one-line error, got:\n{stderr}");
+    assert!(
+        lines[0].contains("EPOLLEXCLUSIVE") && lines[0].contains("--accept reuseport"),
+        "{strategy}: the error should say why and what to use: {stderr}"
+    );
     // With one worker there is nothing to share: the mode is irrelevant and accepted.
-    let mut server = Server::start("poll", "echo", &["--accept", "exclusive"]);
+    let mut server = Server::start(strategy, "echo", &["--accept", "exclusive"]);
     let mut c = connect(server.addr());
     assert_eq!(round_trip(&mut c, b"one worker"), Ok(Outcome::Served));
     server.stop();

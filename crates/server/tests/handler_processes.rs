@@ -3,16 +3,21 @@
 //! process's only thread, hence a child process per case, drained with SIGTERM), and
 //! a green thread's stack overflow reported instead of a silent crash.
 //!
-//! `harness = false`: `main` runs the cases; the child mode serves one case.
+//! `harness = false`: `main` runs the cases (one per strategy of
+//! `HANDLER_STRATEGIES`, named after it, through `support::run`); the child mode
+//! serves one case.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use c10k_server::{Conn, Server, Strategy};
+use c10k_server::{Conn, HANDLER_STRATEGIES, Server, Strategy};
+
+mod support;
 
 const CHILD_ENV: &str = "C10K_HANDLER_TEST_CHILD";
 
@@ -78,6 +83,8 @@ struct Served {
     child: Child,
     addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
+    /// Says when the child's stderr has been read to its end.
+    stderr_done: Receiver<()>,
 }
 
 fn start(spec: &str) -> Served {
@@ -92,10 +99,12 @@ fn start(spec: &str) -> Served {
     let stderr = Arc::new(Mutex::new(String::new()));
     let mut err_pipe = child.stderr.take().expect("stderr");
     let sink = Arc::clone(&stderr);
+    let (done_tx, stderr_done) = mpsc::channel();
     std::thread::spawn(move || {
         let mut s = String::new();
         let _ = err_pipe.read_to_string(&mut s);
         sink.lock().unwrap_or_else(|p| p.into_inner()).push_str(&s);
+        let _ = done_tx.send(());
     });
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
@@ -110,6 +119,7 @@ fn start(spec: &str) -> Served {
         child,
         addr,
         stderr,
+        stderr_done,
     }
 }
 
@@ -118,8 +128,8 @@ fn wait(s: &mut Served, what: &str) -> ExitStatus {
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = s.child.try_wait().expect("try_wait") {
-            // Let the stderr reader finish.
-            std::thread::sleep(Duration::from_millis(50));
+            // The whole stderr (bounded: a straggling grandchild could hold the pipe).
+            let _ = s.stderr_done.recv_timeout(Duration::from_secs(5));
             return status;
         }
         if Instant::now() > until {
@@ -204,27 +214,13 @@ fn main() {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
         std::process::exit(child(&spec));
     }
-    let cases: [(&str, fn()); 5] = [
-        ("echo handler on fork", || echo_case("fork")),
-        ("echo handler on prefork", || echo_case("prefork")),
-        ("echo handler on thread", || echo_case("thread")),
-        ("echo handler on green", || echo_case("green")),
-        ("green stack overflow is reported", overflow_case),
-    ];
-    let mut failed = 0;
-    for (name, case) in cases {
-        print!("test {name} ... ");
-        let _ = io::stdout().flush();
-        match std::panic::catch_unwind(case) {
-            Ok(()) => println!("ok"),
-            Err(_) => {
-                println!("FAILED");
-                failed += 1;
-            }
-        }
-    }
-    println!("{} passed; {failed} failed", 5 - failed);
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    let mut cases: Vec<support::Case> = HANDLER_STRATEGIES
+        .iter()
+        .map(|&strategy| support::Case::strategy("echo_handler", strategy, |s| echo_case(s.name())))
+        .collect();
+    cases.push(support::Case::new(
+        "green_stack_overflow_is_reported",
+        overflow_case,
+    ));
+    support::run(cases);
 }

@@ -1,4 +1,5 @@
-//! A session that panics closes only its own connection, on every strategy: the
+//! A session that panics closes only its own connection, on every strategy (one case
+//! per strategy of `Strategy::ALL`, run by `support::run`): the
 //! panicking client sees the connection close with no reply, a client connected
 //! alongside keeps being served, new clients are served, and the panic is counted in
 //! `WorkerStats::panics`.
@@ -20,23 +21,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use c10k_proto::{App, Cx, Peer, ProtoError, Session};
-use c10k_server::{Availability, Server, Strategy, WorkerStats};
+use c10k_server::{Server, Strategy, WorkerStats};
+
+mod support;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Every strategy this test covers (one line per strategy).
-const STRATEGIES: &[Strategy] = &[
-    Strategy::Select,
-    Strategy::Poll,
-    Strategy::EpollLt,
-    Strategy::EpollEt,
-    Strategy::Uring,
-    Strategy::Thread,
-    Strategy::Pool,
-    Strategy::Green,
-    Strategy::Fork,
-    Strategy::Prefork,
-];
 
 /// Echoes lines; the line `panic` panics in `handle_input`, the line `eofpanic`
 /// arms a panic in `handle_eof`.
@@ -291,20 +280,19 @@ fn main() {
         serve(&args[pos + 1]);
         return;
     }
-    // `cargo test -- --list` and friends: nothing to list beyond this one test.
-    if args.iter().any(|a| a == "--list") {
-        println!("panics: test");
-        return;
-    }
-    for &strategy in STRATEGIES {
-        if let Availability::Unavailable { reason, .. } = strategy.availability() {
-            println!("!!! SKIPPED {strategy}: not available on this machine: {reason}");
-            continue;
-        }
-        match strategy.process_model() {
-            c10k_server::ProcessModel::Threads => in_process(strategy),
-            c10k_server::ProcessModel::Processes => out_of_process(strategy),
-        }
-    }
-    println!("panics: every strategy passed");
+    // One case per strategy of the registry, named after it; one that is not built
+    // or cannot run here is reported as skipped, with the reason.
+    let cases =
+        Strategy::ALL
+            .iter()
+            .map(|info| {
+                support::Case::strategy("a_panic_closes_only_its_connection", info.strategy, |s| {
+                    match s.process_model() {
+                        c10k_server::ProcessModel::Threads => in_process(s),
+                        c10k_server::ProcessModel::Processes => out_of_process(s),
+                    }
+                })
+            })
+            .collect();
+    support::run(cases);
 }

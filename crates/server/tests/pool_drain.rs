@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use c10k_proto::{App, Cx, Peer, ProtoError, Session};
 use c10k_server::{LINGER, Server, ServerHandle, Strategy, WorkerStats};
 
+mod support;
+
+use support::assert_timed_out;
+
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Echoes each line; the line `bye` is answered and then the session asks to close.
@@ -92,6 +96,27 @@ fn expect_eof(s: &mut TcpStream, what: &str) {
     panic!("{what}: expected EOF, the server kept sending");
 }
 
+/// Waits (bounded) until the server has counted `want` bytes received: it has read
+/// what the client sent.
+fn wait_received(h: &ServerHandle, want: u64) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let got: u64 = h
+            .stats()
+            .iter()
+            .map(|s| WorkerStats::get(&s.bytes_in))
+            .sum();
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server received {got} bytes, not {want}, in {IO_TIMEOUT:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits (bounded) until the server has no open connection.
 fn wait_all_closed(h: &ServerHandle, within: Duration) -> bool {
     let deadline = Instant::now() + within;
@@ -117,8 +142,9 @@ fn drain_closes_idle_connections_at_once_and_lets_in_flight_ones_finish() {
     let mut busy = connect(addr);
     round_trip(&mut busy, b"first\n");
     busy.write_all(b"half a li").unwrap();
-    // Let the server read the partial line before draining starts.
-    thread::sleep(Duration::from_millis(100));
+    // The server has read the partial line before draining starts: 8 x "hello\n",
+    // "first\n", "half a li".
+    wait_received(&h, 8 * 6 + 6 + 9);
 
     h.shutdown();
     for (i, s) in idle.iter_mut().enumerate() {
@@ -137,14 +163,22 @@ fn drain_closes_idle_connections_at_once_and_lets_in_flight_ones_finish() {
 
 #[test]
 fn drain_deadline_force_closes_an_unfinished_request() {
-    let h = start(2, Duration::from_millis(300));
+    const DRAIN: Duration = Duration::from_millis(300);
+    let h = start(2, DRAIN);
     let addr = h.local_addr();
     let mut stuck = connect(addr);
     round_trip(&mut stuck, b"ok\n");
     stuck.write_all(b"never finished").unwrap();
-    thread::sleep(Duration::from_millis(100));
+    // The server has read the unfinished request before draining starts.
+    wait_received(&h, 3 + 14);
+    let t0 = Instant::now();
     h.shutdown();
     expect_eof(&mut stuck, "a request unfinished at the drain deadline");
+    assert_timed_out(
+        "the forced close at the drain deadline",
+        t0.elapsed(),
+        DRAIN,
+    );
     let report = h.join().unwrap();
     assert_eq!(WorkerStats::get(&report.workers[0].drain_forced), 1);
 }
@@ -159,11 +193,13 @@ fn linger_timer_closes_a_peer_that_never_closes() {
     // connection otherwise silent, so only the linger timer can close it.
     let mut buf = [0u8; 8];
     assert_eq!(s.read(&mut buf).unwrap(), 0, "EOF after the last reply");
+    let lingering = Instant::now();
     assert_eq!(h.open_connections(), 1, "lingering until the peer closes");
     assert!(
         wait_all_closed(&h, LINGER + IO_TIMEOUT),
         "the linger timer never closed the connection"
     );
+    assert_timed_out("the linger timer's close", lingering.elapsed(), LINGER);
     h.shutdown();
     h.join().unwrap();
 }

@@ -7,9 +7,12 @@
 //! - [`XorShift`]: a tiny seeded PRNG for reproducible payloads.
 //! - [`need_tool`] / [`run_tool`]: external clients (curl, redis-cli...), which are
 //!   required, never silently skipped.
+//! - [`strategy_tests!`] (in `strategies.rs`): one `#[test]` per strategy, checked
+//!   against `Strategy::ALL`; timer windows; [`one_at_a_time`].
+//! - `metrics.rs`: waiting on the server's `/metrics` counters instead of sleeping.
 //!
 //! Every loop here is bounded by a count or by a deadline.
-#![allow(dead_code)] // each test crate uses a different subset
+#![allow(dead_code, unused_imports, unused_macros)] // each test crate uses a different subset
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, Read, Write};
@@ -23,6 +26,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Resource, Signal};
+
+mod metrics;
+mod strategies;
+
+pub use metrics::*;
+pub(crate) use strategies::strategy_tests;
+pub use strategies::{
+    TIMER_EARLY, assert_lists_every_strategy, assert_timed_out, one_at_a_time, strategy_under_test,
+    timer_late,
+};
 
 /// Read and write timeout of every client socket: long enough never to trip on a
 /// slow CI machine, short enough that a server bug fails the test instead of
@@ -523,6 +536,41 @@ pub fn read_exact_n(r: &mut impl Read, n: usize, what: &str) -> Vec<u8> {
         }
     }
     buf
+}
+
+/// Waits until `stream` has a byte to read (or is closed), without consuming it: the
+/// server has answered something. Bounded by the read timeout.
+pub fn wait_readable(stream: &TcpStream, what: &str) {
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.peek(&mut byte) {
+            Ok(_) => return,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => panic!("{what}: nothing to read: {err}"),
+        }
+    }
+}
+
+/// Waits until the bytes waiting in `stream`'s receive queue (FIONREAD) stop changing
+/// (the same for 100 ms, at most 10 s): the server has sent what it could, and what
+/// it has left waits for the client to read. Returns how many bytes are waiting.
+pub fn wait_receive_queue_settled(stream: &TcpStream, what: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut last, mut same) = (u64::MAX, 0);
+    loop {
+        let queued = rustix::io::ioctl_fionread(stream)
+            .unwrap_or_else(|err| panic!("{what}: FIONREAD: {err}"));
+        same = if queued == last { same + 1 } else { 0 };
+        if queued > 0 && same >= 5 {
+            return queued;
+        }
+        last = queued;
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the receive queue did not settle in 10 s ({queued} bytes)"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Reads until EOF (the read timeout bounds the wait).

@@ -1,16 +1,11 @@
-//! Helpers of the hostile-client tests (emfile, bad_input, abrupt_peers, slowloris):
-//! the strategy list they iterate over, and what they measure of a server's process
-//! tree from /proc (CPU time, open descriptors).
+//! Helpers of the hostile-client tests (emfile, abrupt_peers, slowloris): what they
+//! measure of a server's process tree from /proc (CPU time, open descriptors). Their
+//! strategy lists are `strategy_tests!` invocations (common/strategies.rs).
 #![allow(dead_code)] // each test crate uses a different subset
 
 use std::time::{Duration, Instant};
 
 use crate::common::descendants;
-
-/// Every strategy the hostile-client tests run against. Adding one is one line.
-pub const STRATEGIES: &[&str] = &[
-    "select", "poll", "epoll-lt", "epoll-et", "uring", "thread", "fork", "prefork", "pool", "green",
-];
 
 /// The process and its descendants.
 pub fn tree(pid: u32) -> Vec<u32> {
