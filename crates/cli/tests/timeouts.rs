@@ -56,7 +56,7 @@ fn start(strategy: &str, app: &str) -> (Server, SocketAddr) {
 /// Waits until `c10k_timeouts_total{kind}` is `want`, and checks that no timeout of
 /// the other kind fired.
 fn expect_timeouts(strategy: &str, maddr: SocketAddr, kind: &str, want: u64) {
-    let other = if kind == "idle" { "request" } else { "idle" };
+    let other = if kind == "idle" { "header" } else { "idle" };
     let text = wait_metric(
         maddr,
         "c10k_timeouts_total",
@@ -93,7 +93,7 @@ fn http_partial_head_gets_408_and_a_close(strategy: &str) {
         "{strategy}: {text}"
     );
     assert!(text.contains("Connection: close"), "{strategy}: {text}");
-    expect_timeouts(strategy, maddr, "request", 1);
+    expect_timeouts(strategy, maddr, "header", 1);
     server.assert_no_panic();
 }
 
@@ -133,7 +133,7 @@ fn resp_partial_command_is_closed_after_the_request_timeout(strategy: &str) {
         "{strategy}: {:?}",
         String::from_utf8_lossy(&rest)
     );
-    expect_timeouts(strategy, maddr, "request", 1);
+    expect_timeouts(strategy, maddr, "header", 1);
     server.assert_no_panic();
 }
 
@@ -171,6 +171,6 @@ fn slowloris_clients_are_closed_and_do_not_block_a_normal_client(strategy: &str)
             "{strategy} slow client {i}: {text}"
         );
     }
-    expect_timeouts(strategy, maddr, "request", SLOW as u64);
+    expect_timeouts(strategy, maddr, "header", SLOW as u64);
     server.assert_no_panic();
 }
