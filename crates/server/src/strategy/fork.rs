@@ -30,9 +30,9 @@ use rustix::process::Pid;
 
 use super::WorkerCtx;
 use super::parent_poll::ParentPoll;
-use super::procs::{Children, Forked, describe, enter_child, require_single_thread};
+use super::procs::{Children, Forked, child_env, describe, enter_child, require_single_thread};
 use crate::accept::{AcceptBatch, AcceptGuard, Admission};
-use crate::blocking::{BlockingEnv, serve_blocking};
+use crate::blocking::serve_blocking;
 use crate::config::Config;
 use crate::handler::ServeConn;
 use crate::shared_stats::SharedStats;
@@ -156,13 +156,7 @@ fn child_main<A: ServeConn>(
     };
     let stats = Arc::new(WorkerStats::default());
     let wake = [own.wake_fd(), parent_shutdown.wake_fd()];
-    let env = BlockingEnv {
-        stats: &stats,
-        wake: &wake,
-        drain_timeout: config.drain_timeout,
-        idle_timeout: config.idle_timeout,
-        header_timeout: config.header_timeout,
-    };
+    let env = child_env(&stats, &wake, config);
     serve_blocking(stream, app, peer, &env);
     // What this connection counted (bytes, requests, errors, timeouts) goes to the
     // parent's `/metrics`; accepting and closing the parent counted itself.

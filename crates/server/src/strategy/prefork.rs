@@ -34,9 +34,9 @@ use rustix::process::Pid;
 
 use super::WorkerCtx;
 use super::parent_poll::ParentPoll;
-use super::procs::{Children, Forked, describe, enter_child, require_single_thread};
+use super::procs::{Children, Forked, child_env, describe, enter_child, require_single_thread};
 use crate::accept::{AcceptBatch, AcceptGuard, Admission};
-use crate::blocking::{BlockingEnv, serve_blocking};
+use crate::blocking::serve_blocking;
 use crate::config::Config;
 use crate::handler::ServeConn;
 use crate::ratelog::RateLog;
@@ -232,13 +232,7 @@ fn serve_pool_slot<A: ServeConn>(
     let mut guard = AcceptGuard::new();
     let mut events: Vec<epoll::Event> = Vec::with_capacity(4);
     let wake = [own.wake_fd(), parent_shutdown.wake_fd()];
-    let env = BlockingEnv {
-        stats: &stats,
-        wake: &wake,
-        drain_timeout: config.drain_timeout,
-        idle_timeout: config.idle_timeout,
-        header_timeout: config.header_timeout,
-    };
+    let env = child_env(&stats, &wake, config);
     loop {
         let now = Instant::now();
         if guard.resume_due(now) {

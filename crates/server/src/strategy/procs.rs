@@ -20,6 +20,8 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus, kill_process, waitpid};
 use signal_hook::SigId;
 
+use crate::blocking::BlockingEnv;
+use crate::config::Config;
 use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;
 
@@ -239,4 +241,20 @@ pub(crate) fn enter_child(parent_shutdown: &Shutdown, parent: Pid) -> io::Result
         own.trigger();
     }
     Ok(own)
+}
+
+/// The blocking driver's environment in a child: its counters, its `wake` fds (its own
+/// shutdown pipe and its parent's: either one drains it) and the timeouts of `config`.
+pub(crate) fn child_env<'a>(
+    stats: &'a Arc<WorkerStats>,
+    wake: &'a [BorrowedFd<'a>; 2],
+    config: &Config,
+) -> BlockingEnv<'a> {
+    BlockingEnv {
+        stats,
+        wake,
+        drain_timeout: config.drain_timeout,
+        idle_timeout: config.idle_timeout,
+        header_timeout: config.header_timeout,
+    }
 }
