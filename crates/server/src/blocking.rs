@@ -81,7 +81,7 @@ pub(crate) fn serve_blocking<A: ServeConn>(
     peer: &Peer,
     env: &BlockingEnv<'_>,
 ) -> Outcome {
-    let park = PollPark { wake: env.wake };
+    let park = PollPark::new(env.wake);
     let mut conn = match Conn::new(stream, &park, env.stats, env.limits()) {
         Ok(conn) => conn,
         Err(e) => {
@@ -149,7 +149,7 @@ macro_rules! env {
             now: Instant::now(),
             stats: $d.conn.stats(),
             limits: &$d.limits,
-            mailbox: None,
+            mailbox: Some(&|| $d.conn.open_mailbox()),
         }
     };
 }
@@ -179,6 +179,7 @@ impl<S: Session> Driver<'_, '_, S> {
             {
                 if !self.core.drain_started() {
                     self.cx.set_now(SystemTime::now());
+                    self.cx.set_instant(Instant::now());
                     self.core.start_drain(&env!(self), false, &mut self.pool);
                 }
                 if self.core.drain_deferred() {
@@ -191,6 +192,10 @@ impl<S: Session> Driver<'_, '_, S> {
                             continue;
                         }
                         Some(Waited::Failed) => return Err(Stop::Failed),
+                        Some(Waited::Mail) => {
+                            self.letters()?;
+                            continue;
+                        }
                         _ => self.core.end_grace(&env!(self), &mut self.pool),
                     }
                 }
@@ -210,6 +215,10 @@ impl<S: Session> Driver<'_, '_, S> {
                 match self.conn.wait(PollFlags::IN, until) {
                     Waited::Ready => {}
                     Waited::Drain => continue,
+                    Waited::Mail => {
+                        self.letters()?;
+                        continue;
+                    }
                     Waited::Timeout if self.conn.drain_passed() => {
                         if self.core.phase() == Phase::Lingering {
                             return Ok(());
@@ -218,6 +227,7 @@ impl<S: Session> Driver<'_, '_, S> {
                     }
                     Waited::Timeout => {
                         self.cx.set_now(SystemTime::now());
+                        self.cx.set_instant(Instant::now());
                         self.core.on_timeout(&env!(self), &mut self.pool);
                         self.flush()?;
                         continue;
@@ -238,6 +248,7 @@ impl<S: Session> Driver<'_, '_, S> {
                 Err(_) => return Err(Stop::Failed),
             };
             self.cx.set_now(SystemTime::now());
+            self.cx.set_instant(Instant::now());
             if n == 0 {
                 self.core.eof(&env!(self), &mut self.pool);
                 self.flush()?;
@@ -255,6 +266,26 @@ impl<S: Session> Driver<'_, '_, S> {
             }
         }
         Ok(())
+    }
+
+    /// Letters wait: hand them to the core and write what they produced.
+    fn letters(&mut self) -> Result<(), Stop> {
+        self.take_letters();
+        self.flush()
+    }
+
+    fn take_letters(&mut self) {
+        let mut letters = Vec::new();
+        self.conn.take_letters(&mut letters);
+        if letters.is_empty() {
+            return;
+        }
+        self.cx.set_now(SystemTime::now());
+        self.cx.set_instant(Instant::now());
+        self.cx.set_instant(Instant::now());
+        for letter in letters {
+            self.core.letter(&env!(self), letter, &mut self.pool);
+        }
     }
 
     /// A fresh connection at drain: wait for its first bytes until
@@ -289,6 +320,8 @@ impl<S: Session> Driver<'_, '_, S> {
                     let until = self.core.poll_timeout(&self.limits);
                     match self.conn.wait(PollFlags::OUT, until) {
                         Waited::Ready | Waited::Drain => {}
+                        // Held by the core while the output is over the cap.
+                        Waited::Mail => self.take_letters(),
                         Waited::Timeout if self.conn.drain_passed() => return Err(Stop::Forced),
                         Waited::Timeout => {
                             self.core.on_timeout(&env!(self), &mut self.pool);

@@ -16,7 +16,7 @@
 //! - A wait longer than `--idle-timeout` fails with [`io::ErrorKind::TimedOut`]; once
 //!   the server drains, every wait is also bounded by `--drain-timeout`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown as NetShutdown, SocketAddr, TcpStream};
@@ -28,6 +28,9 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 use std::sync::Arc;
 
+use c10k_proto::{Mailbox, Message};
+
+use crate::lifecycle::mailbox::{Inbox, Letter, MailSlot};
 use crate::stats::WorkerStats;
 
 /// Serve one connection from start to end over a [`Conn`]: all that the strategies
@@ -55,6 +58,8 @@ pub(crate) enum Waited {
     Timeout,
     /// The wait itself failed (it does not on valid fds): give the connection up.
     Failed,
+    /// Letters wait in the connection's mailbox ([`Park::take_letters`]).
+    Mail,
 }
 
 /// How a connection's flow of control waits for its socket: the one thing that
@@ -91,13 +96,31 @@ pub(crate) trait Park {
     fn fresh_buffer(&self, len: usize) -> Vec<u8> {
         vec![0; len]
     }
+
+    /// Open this connection's mailbox (once): from then on a wait also ends with
+    /// [`Waited::Mail`] when letters wait. `None` when it cannot be opened.
+    fn open_mailbox(&self) -> Option<(Mailbox, Arc<MailSlot>)>;
+
+    /// Take the letters waiting for this connection (appended, oldest first).
+    fn take_letters(&self, into: &mut Vec<Letter>);
 }
 
-/// Waiting by `poll(2)` on the socket and the shutdown fds (`thread`, `fork`,
-/// `prefork`).
+/// Waiting by `poll(2)` on the socket, the shutdown fds and the connection's own inbox
+/// (`thread`, `fork`, `prefork`).
 pub(crate) struct PollPark<'a> {
     /// Fds that become readable, and stay readable, once the server drains.
     pub(crate) wake: &'a [BorrowedFd<'a>],
+    /// The connection's inbox, once its mailbox is open.
+    pub(crate) inbox: RefCell<Option<Arc<Inbox>>>,
+}
+
+impl<'a> PollPark<'a> {
+    pub(crate) fn new(wake: &'a [BorrowedFd<'a>]) -> Self {
+        PollPark {
+            wake,
+            inbox: RefCell::new(None),
+        }
+    }
 }
 
 /// At most this many shutdown fds are watched (a forked child watches its own and its
@@ -125,12 +148,19 @@ impl Park for PollPark<'_> {
                 None => None,
             };
             let timeout = timeout.and_then(|t| Timespec::try_from(t).ok());
-            let mut fds: [PollFd<'_>; 1 + MAX_WAKE_FDS] =
+            let inbox = self.inbox.borrow().clone();
+            let mut fds: [PollFd<'_>; 2 + MAX_WAKE_FDS] =
                 std::array::from_fn(|_| PollFd::from_borrowed_fd(conn, flags));
             let mut n = 1;
+            let mail = inbox.as_ref().map(|inbox| {
+                fds[1] = PollFd::from_borrowed_fd(inbox.fd(), PollFlags::IN);
+                n = 2;
+                1
+            });
+            let first_wake = n;
             if watch_drain {
-                for (slot, fd) in fds[1..].iter_mut().zip(self.wake) {
-                    *slot = PollFd::from_borrowed_fd(*fd, PollFlags::IN);
+                for fd in self.wake {
+                    fds[n] = PollFd::from_borrowed_fd(*fd, PollFlags::IN);
                     n += 1;
                 }
             }
@@ -145,10 +175,39 @@ impl Park for PollPark<'_> {
             if !fds[0].revents().is_empty() {
                 return Waited::Ready;
             }
-            if fds[1..n].iter().any(|f| !f.revents().is_empty()) {
+            if mail.is_some_and(|i| !fds[i].revents().is_empty()) {
+                return Waited::Mail;
+            }
+            if fds[first_wake..n].iter().any(|f| !f.revents().is_empty()) {
                 return Waited::Drain;
             }
             // Nothing ready: the timeout passed (checked at the top of the loop).
+        }
+    }
+
+    fn open_mailbox(&self) -> Option<(Mailbox, Arc<MailSlot>)> {
+        let mut slot = self.inbox.borrow_mut();
+        if slot.is_some() {
+            return None;
+        }
+        match Inbox::new() {
+            Ok(inbox) => {
+                let mailbox = inbox.mailbox(0, 0);
+                *slot = Some(inbox);
+                Some(mailbox)
+            }
+            Err(e) => {
+                tracing::warn!("cannot open a connection's mailbox: {e}");
+                None
+            }
+        }
+    }
+
+    fn take_letters(&self, into: &mut Vec<Letter>) {
+        if let Some(inbox) = self.inbox.borrow().as_ref() {
+            let mut got = Vec::new();
+            inbox.take(&mut got);
+            into.extend(got.into_iter().map(|(_, _, letter)| letter));
         }
     }
 }
@@ -200,6 +259,24 @@ pub struct Conn<'a> {
     limits: ConnLimits,
     drain_deadline: Cell<Option<Instant>>,
     last_active: Cell<Instant>,
+    /// The handler's mailbox, once it asked for it ([`Conn::mailbox`]).
+    mailbox: RefCell<Option<(Mailbox, Arc<MailSlot>)>>,
+    /// Letters taken from the park and not handed to the handler yet.
+    letters: RefCell<std::collections::VecDeque<Letter>>,
+}
+
+/// What [`Conn::wait_event`] ended with.
+#[derive(Debug)]
+pub enum Event {
+    /// Bytes (or end of stream) wait: a read returns without waiting.
+    Readable,
+    /// A message posted to this connection's [`mailbox`](Conn::mailbox).
+    Message(Message),
+    /// The deadline passed.
+    Timeout,
+    /// The server started draining: finish up (a read that would wait returns end
+    /// of stream from now on).
+    Draining,
 }
 
 impl fmt::Debug for Conn<'_> {
@@ -227,7 +304,75 @@ impl<'a> Conn<'a> {
             limits,
             drain_deadline: Cell::new(None),
             last_active: Cell::new(Instant::now()),
+            mailbox: RefCell::new(None),
+            letters: RefCell::new(std::collections::VecDeque::new()),
         })
+    }
+
+    /// This connection's mailbox, opened on the first call: hand clones of it to
+    /// whoever should be able to post to this connection (a chat room, a broker).
+    /// Its messages come out of [`wait_event`](Conn::wait_event), in order. It holds
+    /// a bounded number of messages (posts beyond fail with
+    /// [`PostError::Full`](c10k_proto::PostError::Full)); once this connection is
+    /// closed, posts fail with `Closed`.
+    pub fn mailbox(&self) -> io::Result<Mailbox> {
+        let mut slot = self.mailbox.borrow_mut();
+        if let Some((mailbox, _)) = slot.as_ref() {
+            return Ok(mailbox.clone());
+        }
+        let opened = self
+            .park
+            .open_mailbox()
+            .ok_or_else(|| io::Error::other("cannot open the connection's mailbox"))?;
+        let mailbox = opened.0.clone();
+        *slot = Some(opened);
+        Ok(mailbox)
+    }
+
+    /// Wait until the socket has bytes (or end of stream) to read, a message
+    /// arrives in this connection's mailbox, the server starts draining, or
+    /// `deadline` passes, whichever comes first. Like every wait of a handler it is
+    /// bounded by the idle timeout (an error then). A message whose poster gave up
+    /// on this connection (a full mailbox) ends it with an error.
+    pub fn wait_event(&self, deadline: Option<Instant>) -> io::Result<Event> {
+        loop {
+            let next = self.letters.borrow_mut().pop_front();
+            if let Some(letter) = next {
+                return match letter {
+                    Letter::Message(msg) => {
+                        if let Some((_, slot)) = self.mailbox.borrow().as_ref() {
+                            slot.delivered();
+                        }
+                        WorkerStats::add(&self.stats.messages_delivered, 1);
+                        Ok(Event::Message(msg))
+                    }
+                    Letter::Disconnect => {
+                        WorkerStats::add(&self.stats.mailbox_disconnects, 1);
+                        Err(io::Error::other(
+                            "disconnected: the connection did not keep up with its messages",
+                        ))
+                    }
+                };
+            }
+            if self.draining() {
+                return Ok(Event::Draining);
+            }
+            let idle = self.last_active.get() + self.limits.idle_timeout;
+            let until = deadline.map_or(idle, |d| d.min(idle));
+            match self.wait(PollFlags::IN, Some(until)) {
+                Waited::Ready if self.readable_now() => return Ok(Event::Readable),
+                Waited::Ready => {}
+                Waited::Drain => return Ok(Event::Draining),
+                Waited::Mail => {}
+                Waited::Timeout if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    return Ok(Event::Timeout);
+                }
+                Waited::Timeout | Waited::Failed => {
+                    // The idle or drain deadline: the same errors as a read's wait.
+                    self.handler_wait(PollFlags::IN)?;
+                }
+            }
+        }
     }
 
     /// The peer's address.
@@ -256,6 +401,47 @@ impl<'a> Conn<'a> {
     /// Shut the writing side: the peer reads end of stream after what was written.
     pub fn shutdown_write(&self) -> io::Result<()> {
         self.stream.shutdown(NetShutdown::Write)
+    }
+
+    /// See [`Park::open_mailbox`].
+    pub(crate) fn open_mailbox(&self) -> Option<(Mailbox, Arc<MailSlot>)> {
+        self.park.open_mailbox()
+    }
+
+    /// Take every letter for this connection (those a wait already pulled first).
+    pub(crate) fn take_letters(&self, into: &mut Vec<Letter>) {
+        self.pull_letters();
+        into.extend(self.letters.borrow_mut().drain(..));
+    }
+
+    /// Move the park's letters into this connection's queue (which resets the
+    /// park's wake-up: a later wait blocks until more come).
+    fn pull_letters(&self) {
+        let mut got = Vec::new();
+        self.park.take_letters(&mut got);
+        self.letters.borrow_mut().extend(got);
+    }
+
+    /// A letter asked to disconnect this connection.
+    fn disconnect_asked(&self) -> bool {
+        self.letters
+            .borrow()
+            .iter()
+            .any(|l| matches!(l, Letter::Disconnect))
+    }
+
+    /// Whether a read would return at once: bytes, end of stream or an error wait.
+    fn readable_now(&self) -> bool {
+        let mut one = [0u8; 1];
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        match rustix::net::recv(&self.stream, &mut one[..], flags) {
+            Err(rustix::io::Errno::AGAIN) => {
+                self.park.would_block(PollFlags::IN);
+                false
+            }
+            Err(rustix::io::Errno::INTR) => false,
+            _ => true,
+        }
     }
 
     /// See [`Park::stash_buffer`].
@@ -337,8 +523,10 @@ impl<'a> Conn<'a> {
         let waited = self
             .park
             .park(self.stream.as_fd(), flags, deadline, watch_drain);
-        if waited == Waited::Drain {
-            self.begin_drain();
+        match waited {
+            Waited::Drain => self.begin_drain(),
+            Waited::Mail => self.pull_letters(),
+            _ => {}
         }
         waited
     }
@@ -362,7 +550,22 @@ impl<'a> Conn<'a> {
                 ))
             }
             Waited::Failed => Err(io::Error::other("waiting for the socket failed")),
+            // Messages wait for `wait_event`; a disconnect ends the connection.
+            Waited::Mail if self.disconnect_asked() => {
+                WorkerStats::add(&self.stats.mailbox_disconnects, 1);
+                Err(io::Error::other(
+                    "disconnected: the connection did not keep up with its messages",
+                ))
+            }
             w => Ok(w),
+        }
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Some((_, slot)) = self.mailbox.get_mut().as_ref() {
+            slot.close();
         }
     }
 }

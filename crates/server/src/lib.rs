@@ -68,14 +68,14 @@ mod timers;
 
 pub use builder::{Report, Server, ServerBuilder, ServerError, ServerHandle};
 pub use c10k_proto::proxy::ProxyProtocol;
-pub use c10k_proto::{App, Session};
+pub use c10k_proto::{App, Mailbox, Message, PostError, Session};
 pub use config::{
     AcceptMode, Config, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNS, DEFAULT_OUTPUT_CAP, DEFAULT_STACK_SIZE, LINGER,
     MAX_PENDING_INPUT, MIN_STACK_SIZE, READ_CHUNK, UringConfig,
 };
 pub use gate::{GateApp, GateSession, GateStats};
-pub use handler::Conn;
+pub use handler::{Conn, Event};
 pub use service::{HANDLER_STRATEGIES, Handler, Service};
 pub use shutdown::Shutdown;
 pub use stats::{OpenConns, UringStats, WorkerStats};

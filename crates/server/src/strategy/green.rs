@@ -40,7 +40,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use c10k_proto::Peer;
+use c10k_proto::{Mailbox, Peer};
 use corosensei::stack::{DefaultStack, Stack};
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 use rustix::event::epoll::{self, EventData, EventFlags};
@@ -50,6 +50,7 @@ use slab::Slab;
 use super::WorkerCtx;
 use crate::accept::{AcceptBatch, AcceptGuard, Admission};
 use crate::handler::{Conn, ConnLimits, Park, ServeConn, Waited};
+use crate::lifecycle::mailbox::{Inbox, Letter, MailSlot};
 use crate::stats::WorkerStats;
 
 /// A green thread yields after this many reads and writes in a row that did not wait.
@@ -70,6 +71,8 @@ const BUFFER_POOL: usize = 16;
 
 const LISTENER: u64 = u64::MAX;
 const WAKE: u64 = u64::MAX - 1;
+/// The worker's inbox (messages posted to its green threads' connections).
+const MAIL: u64 = u64::MAX - 2;
 
 /// What a green thread asks its scheduler for.
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +94,8 @@ enum Resume {
     Ready,
     Timeout,
     Drain,
+    /// Letters wait in its mailbox.
+    Mail,
 }
 
 type Green = Coroutine<Resume, Yield, (), DefaultStack>;
@@ -104,6 +109,19 @@ struct GreenPark<'y> {
     buffers: Rc<RefCell<Vec<Vec<u8>>>>,
     ops: Cell<u32>,
     bytes: Cell<usize>,
+    /// Its mailbox: the worker's inbox, where letters for it are routed (by key and
+    /// serial) into `letters`, and whether it was opened.
+    mail: Mail,
+}
+
+/// A green thread's mailbox, shared with its scheduler.
+#[derive(Clone)]
+struct Mail {
+    inbox: Arc<Inbox>,
+    key: usize,
+    serial: u64,
+    open: Rc<Cell<bool>>,
+    letters: Rc<RefCell<Vec<Letter>>>,
 }
 
 impl GreenPark<'_> {
@@ -130,7 +148,19 @@ impl Park for GreenPark<'_> {
             Resume::Ready => Waited::Ready,
             Resume::Timeout => Waited::Timeout,
             Resume::Drain => Waited::Drain,
+            Resume::Mail => Waited::Mail,
         }
+    }
+
+    fn open_mailbox(&self) -> Option<(Mailbox, Arc<MailSlot>)> {
+        if self.mail.open.replace(true) {
+            return None;
+        }
+        Some(self.mail.inbox.mailbox(self.mail.key, self.mail.serial))
+    }
+
+    fn take_letters(&self, into: &mut Vec<Letter>) {
+        into.append(&mut self.mail.letters.borrow_mut());
     }
 
     fn progress(&self, bytes: usize) {
@@ -187,6 +217,7 @@ struct Task {
     waiting: Option<Waiting>,
     /// Its entry in the scheduler's timers, at or before its wait's deadline.
     timer: Option<Instant>,
+    mail: Mail,
 }
 
 struct Scheduler<A> {
@@ -202,6 +233,8 @@ struct Scheduler<A> {
     draining: Option<Instant>,
     limits: ConnLimits,
     page: usize,
+    inbox: Arc<Inbox>,
+    next_serial: u64,
 }
 
 /// Run one green-thread scheduler until it has drained after shutdown.
@@ -220,9 +253,13 @@ pub(crate) fn run<A: ServeConn>(ctx: WorkerCtx<A>) -> io::Result<()> {
         EventData::new_u64(WAKE),
         EventFlags::IN,
     )?;
+    let inbox = Inbox::new()?;
+    epoll::add(&ep, inbox.fd(), EventData::new_u64(MAIL), EventFlags::IN)?;
     let mut s = Scheduler {
         ctx,
         ep,
+        inbox,
+        next_serial: 0,
         tasks: Slab::new(),
         run: VecDeque::new(),
         timers: BTreeSet::new(),
@@ -319,6 +356,7 @@ impl<A: ServeConn> Scheduler<A> {
                 match ev.data.u64() {
                     LISTENER => self.accept_ready(),
                     WAKE => self.begin_drain(),
+                    MAIL => self.route_letters(),
                     key => self.ready(key as usize, ev.flags),
                 }
             }
@@ -344,6 +382,23 @@ impl<A: ServeConn> Scheduler<A> {
         task.ready.set(ready);
         if task.waiting.is_some_and(|w| ready.intersects(w.flags)) {
             self.wake(key, Resume::Ready);
+        }
+    }
+
+    /// The inbox is readable: give each letter to its green thread, and wake the
+    /// ones that wait.
+    fn route_letters(&mut self) {
+        let mut letters = Vec::new();
+        self.inbox.take(&mut letters);
+        for (key, serial, letter) in letters {
+            let Some(task) = self.tasks.get(key) else {
+                continue;
+            };
+            if task.mail.serial != serial {
+                continue;
+            }
+            task.mail.letters.borrow_mut().push(letter);
+            self.wake(key, Resume::Mail);
         }
     }
 
@@ -399,6 +454,8 @@ impl<A: ServeConn> Scheduler<A> {
                 let want = want(flags);
                 if task.ready.get().intersects(want) {
                     self.run.push_back((key, Resume::Ready));
+                } else if task.mail.open.get() && !task.mail.letters.borrow().is_empty() {
+                    self.run.push_back((key, Resume::Mail));
                 } else if watch_drain && self.draining.is_some() {
                     self.run.push_back((key, Resume::Drain));
                 } else {
@@ -502,6 +559,15 @@ impl<A: ServeConn> Scheduler<A> {
         let ready = Rc::new(Cell::new(EventFlags::empty()));
         let shared = Rc::clone(&ready);
         let buffers = Rc::clone(&self.buffers);
+        self.next_serial += 1;
+        let mail = Mail {
+            inbox: Arc::clone(&self.inbox),
+            key,
+            serial: self.next_serial,
+            open: Rc::new(Cell::new(false)),
+            letters: Rc::new(RefCell::new(Vec::new())),
+        };
+        let park_mail = mail.clone();
         let green = Green::with_stack(stack, move |yielder, _first: Resume| {
             let park = GreenPark {
                 yielder,
@@ -509,6 +575,7 @@ impl<A: ServeConn> Scheduler<A> {
                 buffers,
                 ops: Cell::new(0),
                 bytes: Cell::new(0),
+                mail: park_mail,
             };
             let mut conn = match Conn::new(stream, &park, &stats, limits) {
                 Ok(conn) => conn,
@@ -539,6 +606,7 @@ impl<A: ServeConn> Scheduler<A> {
             ready,
             waiting: None,
             timer: None,
+            mail,
         });
         self.resume(key, Resume::Ready);
         Ok(())
