@@ -58,9 +58,6 @@ fn regression_half_close_while_backpressured_does_not_spin(strategy: &str) {
 
 strategy_tests! {
     strategies: [select, poll, epoll_lt, epoll_et, uring, thread, fork, prefork, pool, green],
-    ignore: "known bug (found by issue 13 item 6): a SIGTERM that lands while an echo is \
-             still moving can end the connection before all the bytes sent before it are \
-             echoed; seen on epoll-lt, poll, pool and thread",
     tests: [regression_sigterm_mid_echo_keeps_the_pending_output],
 }
 

@@ -204,6 +204,10 @@ impl<S: Session> Driver<'_, '_, S> {
                     break;
                 }
             }
+            if poll_first && self.core.needs_quiet_check() {
+                // Drained and idle: it closes once a read finds nothing waiting.
+                poll_first = false;
+            }
             if poll_first {
                 // A green thread hands its read buffer back while it waits: an idle
                 // connection then costs its stack pages only.
@@ -241,6 +245,8 @@ impl<S: Session> Driver<'_, '_, S> {
             let n = match self.conn.try_read(&mut self.buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.core.read_would_block(&env!(self), &mut self.pool);
+                    self.flush()?;
                     poll_first = true;
                     continue;
                 }

@@ -60,6 +60,10 @@ pub const MAX_PENDING_INPUT: usize = 16 * 1024 * 1024;
 /// its first byte yet (its request is most likely on the way; see
 /// `Conn::start_drain_unless_fresh`). Connections that sent nothing by then close.
 pub const DRAIN_FRESH_GRACE: Duration = Duration::from_millis(500);
+/// A drained connection that went idle closes once no byte has arrived for this
+/// long after a read found nothing waiting: bytes its peer sent just before the
+/// drain, still on their way (a TCP window that just reopened), are served.
+pub const DRAIN_QUIET: Duration = Duration::from_millis(50);
 /// Size of a worker's read buffer: one read takes at most this much.
 pub const READ_CHUNK: usize = 64 * 1024;
 

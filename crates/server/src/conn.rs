@@ -85,7 +85,11 @@ impl<S: Session> ReadyConn<S> {
             }
             let n = match (&self.stream).read(&mut bufs.read) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.core.read_would_block(env, &mut bufs.pool);
+                    self.flush(bufs, env);
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     self.core.failed(env);
@@ -103,6 +107,15 @@ impl<S: Session> ReadyConn<S> {
                 break;
             }
         }
+        self.check_quiet(bufs, env);
+    }
+
+    /// A drained connection that went idle closes only once a read finds nothing
+    /// waiting: bytes its peer sent before the drain are served, not discarded.
+    fn check_quiet(&mut self, bufs: &mut Bufs, env: &Env<'_>) {
+        if self.core.needs_quiet_check() {
+            self.on_readable(bufs, env, true, true);
+        }
     }
 
     /// The socket is writable: flush (each confirmed write lets the core offer input
@@ -115,6 +128,7 @@ impl<S: Session> ReadyConn<S> {
             self.read_blocked = false;
             self.on_readable(bufs, env, true, true);
         }
+        self.check_quiet(bufs, env);
     }
 
     /// The server drains: take in what the kernel has already received (a request in
@@ -124,6 +138,7 @@ impl<S: Session> ReadyConn<S> {
         self.read_pending(bufs, env);
         let deferred = self.core.start_drain(env, false, &mut bufs.pool);
         self.flush(bufs, env);
+        self.check_quiet(bufs, env);
         deferred
     }
 
@@ -134,6 +149,7 @@ impl<S: Session> ReadyConn<S> {
             self.read_pending(bufs, env);
             self.core.end_grace(env, &mut bufs.pool);
             self.flush(bufs, env);
+            self.check_quiet(bufs, env);
         }
     }
 

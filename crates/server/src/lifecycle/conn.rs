@@ -50,7 +50,7 @@ use std::sync::Arc;
 use c10k_proto::Mailbox;
 
 use super::mailbox::{Letter, MailSlot};
-use crate::config::{LINGER, MAX_PENDING_INPUT};
+use crate::config::{DRAIN_QUIET, LINGER, MAX_PENDING_INPUT};
 use crate::stats::WorkerStats;
 use crate::timers::{Timeout, Timers};
 
@@ -163,6 +163,10 @@ pub(crate) struct ConnCore<S> {
     drain: Drain,
     /// At least one byte was received.
     received: bool,
+    /// The driver found no input waiting since the last bytes moved either way (a
+    /// read that would block): a drained connection closes only then, so that bytes
+    /// the peer sent before the drain are served, not discarded by the linger.
+    quiet_since: Option<Instant>,
     /// The driver must shut our write side (set on entering `Lingering`).
     shut_write: bool,
     /// Input discarded while closing.
@@ -194,6 +198,7 @@ impl<S: Session> ConnCore<S> {
             phase: Phase::Open,
             drain: Drain::No,
             received: false,
+            quiet_since: None,
             shut_write: false,
             discarded: 0,
             timers: Timers::started(now),
@@ -245,6 +250,25 @@ impl<S: Session> ConnCore<S> {
         self.out_pending() == 0 && self.pending_in.is_empty() && !self.session.mid_request()
     }
 
+    /// A read found nothing waiting (`EAGAIN`, or a peek that found nothing): a
+    /// drained connection that is idle may close now.
+    pub(crate) fn read_would_block(&mut self, env: &Env<'_>, pool: &mut OutputPool) {
+        if self.quiet_since.is_none() {
+            self.quiet_since = Some(env.now);
+            self.after_event(env, pool);
+        }
+    }
+
+    /// The drain applies and the connection is idle, but the driver has not looked
+    /// for input since its last bytes: it should read (until it would block) before
+    /// the connection can close.
+    pub(crate) fn needs_quiet_check(&self) -> bool {
+        self.drain == Drain::Applied
+            && self.phase == Phase::Open
+            && self.quiet_since.is_none()
+            && self.is_idle()
+    }
+
     /// The drain reached this connection before its first bytes did.
     pub(crate) fn drain_deferred(&self) -> bool {
         self.drain == Drain::Deferred
@@ -274,6 +298,7 @@ impl<S: Session> ConnCore<S> {
         }
         WorkerStats::add(&env.stats.bytes_in, data.len() as u64);
         self.received = true;
+        self.quiet_since = None;
         self.timers.active(env.now);
         match self.phase {
             Phase::Open => self.feed(env, data, pool),
@@ -470,9 +495,32 @@ impl<S: Session> ConnCore<S> {
         }
     }
 
-    /// When the session's own timer is due, while open.
+    /// When the core wants `on_timeout` at a precise instant, while open: the
+    /// session's own timer, or the end of a drained connection's quiet period
+    /// (the idle and header timers are swept, not queued).
     pub(crate) fn session_deadline(&self) -> Option<Instant> {
-        self.session_timer.filter(|_| self.phase == Phase::Open)
+        if self.phase != Phase::Open {
+            return None;
+        }
+        [self.session_timer, self.quiet_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// When a drained, idle connection that is quiet may close.
+    fn quiet_deadline(&self) -> Option<Instant> {
+        if self.drain == Drain::Applied && self.phase == Phase::Open && self.is_idle() {
+            self.quiet_since.map(|t| t + DRAIN_QUIET)
+        } else {
+            None
+        }
+    }
+
+    /// No byte arrived for [`DRAIN_QUIET`] since a read found nothing waiting.
+    fn quiet_for(&self, now: Instant) -> bool {
+        self.quiet_since
+            .is_some_and(|t| now.duration_since(t) >= DRAIN_QUIET)
     }
 
     // ----- timers -------------------------------------------------------------------
@@ -484,7 +532,7 @@ impl<S: Session> ConnCore<S> {
                 let t = self
                     .timers
                     .deadline(limits.idle_timeout, limits.header_timeout);
-                Some(self.session_timer.map_or(t, |s| s.min(t)))
+                Some(self.session_deadline().map_or(t, |s| s.min(t)))
             }
             Phase::Closing => Some(self.timers.idle_deadline(limits.idle_timeout)),
             Phase::Lingering => self.linger_until,
@@ -508,6 +556,11 @@ impl<S: Session> ConnCore<S> {
         }
         if self.phase == Phase::Done {
             return None;
+        }
+        if self.quiet_deadline().is_some_and(|t| t <= env.now) {
+            // A drained connection stayed quiet: it closes now.
+            self.after_event(env, pool);
+            return Some(Timeout::Session);
         }
         if self.phase == Phase::Open && self.session_timer.is_some_and(|t| t <= env.now) {
             self.session_timer = None;
@@ -591,6 +644,9 @@ impl<S: Session> ConnCore<S> {
     fn count_sent(&mut self, env: &Env<'_>, n: usize) {
         WorkerStats::add(&env.stats.bytes_out, n as u64);
         self.timers.active(env.now);
+        // Whether input waits is known only right after a read: a drained
+        // connection that goes idle now looks again before it closes.
+        self.quiet_since = None;
     }
 
     fn after_sent(&mut self, env: &Env<'_>, pool: &mut OutputPool) {
@@ -616,7 +672,7 @@ impl<S: Session> ConnCore<S> {
         }
         if self.drain == Drain::Applied
             && self.phase == Phase::Open
-            && (self.is_idle() || self.session.wants_close())
+            && ((self.is_idle() && self.quiet_for(env.now)) || self.session.wants_close())
         {
             self.phase = Phase::Closing;
         }
@@ -1099,7 +1155,44 @@ mod tests {
         assert!(w.drain(&mut waiting, S0, true));
         w.recv(&mut waiting, S0, b"y");
         assert_eq!(w.drain_out(&mut waiting, S0), b"y");
-        assert_eq!(waiting.phase(), Phase::Lingering);
+        assert_eq!(
+            waiting.phase(),
+            Phase::Open,
+            "idle, but input may still be coming"
+        );
+        assert!(waiting.needs_quiet_check());
+        let mut pool = OutputPool::default();
+        waiting.read_would_block(&w.env(S0), &mut pool);
+        assert_eq!(waiting.poll_timeout(&w.limits), Some(w.t0 + DRAIN_QUIET));
+        assert_eq!(w.timeout(&mut waiting, DRAIN_QUIET), Some(Timeout::Session));
+        assert_eq!(waiting.phase(), Phase::Lingering, "quiet: closed");
+    }
+
+    #[test]
+    fn a_drained_echo_closes_only_once_no_input_waits() {
+        // Regression (issue 13's tests): an echo still moving when SIGTERM lands lost
+        // the bytes its peer had sent but the server had not read yet.
+        let mut w = World::new(1 << 20);
+        let mut c = w.echo();
+        w.recv(&mut c, S0, b"first half");
+        assert!(!w.drain(&mut c, S0, false), "busy: applied, not deferred");
+        assert_eq!(w.drain_out(&mut c, S0), b"first half");
+        assert_eq!(c.phase(), Phase::Open, "idle, but not known to be quiet");
+        let mut pool = OutputPool::default();
+        c.read_would_block(&w.env(S0), &mut pool);
+        assert_eq!(c.session_deadline(), Some(w.t0 + DRAIN_QUIET));
+        // Bytes still on their way when the read found nothing: served.
+        let late = DRAIN_QUIET / 2;
+        w.recv(&mut c, late, b"second half");
+        assert_eq!(w.drain_out(&mut c, late), b"second half");
+        assert_eq!(w.timeout(&mut c, DRAIN_QUIET), None, "not quiet: stays");
+        assert_eq!(c.phase(), Phase::Open);
+        c.read_would_block(&w.env(late), &mut pool);
+        assert_eq!(
+            w.timeout(&mut c, late + DRAIN_QUIET),
+            Some(Timeout::Session)
+        );
+        assert_eq!(c.phase(), Phase::Lingering);
     }
 
     #[test]

@@ -363,6 +363,7 @@ mod tests {
     //! The worker core over an in-memory table of cores: drain, grace, linger,
     //! sweep and the forced close, without a socket.
     use super::*;
+    use crate::config::DRAIN_QUIET;
     use crate::lifecycle::{Env, Limits, OutputPool, Phase};
     use c10k_proto::echo::{EchoApp, EchoSession};
     use c10k_proto::{App, Cx, Peer};
@@ -454,12 +455,17 @@ mod tests {
                 c.on_timeout(env, pool);
             })
         }
+        // Like a driver, each reads until it would block (nothing is waiting here).
         fn end_grace(&mut self, key: usize, now: Instant) -> Settled {
-            self.act(key, now, |c, env, pool| c.end_grace(env, pool))
+            self.act(key, now, |c, env, pool| {
+                c.read_would_block(env, pool);
+                c.end_grace(env, pool);
+            })
         }
         fn start_drain(&mut self, key: usize, now: Instant) -> (bool, Settled) {
             let mut deferred = false;
             let s = self.act(key, now, |c, env, pool| {
+                c.read_would_block(env, pool);
                 deferred = c.start_drain(env, false, pool)
             });
             (deferred, s)
@@ -488,17 +494,33 @@ mod tests {
         let fresh = table.open(t0, None);
         assert!(w.begin_drain(&mut table, t0));
         assert!(!w.begin_drain(&mut table, t0), "once");
-        assert_eq!(table.phase(served), Some(Phase::Lingering));
+        assert_eq!(
+            table.phase(served),
+            Some(Phase::Open),
+            "idle: quiet for a moment first"
+        );
         assert_eq!(table.phase(fresh), Some(Phase::Open), "deferred");
+        let quiet = t0 + DRAIN_QUIET;
+        assert_eq!(
+            w.next_deadline(),
+            Some(quiet),
+            "the quiet period ends first"
+        );
+        w.run_timers(&mut table, quiet);
+        assert_eq!(table.phase(served), Some(Phase::Lingering));
         let grace = t0 + DRAIN_FRESH_GRACE;
-        assert_eq!(w.next_deadline(), Some(grace), "the grace ends first");
+        assert_eq!(w.next_deadline(), Some(grace), "then the grace");
         w.run_timers(&mut table, grace);
+        w.run_timers(&mut table, grace + DRAIN_QUIET);
         assert_eq!(table.phase(fresh), Some(Phase::Lingering));
         // Both linger until LINGER after they started; the earlier goes first.
-        assert!(w.next_deadline().is_some_and(|t| t <= t0 + LINGER_FOR_TEST));
-        w.run_timers(&mut table, t0 + LINGER_FOR_TEST);
+        assert!(
+            w.next_deadline()
+                .is_some_and(|t| t <= quiet + LINGER_FOR_TEST)
+        );
+        w.run_timers(&mut table, quiet + LINGER_FOR_TEST);
         assert_eq!(table.closed, vec![served]);
-        w.run_timers(&mut table, grace + LINGER_FOR_TEST);
+        w.run_timers(&mut table, grace + DRAIN_QUIET + LINGER_FOR_TEST);
         assert_eq!(table.closed, vec![served, fresh]);
         assert!(w.finished(&table));
     }

@@ -532,6 +532,16 @@ impl<A: App> RingConns<A> {
         };
         let conn = &mut entry.conn;
         let tag = conn_tag(key, entry.serial);
+        if conn.core().needs_quiet_check() {
+            let env = Env {
+                cx: &self.cx,
+                now: self.now,
+                stats: &self.ctx.stats,
+                limits: &self.limits,
+                mailbox: None,
+            };
+            conn.check_quiet(&mut self.pool, &env);
+        }
         if let Some((buf, pos)) = conn.core_mut().take_transmit() {
             if let Err((e, buf)) = self.ring.send(conn.socket(), buf, pos, tag) {
                 tracing::debug!("cannot queue a send: {e}");

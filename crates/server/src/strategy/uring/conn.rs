@@ -86,6 +86,14 @@ impl<S: Session> RingConn<S> {
         self.core.start_drain(env, waiting, pool)
     }
 
+    /// A drained connection went idle: it may close once nothing waits in the
+    /// kernel (what does is delivered by the armed receive, and looked at again).
+    pub(super) fn check_quiet(&mut self, pool: &mut OutputPool, env: &Env<'_>) {
+        if self.core.needs_quiet_check() && !self.bytes_waiting() {
+            self.core.read_would_block(env, pool);
+        }
+    }
+
     /// Whether the kernel holds received bytes not delivered to us yet (a peek; a
     /// receive completion may be on its way or its task work not run yet).
     fn bytes_waiting(&self) -> bool {
