@@ -34,6 +34,7 @@ pub mod http_reply;
 pub mod limits;
 pub mod progress;
 pub mod report;
+pub mod resp_frame;
 pub mod workload;
 
 use std::sync::{Arc, Barrier};
