@@ -123,7 +123,7 @@ impl ErrorCounts {
 /// name their unit.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
-    /// echo, http or resp.
+    /// echo, http, resp or pubsub.
     pub app: String,
     /// The server's address.
     pub target: String,
