@@ -13,10 +13,15 @@ Usage:
      --ref 'epoll_echo=/tmp/c10k-anchors/epoll_echo {port}' \
      --cand 'c10k-epoll-et=target/release/c10k serve --strategy epoll-et --app echo --listen 127.0.0.1:{port}' \
      --load '/tmp/c10k-anchors/echo_load -p {port} -c 1000 -d 10 -w 1 -s 64'
-Kinds: echo (echo_load output), wrk (wrk --latency), redis (redis-benchmark --csv).
+Kinds: echo (echo_load output), wrk (wrk --latency), redis (redis-benchmark --csv),
+pubsub (`c10k load --app pubsub ... --json {json}`: the script fills {json} with a
+temporary file and reads the report from it). For pubsub the "requests" are the
+delivered messages, and the server's CPU is read when the load says on stderr that
+publishing starts and that the deliveries have settled (its connections still open),
+so the subscribe phase and the closes are left out.
 Every load is bounded by its own duration or request count; traffic goes to 127.0.0.1 only.
 """
-import argparse, csv, io, os, re, shlex, signal, socket, statistics, subprocess, sys, time
+import argparse, csv, io, json, os, re, shlex, signal, socket, statistics, subprocess, sys, tempfile, time
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -165,7 +170,45 @@ def parse(kind, out):
         for r in rows[1:]:
             rps += float(r[1])
         return dict(rps=rps, requests=None, errors=0, tests=len(rows) - 1)
+    if kind == "pubsub":
+        v = json.loads(out)
+        p = v["pubsub"]
+        if p["delivered"] == 0 or p["subscribed"] < p["subscribers"]:
+            raise RuntimeError(f"{p['subscribed']} of {p['subscribers']} subscribed, {p['delivered']} "
+                               f"delivered; warnings: {v['warnings']}")
+        return dict(rps=p["delivered_per_s"], requests=p["delivered"], errors=v["errors"]["total"],
+                    p99_us=p["delivery_p99_us"], lost=p["lost"], expected=p["expected"],
+                    disconnected=p["disconnected_subscribers"],
+                    undelivered_disconnected=p["undelivered_to_disconnected"])
     raise ValueError(kind)
+
+
+def run_pubsub_load(srv_pid, cmd):
+    """Runs a `c10k load --app pubsub` command (with {json} filled in) and samples the
+    server between its two stderr marks. Returns (report text, samples before, after)."""
+    fd, path = tempfile.mkstemp(prefix="c10k-pubsub-", suffix=".json")
+    os.close(fd)
+    sample = lambda: (tree_cpu(srv_pid), tree_user_sys(srv_pid), tree_switches(srv_pid), time.time())
+    before = after = None
+    try:
+        lp = subprocess.Popen(["taskset", "-c", "1"] + shlex.split(cmd.replace("{json}", path)),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        err = []
+        for line in lp.stderr:
+            err.append(line)
+            if before is None and "publishing" in line:
+                before = sample()
+            elif before is not None and "deliveries settled" in line:
+                after = sample()
+        lp.wait(timeout=600)
+        if lp.returncode != 0 or before is None:
+            raise RuntimeError("c10k load failed: " + "".join(err)[-2000:])
+        if after is None:
+            after = sample()
+        with open(path) as f:
+            return f.read(), before, after
+    finally:
+        os.unlink(path)
 
 
 BACKGROUND = None
@@ -183,16 +226,21 @@ def one(name, server_cmd, load_cmd, kind, requests_hint):
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(3)
         time.sleep(0.2)
-        c0 = tree_cpu(srv.pid)
-        us0 = tree_user_sys(srv.pid)
-        sw0 = tree_switches(srv.pid)
-        t0 = time.time()
-        out = subprocess.run(["taskset", "-c", "1"] + shlex.split(load_cmd.format(port=port)),
-                             capture_output=True, text=True, timeout=600).stdout
-        wall = time.time() - t0
-        c1 = tree_cpu(srv.pid)
-        us1 = tree_user_sys(srv.pid)
-        sw1 = tree_switches(srv.pid)
+        if kind == "pubsub":
+            out, (c0, us0, sw0, t0), (c1, us1, sw1, t1) = run_pubsub_load(
+                srv.pid, load_cmd.replace("{port}", str(port)))
+            wall = t1 - t0
+        else:
+            c0 = tree_cpu(srv.pid)
+            us0 = tree_user_sys(srv.pid)
+            sw0 = tree_switches(srv.pid)
+            t0 = time.time()
+            out = subprocess.run(["taskset", "-c", "1"] + shlex.split(load_cmd.format(port=port)),
+                                 capture_output=True, text=True, timeout=600).stdout
+            wall = time.time() - t0
+            c1 = tree_cpu(srv.pid)
+            us1 = tree_user_sys(srv.pid)
+            sw1 = tree_switches(srv.pid)
         rss = tree_rss_kib(srv.pid)
     finally:
         if bg:
@@ -208,7 +256,7 @@ def one(name, server_cmd, load_cmd, kind, requests_hint):
     if r["requests"] is None:
         r["requests"] = requests_hint * r.pop("tests")
     r["cpu_s"] = c1 - c0
-    r["us_per_req"] = (c1 - c0) / r["requests"] * 1e6
+    r["us_per_req"] = (c1 - c0) / max(1, r["requests"]) * 1e6
     r["wall_s"] = wall
     r["msgs_per_sleep"] = r["requests"] / max(1, sw1 - sw0)
     du, ds = us1[0] - us0[0], us1[1] - us0[1]
@@ -220,9 +268,9 @@ def one(name, server_cmd, load_cmd, kind, requests_hint):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ref", required=True, help="NAME=COMMAND with {port}")
-    ap.add_argument("--cand", required=True, action="append", help="NAME=COMMAND with {port}")
+    ap.add_argument("--cand", action="append", default=[], help="NAME=COMMAND with {port} (none: the reference alone)")
     ap.add_argument("--load", required=True, help="load command with {port}")
-    ap.add_argument("--kind", required=True, choices=["echo", "wrk", "redis"])
+    ap.add_argument("--kind", required=True, choices=["echo", "wrk", "redis", "pubsub"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=0, help="redis-benchmark -n (requests per test)")
     ap.add_argument("--background", help="a command with {port} run beside the load (e.g. idle connections)")
@@ -234,27 +282,51 @@ def main():
     for rnd in range(a.rounds):
         for s in servers:
             name, cmd = s.split("=", 1)
-            r = one(name, cmd, a.load, a.kind, a.requests)
+            try:
+                r = one(name, cmd, a.load, a.kind, a.requests)
+            except RuntimeError as e:
+                # A pub/sub server that cannot serve the run (no SUBSCRIBE yet, too
+                # few descriptors) is reported and the others go on.
+                if a.kind != "pubsub":
+                    raise
+                print(f"round {rnd+1} {name:<16} FAILED: {str(e)[:600]}", flush=True)
+                results[name].append(None)
+                continue
             results[name].append(r)
+            extra = ""
+            if a.kind == "pubsub":
+                extra = (f"  delivery p99 {r['p99_us']:9.0f} us  lost {r['lost']} of {r['expected']}  "
+                         f"disconnected {r['disconnected']} (undelivered {r['undelivered_disconnected']})")
             print(f"round {rnd+1} {name:<16} {r['us_per_req']:7.2f} us/req  {r['rps']:10.0f} req/s  "
                   f"errors {r['errors']}  rss {r['rss_kib']} KiB  "
-                  f"user {100*r['user_frac']:4.1f}%  {r['msgs_per_sleep']:6.1f} req/sleep", flush=True)
+                  f"user {100*r['user_frac']:4.1f}%  {r['msgs_per_sleep']:6.1f} req/sleep{extra}", flush=True)
     ref = a.ref.split("=", 1)[0]
-    ref_med = statistics.median(x["us_per_req"] for x in results[ref])
     # Each candidate round ran right after the reference's round of the same number, so
     # the two shared the machine's load at the time: the median of these per-round
-    # ratios resists a busy neighbour better than the ratio of the medians.
-    paired = {name: statistics.median(c["us_per_req"] / r["us_per_req"]
-                                      for c, r in zip(rs, results[ref]))
+    # ratios resists a busy neighbour better than the ratio of the medians. (Failed
+    # pub/sub rounds are None and left out.)
+    paired = {name: statistics.median([c["us_per_req"] / r["us_per_req"]
+                                       for c, r in zip(rs, results[ref]) if c and r] or [float("nan")])
               for name, rs in results.items()}
+    results = {name: [x for x in rs if x] for name, rs in results.items()}
+    if not results[ref]:
+        sys.exit(f"every round of the reference {ref} failed")
+    ref_med = statistics.median(x["us_per_req"] for x in results[ref])
     print(f"\nmedian server CPU per request ({a.rounds} rounds, server CPU 0, load CPU 1):")
     for name, rs in results.items():
+        if not rs:
+            print(f"  {name:<16} every round failed")
+            continue
         med = statistics.median(x["us_per_req"] for x in rs)
         print(f"  {name:<16} {med:7.2f} us/req   ratio to {ref}: {med/ref_med:5.2f} (paired {paired[name]:4.2f})   "
               f"median {statistics.median(x['rps'] for x in rs):9.0f} req/s   "
               f"spread {min(x['us_per_req'] for x in rs):.2f}-{max(x['us_per_req'] for x in rs):.2f}   "
               f"user {100*statistics.median(x['user_frac'] for x in rs):4.1f}% of CPU   "
               f"{statistics.median(x['msgs_per_sleep'] for x in rs):6.1f} req/sleep")
+        if a.kind == "pubsub":
+            print(f"  {'':<16} (req = delivered message)   median delivery p99 "
+                  f"{statistics.median(x['p99_us'] for x in rs):9.0f} us   lost per round "
+                  f"{[x['lost'] for x in rs]}   disconnected per round {[x['disconnected'] for x in rs]}")
 
 
 if __name__ == "__main__":

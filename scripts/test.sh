@@ -21,6 +21,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1; then
     missing+=(redis-tools)
 fi
+# crates/load/tests/pubsub.rs runs `c10k load --app pubsub` against a real Redis.
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # crates/cli/tests/haproxy.rs runs a real HAProxy in front of two backends. Debian
 # installs it in /usr/sbin, which a normal user's PATH may lack.
@@ -44,7 +46,7 @@ if ((${#missing[@]})); then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y --no-install-recommends "${missing[@]}"
 fi
-for tool in curl redis-cli redis-benchmark promtool haproxy; do
+for tool in curl redis-cli redis-benchmark redis-server promtool haproxy; do
     path=$(command -v "$tool") || {
         echo "error: $tool is still missing after the install step" >&2
         exit 1

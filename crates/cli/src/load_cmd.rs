@@ -17,28 +17,49 @@ pub struct LoadArgs {
     /// The server's address.
     #[arg(long)]
     connect: SocketAddr,
-    /// The protocol: echo, http (GET /, or POST /echo with --size) or resp (PING, or a
-    /// SET/GET mix with --keys).
+    /// The protocol: echo, http (GET /, or POST /echo with --size), resp (PING, or a
+    /// SET/GET mix with --keys) or pubsub (Redis SUBSCRIBE/PUBLISH: --subscribers,
+    /// --publishers, --channels, --rate).
     #[arg(long, default_value = "echo")]
     app: AppKind,
-    /// Connections to hold open.
-    #[arg(long, default_value_t = 100)]
-    conns: usize,
-    /// The measured window.
+    /// Connections to hold open [default: 100]. Not with pubsub, which holds
+    /// --subscribers + --publishers.
+    #[arg(long)]
+    conns: Option<usize>,
+    /// The measured window (pubsub: how long the publishers publish).
     #[arg(long, default_value = "10s", value_parser = units::parse_duration)]
     duration: Duration,
-    /// Load before the measured window, once every connection is up (not recorded).
+    /// Load before the measured window, once every connection is up (not recorded)
+    /// [default: 1s; pubsub: 0s, it has none].
+    #[arg(long, value_parser = units::parse_duration)]
+    warmup: Option<Duration>,
+    /// Pubsub: subscriber connections; each SUBSCRIBEs to one channel, and publishing
+    /// starts once every subscription is confirmed.
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
+    /// Pubsub: publisher connections, sharing --rate.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Pubsub: channels; subscriber i subscribes to channel i % N, and each publisher
+    /// sends to the channels in turn.
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
+    /// Pubsub: after the last publish, how long deliveries may stay quiet before what
+    /// is missing counts as lost (the run goes on sooner once every delivery the server
+    /// announced has arrived).
     #[arg(long, default_value = "1s", value_parser = units::parse_duration)]
-    warmup: Duration,
+    grace: Duration,
     /// Open loop: requests per second in total, sent on schedule; latency counts from
-    /// the intended send time. Without it: closed loop.
+    /// the intended send time. Without it: closed loop. Pubsub: messages published per
+    /// second, all publishers together (required).
     #[arg(long)]
     rate: Option<f64>,
     /// Closed loop: requests outstanding per connection.
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
     /// Echo: message bytes (default 64). HTTP: POST /echo with this body instead of
-    /// GET /. RESP: SET value bytes (default 16).
+    /// GET /. RESP: SET value bytes (default 16). Pubsub: message payload bytes
+    /// (default 64, at least 24: the send time and sequence number).
     #[arg(long, value_parser = units::parse_size)]
     size: Option<usize>,
     /// RESP: a 50/50 SET/GET mix over this many keys instead of PING.
@@ -64,12 +85,25 @@ pub struct LoadArgs {
 
 /// Runs `c10k load`.
 pub fn run(args: LoadArgs) -> anyhow::Result<()> {
+    let pubsub = args.app == AppKind::PubSub;
+    let conns = match (pubsub, args.conns) {
+        (true, Some(_)) => {
+            anyhow::bail!("--conns does not apply to pubsub: use --subscribers and --publishers")
+        }
+        (true, None) => args.subscribers + args.publishers,
+        (false, n) => n.unwrap_or(100),
+    };
+    let default_warmup = if pubsub {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(1)
+    };
     let config = LoadConfig {
         target: args.connect,
         app: args.app,
-        conns: args.conns,
+        conns,
         duration: args.duration,
-        warmup: args.warmup,
+        warmup: args.warmup.unwrap_or(default_warmup),
         rate: args.rate,
         pipeline: args.pipeline,
         size: args.size,
@@ -78,16 +112,26 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         connect_rate: args.connect_rate,
         timeout: args.timeout,
         idle: args.idle,
+        subscribers: if pubsub { args.subscribers } else { 0 },
+        publishers: if pubsub { args.publishers } else { 0 },
+        channels: args.channels,
+        grace: args.grace,
     };
     config.validate().map_err(anyhow::Error::msg)?;
     let progress = Arc::new(Progress::new());
-    let bar = std::io::stderr()
-        .is_terminal()
-        .then(|| spawn_bar(&config, Arc::clone(&progress)));
+    let terminal = std::io::stderr().is_terminal();
+    let bar = terminal.then(|| spawn_bar(&config, Arc::clone(&progress)));
+    // Without a bar, pub/sub says on stderr when publishing starts and when the
+    // deliveries have settled (connections still open): bench/cpu_per_request.py reads
+    // the server's CPU at these two lines.
+    let marks = (pubsub && !terminal).then(|| spawn_marks(&config, Arc::clone(&progress)));
     let result = c10k_load::run(&config, Arc::clone(&progress));
     progress.set_phase(Phase::Done);
     if let Some(bar) = bar {
         let _ = bar.join();
+    }
+    if let Some(marks) = marks {
+        let _ = marks.join();
     }
     let report = result?;
     for w in &report.warnings {
@@ -99,6 +143,27 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Pub/sub without a terminal: one stderr line when publishing starts, one when the
+/// deliveries have settled.
+fn spawn_marks(config: &LoadConfig, progress: Arc<Progress>) -> std::thread::JoinHandle<()> {
+    let subscribers = config.subscribers;
+    std::thread::spawn(move || {
+        let mut said = Phase::Connecting;
+        // Bounded: the run sets Done when it ends, whatever happened.
+        while said != Phase::Done {
+            let now = progress.phase();
+            if now >= Phase::Measuring && said < Phase::Measuring {
+                eprintln!("c10k load: {subscribers} subscribers, subscribe phase over; publishing");
+            }
+            if now == Phase::Done {
+                eprintln!("c10k load: deliveries settled");
+            }
+            said = now;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })
 }
 
 /// A progress bar on stderr: phase, open connections, replies per second, errors.

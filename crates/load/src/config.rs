@@ -14,6 +14,10 @@ pub enum AppKind {
     Http,
     /// `PING` (or, with `keys`, a 50/50 mix of `SET` and `GET`), expect the right reply.
     Resp,
+    /// Redis pub/sub: subscribers `SUBSCRIBE`, publishers `PUBLISH` at a rate; delivery
+    /// latency and lost deliveries (see [`crate::pubsub`]).
+    #[serde(rename = "pubsub")]
+    PubSub,
 }
 
 impl AppKind {
@@ -23,6 +27,7 @@ impl AppKind {
             AppKind::Echo => "echo",
             AppKind::Http => "http",
             AppKind::Resp => "resp",
+            AppKind::PubSub => "pubsub",
         }
     }
 }
@@ -40,7 +45,10 @@ impl std::str::FromStr for AppKind {
             "echo" => Ok(AppKind::Echo),
             "http" => Ok(AppKind::Http),
             "resp" => Ok(AppKind::Resp),
-            other => Err(format!("unknown app '{other}': use echo, http or resp")),
+            "pubsub" => Ok(AppKind::PubSub),
+            other => Err(format!(
+                "unknown app '{other}': use echo, http, resp or pubsub"
+            )),
         }
     }
 }
@@ -85,6 +93,16 @@ pub struct LoadConfig {
     pub timeout: Duration,
     /// Hold the connections open without sending anything (memory measurements).
     pub idle: bool,
+    /// Pub/sub: subscriber connections (the first `subscribers` of `conns`).
+    pub subscribers: usize,
+    /// Pub/sub: publisher connections (the rest of `conns`), sharing `rate`.
+    pub publishers: usize,
+    /// Pub/sub: channels; subscriber `i` subscribes to channel `i % channels`.
+    pub channels: usize,
+    /// Pub/sub: after the last publish, how long deliveries may stay quiet before the
+    /// run counts what is missing as lost (it ends sooner once every delivery the
+    /// server announced has arrived, and at most `timeout` later).
+    pub grace: Duration,
 }
 
 impl LoadConfig {
@@ -105,7 +123,27 @@ impl LoadConfig {
             connect_rate: None,
             timeout: Duration::from_secs(5),
             idle: false,
+            subscribers: 0,
+            publishers: 0,
+            channels: 1,
+            grace: Duration::from_secs(1),
         }
+    }
+
+    /// A pub/sub run: `subscribers` on one channel, `publishers` sharing `rate`
+    /// messages per second, no warm-up.
+    pub fn pubsub(
+        target: SocketAddr,
+        subscribers: usize,
+        publishers: usize,
+        rate: f64,
+        duration: Duration,
+    ) -> Self {
+        let mut c = LoadConfig::new(target, AppKind::PubSub, subscribers + publishers, duration);
+        c.subscribers = subscribers;
+        c.publishers = publishers;
+        c.rate = Some(rate);
+        c
     }
 
     /// Checks the values, with a message that says what to do.
@@ -143,6 +181,51 @@ impl LoadConfig {
         }
         if self.duration.is_zero() {
             return Err("--duration must be above zero".into());
+        }
+        if self.app == AppKind::PubSub {
+            self.validate_pubsub()?;
+        }
+        Ok(())
+    }
+
+    fn validate_pubsub(&self) -> Result<(), String> {
+        use crate::pubsub::STAMP_LEN;
+        if self.subscribers == 0 || self.publishers == 0 {
+            return Err("pubsub needs --subscribers and --publishers of at least 1".into());
+        }
+        if self.conns != self.subscribers + self.publishers {
+            return Err(format!(
+                "pubsub holds --subscribers + --publishers connections ({}), not {}",
+                self.subscribers + self.publishers,
+                self.conns
+            ));
+        }
+        if self.channels == 0 || self.channels > self.subscribers {
+            return Err(format!(
+                "--channels must be 1..={} (at most one per subscriber)",
+                self.subscribers
+            ));
+        }
+        if self.rate.is_none() {
+            return Err(
+                "pubsub publishes at a --rate (messages per second, all publishers)".into(),
+            );
+        }
+        if self.size.is_some_and(|s| s < STAMP_LEN) {
+            return Err(format!(
+                "--size must be at least {STAMP_LEN} bytes for pubsub (the send time and \
+                 sequence number)"
+            ));
+        }
+        if !self.warmup.is_zero() {
+            return Err(
+                "pubsub has no warm-up (subscriptions are confirmed first, and every \
+                 message counts): use --warmup 0s"
+                    .into(),
+            );
+        }
+        if self.idle || self.keys > 0 {
+            return Err("--idle and --keys do not apply to pubsub".into());
         }
         Ok(())
     }
@@ -212,5 +295,29 @@ mod tests {
         assert_eq!(c.connect_budget(), Duration::from_secs(6));
         assert_eq!("resp".parse::<AppKind>(), Ok(AppKind::Resp));
         assert!("smtp".parse::<AppKind>().unwrap_err().contains("echo"));
+    }
+
+    #[test]
+    fn pubsub_validation() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let ok = LoadConfig::pubsub(addr, 10, 2, 100.0, Duration::from_secs(1));
+        assert_eq!(ok.conns, 12);
+        assert!(ok.validate().is_ok());
+        assert_eq!("pubsub".parse::<AppKind>(), Ok(AppKind::PubSub));
+        let mut c = ok.clone();
+        c.rate = None;
+        assert!(c.validate().unwrap_err().contains("--rate"));
+        let mut c = ok.clone();
+        c.size = Some(10);
+        assert!(c.validate().unwrap_err().contains("--size"));
+        let mut c = ok.clone();
+        c.channels = 11;
+        assert!(c.validate().unwrap_err().contains("--channels"));
+        let mut c = ok.clone();
+        c.warmup = Duration::from_secs(1);
+        assert!(c.validate().unwrap_err().contains("--warmup"));
+        let mut c = ok;
+        c.conns = 5;
+        assert!(c.validate().is_err());
     }
 }

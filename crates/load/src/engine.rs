@@ -17,11 +17,23 @@
 //! can take a good part of a second, and leaving out the replies to warm-up requests
 //! would undercount the window's first round trip. A connection that fails (reset, closed, timeout, bad
 //! reply) is counted by kind, closed, and opened again after [`RETRY_DELAY`].
+//!
+//! **Pub/sub** ([`crate::pubsub`]) uses the same loop with two roles. A subscriber sends
+//! `SUBSCRIBE` as soon as it is open, and the connect phase lasts until every
+//! subscription is confirmed; after that it only reads pushes (framed by
+//! [`FrameBuffer`]), and one the server closes is counted and not reopened. Publishers
+//! are the open loop above: `PUBLISH` when due, the payload stamped with the due time.
+//! After the window every thread meets at the barrier again and keeps reading until
+//! every delivery the server announced (the sum of the PUBLISH replies) has arrived or
+//! deliveries stayed quiet for the grace period; then all meet once more, and the
+//! connections stay open [`LINGER`] longer so that a watcher can read the server's CPU
+//! before the closes add to it.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -32,7 +44,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::{LoadConfig, MAX_CONNECTS_IN_FLIGHT};
 use crate::cpu::{CpuTimes, thread_cpu};
 use crate::progress::{Phase, Progress};
+use crate::pubsub::{Plan, Push, Stamp, SubscriberTally, classify};
 use crate::report::{ErrorCounts, ErrorKind};
+use crate::resp_frame::FrameBuffer;
 use crate::workload::{Expect, Workload};
 
 /// How long a failed connection waits before it is opened again.
@@ -47,6 +61,9 @@ const SCAN_EVERY: Duration = Duration::from_millis(100);
 
 /// The read buffer of a thread.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Pub/sub: how long the connections stay open after the deliveries settled.
+pub const LINGER: Duration = Duration::from_millis(150);
 
 /// The largest value the latency histograms hold, in nanoseconds (larger ones saturate).
 pub const HIST_MAX_NS: u64 = 100_000_000_000;
@@ -63,6 +80,50 @@ pub(crate) struct Shared {
     pub(crate) workload: Workload,
     pub(crate) progress: Arc<Progress>,
     pub(crate) barrier: Barrier,
+    pub(crate) pubsub: Option<PubSubShared>,
+}
+
+/// What the threads of a pub/sub run share.
+pub(crate) struct PubSubShared {
+    pub(crate) plan: Plan,
+    /// Stamps count nanoseconds from here.
+    pub(crate) epoch: Instant,
+    /// Receivers announced by PUBLISH replies, all threads.
+    receivers: AtomicU64,
+    /// Messages received by subscribers, all threads.
+    delivered: AtomicU64,
+    /// PUBLISH commands without a reply yet, all threads.
+    pending: AtomicI64,
+}
+
+impl PubSubShared {
+    pub(crate) fn new(plan: Plan) -> Self {
+        PubSubShared {
+            plan,
+            epoch: Instant::now(),
+            receivers: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            pending: AtomicI64::new(0),
+        }
+    }
+
+    /// Every PUBLISH answered and every receiver it announced reached.
+    fn settled(&self) -> bool {
+        self.pending.load(Ordering::Acquire) <= 0
+            && self.delivered.load(Ordering::Acquire) >= self.receivers.load(Ordering::Acquire)
+    }
+}
+
+/// What one thread of a pub/sub run measured.
+pub(crate) struct PubSubResult {
+    pub(crate) delivery: Histogram<u64>,
+    /// Messages published (answered), per channel.
+    pub(crate) published: Vec<u64>,
+    pub(crate) receivers: u64,
+    pub(crate) unconfirmed: u64,
+    pub(crate) subscribers: Vec<SubscriberTally>,
+    pub(crate) grace: Duration,
+    pub(crate) settled: bool,
 }
 
 /// What one thread measured.
@@ -77,6 +138,7 @@ pub(crate) struct ThreadResult {
     pub(crate) window: Duration,
     pub(crate) cpu: CpuTimes,
     pub(crate) first_error: Option<String>,
+    pub(crate) pubsub: Option<PubSubResult>,
 }
 
 struct Pending {
@@ -91,7 +153,29 @@ enum State {
     Open,
 }
 
+/// What a connection does.
+enum Role {
+    /// Requests and replies (echo, http, resp; pub/sub never).
+    Request,
+    /// Pub/sub: subscribes once, then reads pushes.
+    Subscriber {
+        tally: SubscriberTally,
+        /// The server confirmed the subscription on the current connection.
+        subscribed: bool,
+    },
+    /// Pub/sub: publishes when due.
+    Publisher {
+        id: u32,
+        /// Messages sent (the next one's number).
+        sent: u64,
+        /// The next sequence number per channel.
+        seq: Vec<u64>,
+    },
+}
+
 struct Conn {
+    role: Role,
+    frames: FrameBuffer,
     stream: Option<TcpStream>,
     state: State,
     generation: u32,
@@ -143,18 +227,41 @@ struct Worker<'a> {
     errors: ErrorCounts,
     errors_delta: u64,
     first_error: Option<String>,
+    ps: Option<PubSubWorker>,
+}
+
+/// A thread's pub/sub state.
+struct PubSubWorker {
+    /// This thread's publisher connections.
+    publishers: Vec<usize>,
+    rr: usize,
+    /// This thread's subscriber connections, and how many are confirmed now.
+    subscribers: usize,
+    subscribed: usize,
+    delivery: Histogram<u64>,
+    published: Vec<u64>,
+    receivers: u64,
+    unconfirmed: u64,
+    receivers_delta: u64,
+    delivered_delta: u64,
+    pending_delta: i64,
 }
 
 /// Runs one load thread over connections with the given sources (one entry per
 /// connection). Always meets the barrier, even after a setup error.
 pub(crate) fn run_thread(
     shared: &Shared,
-    sources: Vec<Option<IpAddr>>,
+    sources: Vec<(usize, Option<IpAddr>)>,
 ) -> io::Result<ThreadResult> {
     let mut worker = match Worker::new(shared, sources) {
         Ok(w) => w,
         Err(e) => {
             shared.barrier.wait();
+            if shared.pubsub.is_some() {
+                // The two barriers after the window.
+                shared.barrier.wait();
+                shared.barrier.wait();
+            }
             return Err(e);
         }
     };
@@ -163,7 +270,7 @@ pub(crate) fn run_thread(
     let t0 = Instant::now();
     let connect_deadline = t0 + config.connect_budget();
     let mut failure = None;
-    while worker.open < worker.conns.len() && !progress.stopped() {
+    while !worker.ready() && !progress.stopped() {
         let now = Instant::now();
         if now >= connect_deadline {
             break;
@@ -177,6 +284,10 @@ pub(crate) fn run_thread(
     let connected = worker.open;
     shared.barrier.wait();
     if let Some(e) = failure {
+        if shared.pubsub.is_some() {
+            shared.barrier.wait();
+            shared.barrier.wait();
+        }
         return Err(e);
     }
 
@@ -192,6 +303,7 @@ pub(crate) fn run_thread(
     });
     worker.start_load(origin, window);
     let mut cpu_start = None;
+    let mut fault = None;
     loop {
         let now = Instant::now();
         if cpu_start.is_none() && now >= window.start {
@@ -206,21 +318,43 @@ pub(crate) fn run_thread(
         } else {
             window.end
         };
-        worker.turn(now, until)?;
+        if let Err(e) = worker.turn(now, until) {
+            fault = Some(e);
+            break;
+        }
     }
     worker.finished = true;
     worker.report_progress();
+    let cpu_end = (thread_cpu(), Instant::now());
+    let mut grace = (Duration::ZERO, false);
+    if let Some(ps) = &shared.pubsub {
+        // Every publish of every thread is counted in `pending` before anyone settles.
+        shared.barrier.wait();
+        if fault.is_none() {
+            let start = Instant::now();
+            match worker.settle(ps, config.grace, start + config.grace + config.timeout) {
+                Ok(settled) => grace = (start.elapsed(), settled),
+                Err(e) => fault = Some(e),
+            }
+        }
+        worker.report_progress();
+        shared.barrier.wait();
+        progress.set_phase(Phase::Done);
+        std::thread::sleep(LINGER);
+    }
+    if let Some(e) = fault {
+        return Err(e);
+    }
     let (cpu, measured) = match cpu_start {
         Some((before, at)) => {
-            let end = Instant::now().min(window.end);
-            (
-                thread_cpu().since(before),
-                end.saturating_duration_since(at),
-            )
+            let end = cpu_end.1.min(window.end);
+            (cpu_end.0.since(before), end.saturating_duration_since(at))
         }
         None => (CpuTimes::default(), Duration::ZERO),
     };
+    let pubsub = worker.pubsub_result(grace);
     Ok(ThreadResult {
+        pubsub,
         latency: std::mem::replace(&mut worker.latency, new_histogram()),
         connect: std::mem::replace(&mut worker.connect, new_histogram()),
         requests: worker.requests,
@@ -269,13 +403,27 @@ fn timespec(d: Duration) -> rustix::time::Timespec {
 }
 
 impl<'a> Worker<'a> {
-    fn new(shared: &'a Shared, sources: Vec<Option<IpAddr>>) -> io::Result<Self> {
+    fn new(shared: &'a Shared, sources: Vec<(usize, Option<IpAddr>)>) -> io::Result<Self> {
         let config = &shared.config;
         let now = Instant::now();
         let threads = config.threads.max(1) as f64;
+        let role = |i: usize| match &shared.pubsub {
+            None => Role::Request,
+            Some(ps) if i < ps.plan.subscribers => Role::Subscriber {
+                tally: SubscriberTally::new(ps.plan.channel_of_subscriber(i), ps.plan.publishers),
+                subscribed: false,
+            },
+            Some(ps) => Role::Publisher {
+                id: (i - ps.plan.subscribers) as u32,
+                sent: 0,
+                seq: vec![0; ps.plan.channels.len()],
+            },
+        };
         let conns: Vec<Conn> = sources
             .into_iter()
-            .map(|source| Conn {
+            .map(|(i, source)| Conn {
+                role: role(i),
+                frames: FrameBuffer::new(),
                 stream: None,
                 state: State::Down,
                 generation: 0,
@@ -287,6 +435,34 @@ impl<'a> Worker<'a> {
                 seq: 0,
             })
             .collect();
+        let ps = shared.pubsub.as_ref().map(|ps| {
+            let publishers: Vec<usize> = (0..conns.len())
+                .filter(|&k| matches!(conns[k].role, Role::Publisher { .. }))
+                .collect();
+            PubSubWorker {
+                subscribers: conns.len() - publishers.len(),
+                publishers,
+                rr: 0,
+                subscribed: 0,
+                delivery: new_histogram(),
+                published: vec![0; ps.plan.channels.len()],
+                receivers: 0,
+                unconfirmed: 0,
+                receivers_delta: 0,
+                delivered_delta: 0,
+                pending_delta: 0,
+            }
+        });
+        // Open loop: this thread's share of the rate. Pub/sub: only publishers send,
+        // so the share is this thread's publishers' share.
+        let interval = match (&ps, config.rate) {
+            (Some(ps), Some(r)) if !ps.publishers.is_empty() => {
+                let share = ps.publishers.len() as f64 / config.publishers.max(1) as f64;
+                Duration::try_from_secs_f64(1.0 / (r * share)).ok()
+            }
+            (Some(_), _) => None,
+            (None, r) => r.and_then(|r| Duration::try_from_secs_f64(threads / r).ok()),
+        };
         Ok(Worker {
             shared,
             target: config.target,
@@ -306,9 +482,7 @@ impl<'a> Worker<'a> {
             finished: false,
             window: None,
             origin: now,
-            interval: config
-                .rate
-                .and_then(|r| Duration::try_from_secs_f64(threads / r).ok()),
+            interval,
             next_k: 0,
             rr: 0,
             next_scan: now + SCAN_EVERY,
@@ -321,7 +495,21 @@ impl<'a> Worker<'a> {
             errors: ErrorCounts::default(),
             errors_delta: 0,
             first_error: None,
+            ps,
         })
+    }
+
+    /// Every connection is open (and, for pub/sub, every subscription confirmed).
+    fn ready(&self) -> bool {
+        self.open == self.conns.len()
+            && self
+                .ps
+                .as_ref()
+                .is_none_or(|ps| ps.subscribed == ps.subscribers)
+    }
+
+    fn is_subscriber(&self, i: usize) -> bool {
+        matches!(self.conns[i].role, Role::Subscriber { .. })
     }
 
     /// After the barrier: requests start flowing (unless idle).
@@ -332,6 +520,23 @@ impl<'a> Worker<'a> {
             return;
         }
         self.loading = true;
+        if self.ps.is_some() {
+            // Only subscribers confirmed now expect deliveries; the others are closed
+            // and not reopened (they would see only part of the stream).
+            for i in 0..self.conns.len() {
+                if let Role::Subscriber { tally, subscribed } = &mut self.conns[i].role {
+                    tally.counted = *subscribed;
+                    if !*subscribed {
+                        self.close(i);
+                    }
+                }
+            }
+            let conns = &self.conns;
+            let publisher = |i: &usize| !matches!(conns[*i].role, Role::Subscriber { .. });
+            self.fresh.retain(publisher);
+            self.retry.retain(|(_, i)| publisher(i));
+            return;
+        }
         if self.interval.is_none() {
             for i in 0..self.conns.len() {
                 if self.conns[i].state == State::Open {
@@ -399,6 +604,76 @@ impl<'a> Worker<'a> {
             p.open.fetch_sub(self.open_reported - self.open, Relaxed);
         }
         self.open_reported = self.open;
+        if let (Some(ps), Some(shared)) = (&mut self.ps, &self.shared.pubsub) {
+            if ps.pending_delta != 0 {
+                shared.pending.fetch_add(ps.pending_delta, Ordering::AcqRel);
+                ps.pending_delta = 0;
+            }
+            if ps.receivers_delta > 0 {
+                shared
+                    .receivers
+                    .fetch_add(ps.receivers_delta, Ordering::AcqRel);
+                ps.receivers_delta = 0;
+            }
+            if ps.delivered_delta > 0 {
+                shared
+                    .delivered
+                    .fetch_add(ps.delivered_delta, Ordering::AcqRel);
+                ps.delivered_delta = 0;
+            }
+        }
+    }
+
+    /// Pub/sub, after the window: reads on until every delivery the server announced
+    /// has arrived (true), or none arrived for `grace`, or `hard_end` (false).
+    fn settle(
+        &mut self,
+        shared: &PubSubShared,
+        grace: Duration,
+        hard_end: Instant,
+    ) -> io::Result<bool> {
+        let mut last = u64::MAX;
+        let mut quiet_since = Instant::now();
+        loop {
+            self.report_progress();
+            if shared.settled() {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            let delivered = shared.delivered.load(Ordering::Acquire);
+            if delivered != last {
+                last = delivered;
+                quiet_since = now;
+            }
+            let end = (quiet_since + grace).min(hard_end);
+            if now >= end || self.shared.progress.stopped() {
+                return Ok(false);
+            }
+            self.turn(now, end)?;
+        }
+    }
+
+    /// Pub/sub: what this thread counted, the subscribers' tallies taken out.
+    fn pubsub_result(&mut self, (grace, settled): (Duration, bool)) -> Option<PubSubResult> {
+        let ps = self.ps.as_mut()?;
+        let mut unconfirmed = ps.unconfirmed;
+        let mut subscribers = Vec::with_capacity(ps.subscribers);
+        for c in &mut self.conns {
+            match &mut c.role {
+                Role::Subscriber { tally, .. } => subscribers.push(std::mem::take(tally)),
+                Role::Publisher { .. } => unconfirmed += c.pending.len() as u64,
+                Role::Request => {}
+            }
+        }
+        Some(PubSubResult {
+            delivery: std::mem::replace(&mut ps.delivery, new_histogram()),
+            published: std::mem::take(&mut ps.published),
+            receivers: ps.receivers,
+            unconfirmed,
+            subscribers,
+            grace,
+            settled,
+        })
     }
 
     fn start_connects(&mut self, now: Instant) {
@@ -494,8 +769,14 @@ impl<'a> Worker<'a> {
     fn fail(&mut self, i: usize, now: Instant, kind: ErrorKind, detail: &str) {
         let target = self.target;
         self.note_error(kind, || format!("{target}: {detail}"));
+        // A subscriber lost after publishing began stays closed: it is counted as
+        // disconnected, and a new subscription would see only part of the stream.
+        let retire = self.loading && self.is_subscriber(i);
+        if let (true, Role::Subscriber { tally, .. }) = (retire, &mut self.conns[i].role) {
+            tally.disconnected = tally.counted;
+        }
         self.close(i);
-        if !self.finished {
+        if !self.finished && !retire {
             self.retry.push_back((now + RETRY_DELAY, i));
         }
     }
@@ -507,6 +788,22 @@ impl<'a> Worker<'a> {
             State::Open => self.open -= 1,
             State::Down => {}
         }
+        match &mut c.role {
+            Role::Subscriber { subscribed, .. } => {
+                if let (true, Some(ps)) = (*subscribed, &mut self.ps) {
+                    ps.subscribed -= 1;
+                }
+                *subscribed = false;
+            }
+            Role::Publisher { .. } => {
+                if let Some(ps) = &mut self.ps {
+                    ps.unconfirmed += c.pending.len() as u64;
+                    ps.pending_delta -= c.pending.len() as i64;
+                }
+            }
+            Role::Request => {}
+        }
+        c.frames.clear();
         c.state = State::Down;
         // Dropping the socket removes it from the epoll set.
         c.stream = None;
@@ -527,6 +824,13 @@ impl<'a> Worker<'a> {
         }
         c.state = State::Open;
         self.open += 1;
+        if let (Role::Subscriber { tally, .. }, Some(ps)) = (&c.role, &self.shared.pubsub) {
+            ps.plan.write_subscribe(tally.channel, &mut c.out);
+            c.pending.push_back(Pending {
+                start: now,
+                expect: Expect::Subscribed,
+            });
+        }
         if self.loading && self.interval.is_none() {
             self.fill(i, now);
         }
@@ -603,6 +907,9 @@ impl<'a> Worker<'a> {
     /// Frames the replies in the `n` bytes just read (after what the connection had
     /// buffered), records them, and refills the pipeline. False if the connection failed.
     fn take_replies(&mut self, i: usize, n: usize, now: Instant) -> bool {
+        if self.is_subscriber(i) {
+            return self.take_pushes(i, n, now);
+        }
         if !self.loading {
             return true; // idle or not started: nothing was asked, nothing to frame
         }
@@ -630,8 +937,18 @@ impl<'a> Worker<'a> {
                         used += taken.len;
                         replies += 1;
                         close_after |= taken.close;
+                        if let (Expect::Published(ch), Some(ps)) = (p.expect, &mut self.ps) {
+                            if let Some(n) = ps.published.get_mut(ch as usize) {
+                                *n += 1;
+                            }
+                            ps.receivers += taken.count;
+                            ps.receivers_delta += taken.count;
+                            ps.pending_delta -= 1;
+                        }
                         if let Some(w) = self.window {
-                            if now >= w.start && now <= w.end {
+                            // Pub/sub publishes only inside the window; its replies
+                            // count whenever they come (the grace period too).
+                            if (now >= w.start && now <= w.end) || self.ps.is_some() {
                                 let ns = now.saturating_duration_since(p.start).as_nanos();
                                 self.latency.saturating_record(
                                     u64::try_from(ns).unwrap_or(u64::MAX).max(1),
@@ -676,8 +993,120 @@ impl<'a> Worker<'a> {
         true
     }
 
+    /// Pub/sub: frames the pushes in the `n` bytes just read by subscriber `i`
+    /// (confirmations and messages), records each message's delivery latency. False if
+    /// the connection failed.
+    fn take_pushes(&mut self, i: usize, n: usize, now: Instant) -> bool {
+        let (Some(shared), Some(ps)) = (&self.shared.pubsub, &mut self.ps) else {
+            return true;
+        };
+        let c = &mut self.conns[i];
+        let Role::Subscriber { tally, subscribed } = &mut c.role else {
+            return true;
+        };
+        let pending = &mut c.pending;
+        let name = shared.plan.channels[tally.channel as usize].as_bytes();
+        let epoch = shared.epoch;
+        let delivery = &mut ps.delivery;
+        let mut confirmed = 0;
+        let mut received = 0;
+        let result = c
+            .frames
+            .feed(&self.read_buf[..n], |frame| match classify(&frame) {
+                Push::Subscribed { channel } if channel == name && !*subscribed => {
+                    if pending.pop_front().is_none() {
+                        return Err("a subscribe confirmation nobody asked for".into());
+                    }
+                    *subscribed = true;
+                    confirmed += 1;
+                    Ok(())
+                }
+                Push::Subscribed { .. } => Err("an unexpected subscribe confirmation".into()),
+                Push::Message { channel, payload } => {
+                    if channel != name {
+                        return Err(format!(
+                            "a message on channel {:?}, subscribed to {:?}",
+                            String::from_utf8_lossy(channel),
+                            String::from_utf8_lossy(name)
+                        ));
+                    }
+                    let stamp = Stamp::read(payload).ok_or_else(|| {
+                        format!("a message of {} bytes, too short", payload.len())
+                    })?;
+                    tally.receive(&stamp)?;
+                    let sent = epoch + Duration::from_nanos(stamp.sent_ns);
+                    let ns = now.saturating_duration_since(sent).as_nanos();
+                    delivery.saturating_record(u64::try_from(ns).unwrap_or(u64::MAX).max(1));
+                    received += 1;
+                    Ok(())
+                }
+                Push::Error(e) => Err(format!("RESP error: {}", String::from_utf8_lossy(e))),
+                Push::Other(what) => Err(format!("a subscriber received {what}")),
+            });
+        ps.subscribed += confirmed;
+        ps.delivered_delta += received;
+        self.replies_delta += received;
+        if let Err(why) = result {
+            self.fail(i, now, ErrorKind::BadReply, &why);
+            return false;
+        }
+        true
+    }
+
+    /// Pub/sub: appends publisher `i`'s next message, due at `due`.
+    fn queue_publish(&mut self, i: usize, due: Instant) {
+        let (Some(shared), Some(ps)) = (&self.shared.pubsub, &mut self.ps) else {
+            return;
+        };
+        let c = &mut self.conns[i];
+        let Role::Publisher { id, sent, seq } = &mut c.role else {
+            return;
+        };
+        let channel = shared.plan.channel_of_message(*id, *sent);
+        *sent += 1;
+        let Some(next) = seq.get_mut(channel as usize) else {
+            return;
+        };
+        let stamp = Stamp {
+            sent_ns: u64::try_from(due.saturating_duration_since(shared.epoch).as_nanos())
+                .unwrap_or(u64::MAX),
+            seq: *next,
+            publisher: *id,
+            channel,
+        };
+        *next += 1;
+        shared.plan.write_publish(&stamp, &mut c.out);
+        c.pending.push_back(Pending {
+            start: due,
+            expect: Expect::Published(channel),
+        });
+        ps.pending_delta += 1;
+    }
+
+    /// Open loop: the next open connection to send on, round robin (pub/sub: the next
+    /// open publisher).
+    fn next_sender(&mut self) -> Option<usize> {
+        let conns = &self.conns;
+        let (candidates, rr): (Option<&[usize]>, &mut usize) = match &mut self.ps {
+            Some(ps) => (Some(&ps.publishers), &mut ps.rr),
+            None => (None, &mut self.rr),
+        };
+        let n = candidates.map_or(conns.len(), <[usize]>::len);
+        for _ in 0..n {
+            *rr = (*rr + 1) % n;
+            let i = candidates.map_or(*rr, |c| c[*rr]);
+            if conns[i].state == State::Open {
+                return Some(i);
+            }
+        }
+        None
+    }
+
     /// Closed loop: tops connection `i` up to `pipeline` outstanding requests.
     fn fill(&mut self, i: usize, now: Instant) {
+        if self.ps.is_some() {
+            return; // pub/sub is open loop only
+        }
         if self.window.is_some_and(|w| now >= w.end) {
             return;
         }
@@ -753,18 +1182,13 @@ impl<'a> Worker<'a> {
             if due >= w.start {
                 self.scheduled += 1;
             }
-            let n = self.conns.len();
-            let mut chosen = None;
-            for _ in 0..n {
-                self.rr = (self.rr + 1) % n;
-                if self.conns[self.rr].state == State::Open {
-                    chosen = Some(self.rr);
-                    break;
-                }
-            }
-            match chosen {
+            match self.next_sender() {
                 Some(i) => {
-                    self.queue(i, due);
+                    if self.ps.is_some() {
+                        self.queue_publish(i, due);
+                    } else {
+                        self.queue(i, due);
+                    }
                     self.flush(i, now);
                 }
                 None => self.note_error(ErrorKind::NoConnection, || {

@@ -10,6 +10,9 @@
 //!   connects, source addresses 127.0.0.2 and up once one address runs out of ports.
 //! - **It measures itself**: its own CPU time from /proc, and a flag when a load thread
 //!   saturated its core (the figures then describe the load generator, not the server).
+//! - **Redis pub/sub** ([`pubsub`]): subscribers on channels, publishers at a rate,
+//!   delivery latency from publish to receipt, lost, duplicate and out-of-order
+//!   deliveries, subscribers the server disconnected.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -33,7 +36,9 @@ mod engine;
 pub mod http_reply;
 pub mod limits;
 pub mod progress;
+pub mod pubsub;
 pub mod report;
+pub mod resp_frame;
 pub mod workload;
 
 use std::sync::{Arc, Barrier};
@@ -42,9 +47,9 @@ use std::time::Duration;
 pub use config::{AppKind, LoadConfig};
 pub use engine::{HIST_MAX_NS, RETRY_DELAY, new_histogram};
 pub use progress::{Phase, Progress};
-pub use report::{ErrorCounts, ErrorKind, LoadReport};
+pub use report::{ErrorCounts, ErrorKind, LoadReport, PubSubReport};
 
-use engine::{Shared, ThreadResult};
+use engine::{PubSubShared, Shared, ThreadResult};
 use limits::{SourcePlan, check_fd_limit, port_range};
 use workload::Workload;
 
@@ -81,13 +86,21 @@ pub fn run(config: &LoadConfig, progress: Arc<Progress>) -> Result<LoadReport, L
         workload: Workload::new(config),
         progress: Arc::clone(&progress),
         barrier: Barrier::new(threads),
+        pubsub: (config.app == AppKind::PubSub).then(|| {
+            PubSubShared::new(pubsub::Plan::new(
+                config.subscribers,
+                config.publishers,
+                config.channels,
+                config.size.unwrap_or(pubsub::DEFAULT_MESSAGE_SIZE),
+            ))
+        }),
     };
     // Connection i goes to thread i % threads.
     let per_thread: Vec<Vec<_>> = (0..threads)
         .map(|t| {
             (t..config.conns)
                 .step_by(threads)
-                .map(|i| plan.source(i))
+                .map(|i| (i, plan.source(i)))
                 .collect()
         })
         .collect();
@@ -119,15 +132,18 @@ pub fn run(config: &LoadConfig, progress: Arc<Progress>) -> Result<LoadReport, L
     for r in results {
         ok.push(r.map_err(LoadError)?);
     }
-    Ok(merge(config, &plan, ok, warnings))
+    let pubsub_plan = shared.pubsub.as_ref().map(|p| &p.plan);
+    Ok(merge(config, &plan, pubsub_plan, ok, warnings))
 }
 
 fn merge(
     config: &LoadConfig,
     plan: &SourcePlan,
-    results: Vec<ThreadResult>,
+    pubsub_plan: Option<&pubsub::Plan>,
+    mut results: Vec<ThreadResult>,
     mut warnings: Vec<String>,
 ) -> LoadReport {
+    let pubsub = pubsub_plan.map(|p| merge_pubsub(config, p, &mut results, &mut warnings));
     let mut latency = new_histogram();
     let mut connect = new_histogram();
     let mut errors = ErrorCounts::default();
@@ -213,5 +229,86 @@ fn merge(
         cpu_busiest_thread_percent: busiest * 100.0,
         load_bound,
         warnings,
+        pubsub,
+    }
+}
+
+fn merge_pubsub(
+    config: &LoadConfig,
+    plan: &pubsub::Plan,
+    results: &mut [ThreadResult],
+    warnings: &mut Vec<String>,
+) -> PubSubReport {
+    let mut delivery = new_histogram();
+    let mut published = vec![0u64; plan.channels.len()];
+    let (mut receivers, mut unconfirmed) = (0, 0);
+    let mut subscribers = Vec::with_capacity(plan.subscribers);
+    let mut grace = Duration::ZERO;
+    let mut settled = true;
+    let mut window = Duration::ZERO;
+    for r in results.iter_mut() {
+        window = window.max(r.window);
+        let Some(p) = r.pubsub.take() else {
+            continue;
+        };
+        let _ = delivery.add(&p.delivery);
+        for (total, n) in published.iter_mut().zip(&p.published) {
+            *total += n;
+        }
+        receivers += p.receivers;
+        unconfirmed += p.unconfirmed;
+        subscribers.extend(p.subscribers);
+        grace = grace.max(p.grace);
+        settled &= p.settled;
+    }
+    let t = pubsub::tally(&published, &subscribers);
+    if (t.counted_subscribers as usize) < plan.subscribers {
+        warnings.push(format!(
+            "only {} of {} subscriptions were confirmed when publishing began; the others \
+             were closed and expect nothing",
+            t.counted_subscribers, plan.subscribers
+        ));
+    }
+    if !settled {
+        warnings.push(format!(
+            "deliveries were still missing {:.1} s after the last publish (--grace {:?}): \
+             they count as lost",
+            grace.as_secs_f64(),
+            config.grace
+        ));
+    }
+    let window_s = window.as_secs_f64();
+    let [p50, p90, p99, p999, max, mean] = report::percentiles(&delivery);
+    PubSubReport {
+        subscribers: plan.subscribers,
+        subscribed: t.counted_subscribers,
+        publishers: plan.publishers,
+        channels: plan.channels.len(),
+        message_bytes: plan.size,
+        published: t.published,
+        unconfirmed_publishes: unconfirmed,
+        receivers_reported: receivers,
+        expected: t.expected,
+        delivered: t.delivered,
+        delivered_per_s: if window_s > 0.0 {
+            t.delivered as f64 / window_s
+        } else {
+            0.0
+        },
+        lost: t.lost,
+        duplicates: t.duplicates,
+        out_of_order: t.out_of_order,
+        unexpected: t.unexpected,
+        disconnected_subscribers: t.disconnected,
+        undelivered_to_disconnected: t.undelivered_to_disconnected,
+        delivery_p50_us: p50,
+        delivery_p90_us: p90,
+        delivery_p99_us: p99,
+        delivery_p999_us: p999,
+        delivery_max_us: max,
+        delivery_mean_us: mean,
+        delivery_samples: delivery.len(),
+        grace_s: grace.as_secs_f64(),
+        settled,
     }
 }

@@ -123,7 +123,7 @@ impl ErrorCounts {
 /// name their unit.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
-    /// echo, http or resp.
+    /// echo, http, resp or pubsub.
     pub app: String,
     /// The server's address.
     pub target: String,
@@ -190,6 +190,75 @@ pub struct LoadReport {
     pub load_bound: bool,
     /// Things that make the figures less trustworthy, in words.
     pub warnings: Vec<String>,
+    /// Pub/sub figures (absent for the other apps). With pub/sub, `requests`,
+    /// `throughput_rps` and the latencies above are the PUBLISH round trips.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pubsub: Option<PubSubReport>,
+}
+
+/// What a pub/sub run measured: deliveries, their latency from the publish (the time
+/// the message was due) to its receipt, and what went missing. See [`crate::pubsub`]
+/// for how `expected` and `lost` are counted.
+#[derive(Debug, Clone, Serialize)]
+pub struct PubSubReport {
+    /// Subscriber connections asked for.
+    pub subscribers: usize,
+    /// Subscribers whose SUBSCRIBE was confirmed when publishing began (only those
+    /// expect deliveries).
+    pub subscribed: u64,
+    /// Publisher connections.
+    pub publishers: usize,
+    /// Channels the subscribers are spread over.
+    pub channels: usize,
+    /// Payload bytes per message.
+    pub message_bytes: usize,
+    /// Messages published (the server answered the PUBLISH).
+    pub published: u64,
+    /// PUBLISH commands sent that got no answer (their publisher failed, or the run
+    /// ended first); not expected anywhere.
+    pub unconfirmed_publishes: u64,
+    /// The sum of the PUBLISH replies: receivers the server says it delivered to.
+    pub receivers_reported: u64,
+    /// Deliveries expected: for each channel, messages published to it x its subscribed
+    /// subscribers.
+    pub expected: u64,
+    /// Distinct messages received, all subscribers.
+    pub delivered: u64,
+    /// `delivered / window_s`.
+    pub delivered_per_s: f64,
+    /// Expected deliveries that never reached a subscriber still connected at the end.
+    pub lost: u64,
+    /// Messages a subscriber received twice or more.
+    pub duplicates: u64,
+    /// Messages a subscriber received after a later one of the same publisher.
+    pub out_of_order: u64,
+    /// Received beyond what was expected (a message whose PUBLISH got no answer).
+    pub unexpected: u64,
+    /// Subscribers the server closed or reset after publishing began (not reopened).
+    pub disconnected_subscribers: u64,
+    /// Expected deliveries those did not receive (dropped with the connection, or
+    /// published after it closed): reported apart, not in `lost`.
+    pub undelivered_to_disconnected: u64,
+    /// Delivery latency percentiles, microseconds, from the time the message was due
+    /// to its receipt by a subscriber.
+    pub delivery_p50_us: f64,
+    /// 90th percentile.
+    pub delivery_p90_us: f64,
+    /// 99th percentile.
+    pub delivery_p99_us: f64,
+    /// 99.9th percentile.
+    pub delivery_p999_us: f64,
+    /// The slowest delivery.
+    pub delivery_max_us: f64,
+    /// The mean delivery latency.
+    pub delivery_mean_us: f64,
+    /// Deliveries the latency histogram holds (duplicates included).
+    pub delivery_samples: u64,
+    /// How long the run waited after the last publish for deliveries to arrive.
+    pub grace_s: f64,
+    /// True when every delivery the server announced arrived within the grace period;
+    /// false when it ran out (the shortfall is then in `lost`).
+    pub settled: bool,
 }
 
 /// Microseconds from a nanosecond histogram's value.
@@ -221,6 +290,11 @@ impl LoadReport {
     /// A few lines for a person.
     pub fn summary(&self) -> String {
         let mut s = String::new();
+        if let Some(p) = &self.pubsub {
+            self.pubsub_lines(p, &mut s);
+            self.common_lines(&mut s);
+            return s;
+        }
         let rate = self
             .rate_rps
             .map_or_else(String::new, |r| format!(", open loop at {r:.0} req/s"));
@@ -247,6 +321,74 @@ impl LoadReport {
                 self.p50_us, self.p90_us, self.p99_us, self.p999_us, self.max_us
             );
         }
+        self.common_lines(&mut s);
+        s
+    }
+
+    fn pubsub_lines(&self, p: &PubSubReport, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "pubsub load on {}: {} subscribers ({} subscribed) on {} channel(s), {} \
+             publisher(s) at {:.0} msg/s, {} B messages, {} thread(s), {:.1} s window",
+            self.target,
+            p.subscribers,
+            p.subscribed,
+            p.channels,
+            p.publishers,
+            self.rate_rps.unwrap_or(0.0),
+            p.message_bytes,
+            self.threads,
+            self.window_s
+        );
+        let _ = writeln!(
+            s,
+            "  published    {} messages ({} unanswered); the server reported {} receivers",
+            p.published, p.unconfirmed_publishes, p.receivers_reported
+        );
+        let _ = writeln!(
+            s,
+            "  delivered    {} of {} expected, {:.0} msg/s; lost {}, duplicates {}, out of \
+             order {}, unexpected {}",
+            p.delivered,
+            p.expected,
+            p.delivered_per_s,
+            p.lost,
+            p.duplicates,
+            p.out_of_order,
+            p.unexpected
+        );
+        let _ = writeln!(
+            s,
+            "  disconnected {} subscribers (not delivered to them: {})",
+            p.disconnected_subscribers, p.undelivered_to_disconnected
+        );
+        let _ = writeln!(
+            s,
+            "  delivery us  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            p.delivery_p50_us,
+            p.delivery_p90_us,
+            p.delivery_p99_us,
+            p.delivery_p999_us,
+            p.delivery_max_us
+        );
+        let _ = writeln!(
+            s,
+            "  publish us   p50 {:.1}  p99 {:.1}  max {:.1} (PUBLISH round trip)",
+            self.p50_us, self.p99_us, self.max_us
+        );
+        let _ = writeln!(
+            s,
+            "  grace        {:.2} s after the last publish ({})",
+            p.grace_s,
+            if p.settled {
+                "every announced delivery arrived"
+            } else {
+                "ran out: what is missing counts as lost"
+            }
+        );
+    }
+
+    fn common_lines(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "  connect us   p50 {:.1}  p99 {:.1}  max {:.1} ({} connects)",
@@ -268,7 +410,6 @@ impl LoadReport {
         for w in &self.warnings {
             let _ = writeln!(s, "  warning: {w}");
         }
-        s
     }
 }
 

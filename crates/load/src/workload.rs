@@ -9,6 +9,7 @@ use c10k_proto::resp::{Reply, decode_reply, encode_command};
 
 use crate::config::{AppKind, DEFAULT_ECHO_SIZE, LoadConfig};
 use crate::http_reply::frame_response;
+use crate::resp_frame::{Item, read_frame};
 
 /// The RESP `SET` value size when `size` is not given.
 pub const DEFAULT_RESP_VALUE: usize = 16;
@@ -26,6 +27,10 @@ pub enum Expect {
     Ok,
     /// RESP: a bulk string or the null bulk.
     Bulk,
+    /// Pub/sub: the integer reply to a `PUBLISH` to this channel.
+    Published(u32),
+    /// Pub/sub: a `subscribe` confirmation (framed by the subscriber, not here).
+    Subscribed,
 }
 
 /// A reply that is not what the request expects.
@@ -39,6 +44,8 @@ pub struct Taken {
     pub len: usize,
     /// The server will close the connection after it (HTTP `Connection: close`).
     pub close: bool,
+    /// `PUBLISH`: the receivers the server reported (0 for every other reply).
+    pub count: u64,
 }
 
 /// The requests of one run, prepared once and shared by every connection of a thread.
@@ -63,6 +70,9 @@ enum Kind {
         keys: usize,
         value: Vec<u8>,
     },
+    /// Pub/sub: the commands are written by [`crate::pubsub::Plan`]; only the
+    /// PUBLISH replies are framed here.
+    PubSub,
 }
 
 impl Workload {
@@ -101,6 +111,7 @@ impl Workload {
                 keys: config.keys,
                 value: vec![b'v'; config.size.unwrap_or(DEFAULT_RESP_VALUE)],
             },
+            AppKind::PubSub => Kind::PubSub,
         };
         Workload { kind }
     }
@@ -118,6 +129,11 @@ impl Workload {
             }
             Kind::Ping { request } => {
                 out.extend_from_slice(request);
+                Expect::Pong
+            }
+            // Pub/sub connections send what the plan writes; a request here is a PING.
+            Kind::PubSub => {
+                encode_command(&[b"PING"], out);
                 Expect::Pong
             }
             Kind::SetGet { keys, value } => {
@@ -150,6 +166,7 @@ impl Workload {
                 Ok((input.len() >= n).then_some(Taken {
                     len: n,
                     close: false,
+                    count: 0,
                 }))
             }
             (Kind::Http { .. }, Expect::Http(body)) => match frame_response(input) {
@@ -165,6 +182,7 @@ impl Workload {
                 Ok(Some(f)) => Ok(Some(Taken {
                     len: f.len,
                     close: f.close,
+                    count: 0,
                 })),
                 Err(e) => Err(BadReply(e.to_string())),
             },
@@ -178,11 +196,36 @@ impl Workload {
                         _ => false,
                     };
                     if good {
-                        Ok(Some(Taken { len, close: false }))
+                        Ok(Some(Taken {
+                            len,
+                            close: false,
+                            count: 0,
+                        }))
                     } else {
                         Err(BadReply(format!("RESP reply {reply:?} to a {expect:?}")))
                     }
                 }
+                Err(e) => Err(BadReply(e.to_string())),
+            },
+            (Kind::PubSub, expect) => match read_frame(input) {
+                Ok(None) => Ok(None),
+                Ok(Some((f, len))) => match (expect, f.head) {
+                    (Expect::Published(_), Item::Integer(n)) if n >= 0 => Ok(Some(Taken {
+                        len,
+                        close: false,
+                        count: n as u64,
+                    })),
+                    (Expect::Pong, Item::Simple(b"PONG")) => Ok(Some(Taken {
+                        len,
+                        close: false,
+                        count: 0,
+                    })),
+                    (_, Item::Error(e)) => Err(BadReply(format!(
+                        "RESP error to a {expect:?}: {}",
+                        String::from_utf8_lossy(e)
+                    ))),
+                    (_, other) => Err(BadReply(format!("RESP reply {other:?} to a {expect:?}"))),
+                },
                 Err(e) => Err(BadReply(e.to_string())),
             },
             (Kind::Http { .. }, other) => Err(BadReply(format!("HTTP reply to a {other:?}"))),
@@ -257,6 +300,19 @@ mod tests {
         let w = Workload::new(&cfg(AppKind::Resp));
         assert!(w.take_reply(Expect::Pong, b"-ERR nope\r\n").is_err());
         assert!(w.take_reply(Expect::Pong, b"+OK\r\n").is_err());
+        let w = Workload::new(&cfg(AppKind::PubSub));
+        let t = w
+            .take_reply(Expect::Published(0), b":7\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((t.len, t.count), (4, 7));
+        assert_eq!(w.take_reply(Expect::Published(0), b":7\r"), Ok(None));
+        assert!(
+            w.take_reply(Expect::Published(0), b"-ERR unknown command\r\n")
+                .unwrap_err()
+                .0
+                .contains("unknown command")
+        );
         let w = Workload::new(&cfg(AppKind::Http));
         let r = b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n";
         assert!(
