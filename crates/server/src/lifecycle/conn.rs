@@ -117,6 +117,49 @@ pub(crate) struct Env<'a> {
     pub(crate) mailbox: Option<MailboxMaker<'a>>,
 }
 
+/// What an event loop keeps to build each event's [`Env`]: the protocol clock, the
+/// loop's now, and the limits.
+pub(crate) struct LoopClock {
+    pub(crate) cx: Cx,
+    pub(crate) now: Instant,
+    pub(crate) limits: Limits,
+}
+
+impl LoopClock {
+    pub(crate) fn new(config: &crate::config::Config) -> Self {
+        let mut clock = LoopClock {
+            cx: Cx::new(std::time::SystemTime::now()),
+            now: Instant::now(),
+            limits: Limits::of(config),
+        };
+        clock.tick();
+        clock
+    }
+
+    /// Move both clocks to now (once per loop iteration).
+    pub(crate) fn tick(&mut self) {
+        self.now = Instant::now();
+        self.cx.set_now(std::time::SystemTime::now());
+        self.cx.set_instant(self.now);
+    }
+
+    /// The environment of one event at `now`.
+    pub(crate) fn env<'a>(
+        &'a self,
+        now: Instant,
+        stats: &'a WorkerStats,
+        mailbox: Option<MailboxMaker<'a>>,
+    ) -> Env<'a> {
+        Env {
+            cx: &self.cx,
+            now,
+            stats,
+            limits: &self.limits,
+            mailbox,
+        }
+    }
+}
+
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {

@@ -140,7 +140,9 @@ impl Post for MailSlot {
     }
 
     fn disconnect(&self) {
-        if !self.closed.load(Ordering::Acquire) {
+        // Closed from now on (the poster counts a slow consumer once); the letter
+        // closes the connection on its own worker.
+        if !self.closed.swap(true, Ordering::AcqRel) {
             self.inbox.push(self.key, self.serial, Letter::Disconnect);
         }
     }

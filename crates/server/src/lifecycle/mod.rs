@@ -6,5 +6,5 @@ pub(crate) mod conn;
 pub(crate) mod mailbox;
 pub(crate) mod worker;
 
-pub(crate) use conn::{ConnCore, Env, Limits, OutputPool, Phase};
-pub(crate) use worker::{Armed, ConnTable, DrainClock, LingerQueue, Settled, WorkerCore};
+pub(crate) use conn::{ConnCore, Env, Limits, LoopClock, OutputPool, Phase};
+pub(crate) use worker::{Armed, ConnTable, DrainClock, Keyed, LingerQueue, Settled, WorkerCore};

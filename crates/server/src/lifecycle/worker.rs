@@ -13,6 +13,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use c10k_proto::Session;
+use slab::Slab;
 
 use super::ConnCore;
 use crate::accept::AcceptGuard;
@@ -84,17 +85,30 @@ impl Armed {
     }
 }
 
+/// A table entry's serial: tells a reused key from the connection a timer was set
+/// for.
+pub(crate) trait Keyed {
+    fn serial(&self) -> u64;
+}
+
+/// The keys of a table's connections (a copy: serving one may close others).
+pub(crate) fn keys<T: ConnTable + ?Sized>(table: &T) -> Vec<usize> {
+    table.slots().iter().map(|(k, _)| k).collect()
+}
+
+/// The serial of the connection at `key`, if open.
+fn serial_of<T: ConnTable + ?Sized>(table: &T, key: usize) -> Option<u64> {
+    table.slots().get(key).map(Keyed::serial)
+}
+
 /// An event loop's connections, as the worker core sees them.
 pub(crate) trait ConnTable {
     /// The sessions the table holds.
     type Session: Session;
-    /// Keys of every open connection.
-    fn keys(&self) -> Vec<usize>;
-    /// Whether no connection is open.
-    fn is_empty(&self) -> bool;
-    /// The serial of the connection at `key` (tells a reused key from the connection
-    /// a timer was set for).
-    fn serial(&self, key: usize) -> Option<u64>;
+    /// What the table keeps per connection.
+    type Entry: Keyed;
+    /// The open connections, by key.
+    fn slots(&self) -> &Slab<Self::Entry>;
     /// Act on the connection's due timers ([`ConnCore::on_timeout`](super::ConnCore::on_timeout)), then settle it
     /// (close, queue output, update the registration).
     fn on_timeout(&mut self, key: usize, now: Instant) -> Settled;
@@ -280,7 +294,7 @@ impl WorkerCore {
         if !self.drain.begin(now, self.drain_timeout) {
             return false;
         }
-        let keys = table.keys();
+        let keys = keys(table);
         tracing::debug!("worker {}: draining {} connection(s)", self.id, keys.len());
         for key in keys {
             let (deferred, settled) = table.start_drain(key, now);
@@ -310,8 +324,11 @@ impl WorkerCore {
     /// ran out, the end of the fresh-connection grace, the drain deadline. Returns
     /// whether the accept back-off just ended (the loop watches the listener again).
     pub(crate) fn run_timers<T: ConnTable>(&mut self, table: &mut T, now: Instant) -> bool {
-        if self.sweep.due(now, !table.is_empty(), self.sweep_every) {
-            for key in table.keys() {
+        if self
+            .sweep
+            .due(now, !table.slots().is_empty(), self.sweep_every)
+        {
+            for key in keys(table) {
                 let settled = table.on_timeout(key, now);
                 self.settled(key, settled);
             }
@@ -321,24 +338,24 @@ impl WorkerCore {
                 break;
             }
             self.session_timers.pop();
-            if table.serial(key) == Some(serial) {
+            if serial_of(table, key) == Some(serial) {
                 let settled = table.on_timeout(key, now);
                 self.settled(key, settled);
             }
         }
         while let Some((key, serial)) = self.lingering.pop_due(now) {
-            if table.serial(key) == Some(serial) {
+            if serial_of(table, key) == Some(serial) {
                 table.close(key);
             }
         }
         if self.drain.grace_over(now) {
-            for key in table.keys() {
+            for key in keys(table) {
                 let settled = table.end_grace(key, now);
                 self.settled(key, settled);
             }
         }
-        if self.drain.force_due(now) && !table.is_empty() {
-            let keys = table.keys();
+        if self.drain.force_due(now) && !table.slots().is_empty() {
+            let keys = keys(table);
             tracing::warn!(
                 "worker {}: drain deadline passed; closing {} connection(s)",
                 self.id,
@@ -354,7 +371,7 @@ impl WorkerCore {
 
     /// The loop is done: drained and no connection left.
     pub(crate) fn finished<T: ConnTable>(&self, table: &T) -> bool {
-        self.drain.draining() && table.is_empty()
+        self.drain.draining() && table.slots().is_empty()
     }
 }
 
@@ -364,17 +381,26 @@ mod tests {
     //! sweep and the forced close, without a socket.
     use super::*;
     use crate::config::DRAIN_QUIET;
-    use crate::lifecycle::{Env, Limits, OutputPool, Phase};
+    use crate::lifecycle::{Env, LoopClock, OutputPool, Phase};
     use c10k_proto::echo::{EchoApp, EchoSession};
-    use c10k_proto::{App, Cx, Peer};
-    use slab::Slab;
-    use std::time::SystemTime;
+    use c10k_proto::{App, Peer};
+
+    struct TestEntry {
+        core: ConnCore<EchoSession>,
+        serial: u64,
+        armed: Armed,
+    }
+
+    impl Keyed for TestEntry {
+        fn serial(&self) -> u64 {
+            self.serial
+        }
+    }
 
     struct Table {
-        slab: Slab<(ConnCore<EchoSession>, u64, Armed)>,
-        cx: Cx,
+        slab: Slab<TestEntry>,
+        clock: LoopClock,
         stats: WorkerStats,
-        limits: Limits,
         pool: OutputPool,
         closed: Vec<usize>,
     }
@@ -383,9 +409,8 @@ mod tests {
         fn new(config: &crate::config::Config) -> Self {
             Table {
                 slab: Slab::new(),
-                cx: Cx::new(SystemTime::now()),
+                clock: LoopClock::new(config),
                 stats: WorkerStats::default(),
-                limits: Limits::of(config),
                 pool: OutputPool::default(),
                 closed: Vec::new(),
             }
@@ -394,40 +419,36 @@ mod tests {
         fn open(&mut self, now: Instant, first: Option<&[u8]>) -> usize {
             let mut core = ConnCore::new(EchoApp.open(&Peer::unknown()), now);
             if let Some(data) = first {
-                let env = Env {
-                    cx: &self.cx,
-                    now,
-                    stats: &self.stats,
-                    limits: &self.limits,
-                    mailbox: None,
-                };
+                let env = self.clock.env(now, &self.stats, None);
                 core.received(&env, data, &mut self.pool);
                 let n = core.transmit().len();
                 core.sent(&env, n, &mut self.pool);
             }
             let serial = self.slab.len() as u64 + 1;
-            self.slab.insert((core, serial, Armed::default()))
+            self.slab.insert(TestEntry {
+                core,
+                serial,
+                armed: Armed::default(),
+            })
         }
 
+        /// Serve `f` on a connection, then settle it like a loop does.
         fn act(
             &mut self,
             key: usize,
             now: Instant,
             f: impl FnOnce(&mut ConnCore<EchoSession>, &Env<'_>, &mut OutputPool),
         ) -> Settled {
-            let Some((core, serial, armed)) = self.slab.get_mut(key) else {
+            let Some(e) = self.slab.get_mut(key) else {
                 return Settled::OPEN;
             };
-            let env = Env {
-                cx: &self.cx,
-                now,
-                stats: &self.stats,
-                limits: &self.limits,
-                mailbox: None,
-            };
-            f(core, &env, &mut self.pool);
-            let _ = core.take_shutdown_write();
-            let settled = armed.settle(core, *serial);
+            f(
+                &mut e.core,
+                &self.clock.env(now, &self.stats, None),
+                &mut self.pool,
+            );
+            let _ = e.core.take_shutdown_write();
+            let settled = e.armed.settle(&e.core, e.serial);
             if settled.closed {
                 self.close(key);
             }
@@ -435,27 +456,22 @@ mod tests {
         }
 
         fn phase(&self, key: usize) -> Option<Phase> {
-            self.slab.get(key).map(|c| c.0.phase())
+            self.slab.get(key).map(|e| e.core.phase())
         }
     }
 
     impl ConnTable for Table {
         type Session = EchoSession;
-        fn keys(&self) -> Vec<usize> {
-            self.slab.iter().map(|(k, _)| k).collect()
+        type Entry = TestEntry;
+        fn slots(&self) -> &Slab<TestEntry> {
+            &self.slab
         }
-        fn is_empty(&self) -> bool {
-            self.slab.is_empty()
-        }
-        fn serial(&self, key: usize) -> Option<u64> {
-            self.slab.get(key).map(|c| c.1)
-        }
+        // Like a driver, each reads until it would block (nothing is waiting here).
         fn on_timeout(&mut self, key: usize, now: Instant) -> Settled {
             self.act(key, now, |c, env, pool| {
                 c.on_timeout(env, pool);
             })
         }
-        // Like a driver, each reads until it would block (nothing is waiting here).
         fn end_grace(&mut self, key: usize, now: Instant) -> Settled {
             self.act(key, now, |c, env, pool| {
                 c.read_would_block(env, pool);

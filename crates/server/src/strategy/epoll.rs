@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rustix::event::epoll::{self, EventData, EventFlags};
 
-use super::poller::{Interest, Poller, Ready, Source};
+use super::poller::{Interest, Poller, Ready, Source, Watch};
 
 /// How readiness is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,13 +73,13 @@ impl Poller for Epoll {
         self.trigger == Trigger::Edge
     }
 
-    fn add(
-        &mut self,
-        fd: BorrowedFd<'_>,
-        token: u64,
-        interest: Interest,
-        source: Source,
-    ) -> io::Result<()> {
+    fn add(&mut self, fd: BorrowedFd<'_>, watch: Watch) -> io::Result<()> {
+        let Watch {
+            token,
+            interest,
+            source,
+            ..
+        } = watch;
         let flags = self.flags(interest, source);
         Ok(epoll::add(&self.fd, fd, EventData::new_u64(token), flags)?)
     }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use c10k_sys::poll::{self as sys, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, PollFd};
 
 use super::fd_table::FdTable;
-use super::poller::{Interest, Poller, Ready, Source};
+use super::poller::{Interest, Poller, Ready, Watch};
 
 /// A poll(2) poller.
 pub(crate) struct Poll {
@@ -49,13 +49,10 @@ fn events(interest: Interest) -> i16 {
 }
 
 impl Poller for Poll {
-    fn add(
-        &mut self,
-        fd: BorrowedFd<'_>,
-        token: u64,
-        interest: Interest,
-        _source: Source,
-    ) -> io::Result<()> {
+    fn add(&mut self, fd: BorrowedFd<'_>, watch: Watch) -> io::Result<()> {
+        let Watch {
+            token, interest, ..
+        } = watch;
         let raw = fd.as_raw_fd();
         self.table.insert(raw, token, self.fds.len())?;
         self.fds.push(PollFd::new(raw, events(interest)));
@@ -107,6 +104,7 @@ impl Poller for Poll {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::strategy::poller::Source;
     use crate::strategy::poller::tests::{BOTH, READ, contract, pair, reports};
     use std::os::fd::AsFd;
 
@@ -135,7 +133,8 @@ mod tests {
         let pairs: Vec<_> = (0..4).map(|_| pair()).collect();
         let mut p = Poll::new();
         for (i, (_, b)) in pairs.iter().enumerate() {
-            p.add(b.as_fd(), i as u64, BOTH, Source::Conn).unwrap();
+            p.add(b.as_fd(), Watch::new(i as u64, BOTH, Source::Conn))
+                .unwrap();
         }
         assert_consistent(&mut p);
         p.delete(pairs[1].1.as_fd(), 1).unwrap();
@@ -170,7 +169,7 @@ mod tests {
         let (a, b) = pair();
         rustix::net::sockopt::set_socket_linger(&a, Some(Duration::ZERO)).unwrap();
         let mut p = Poll::new();
-        p.add(b.as_fd(), 5, READ, Source::Conn).unwrap();
+        p.add(b.as_fd(), Watch::new(5, READ, Source::Conn)).unwrap();
         drop(a);
         let mut out = Vec::new();
         p.wait(&mut out, Some(Duration::from_secs(5))).unwrap();

@@ -42,6 +42,24 @@ pub(crate) struct Interest {
     pub(crate) write: bool,
 }
 
+/// How to watch a descriptor: its token in reports, what for, and what it is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Watch {
+    pub(crate) token: u64,
+    pub(crate) interest: Interest,
+    pub(crate) source: Source,
+}
+
+impl Watch {
+    pub(crate) fn new(token: u64, interest: Interest, source: Source) -> Self {
+        Watch {
+            token,
+            interest,
+            source,
+        }
+    }
+}
+
 /// One readiness report.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ready {
@@ -61,13 +79,7 @@ pub(crate) trait Poller {
         false
     }
     /// Watch `fd`.
-    fn add(
-        &mut self,
-        fd: BorrowedFd<'_>,
-        token: u64,
-        interest: Interest,
-        source: Source,
-    ) -> io::Result<()>;
+    fn add(&mut self, fd: BorrowedFd<'_>, watch: Watch) -> io::Result<()>;
     /// Change what `fd` is watched for (level-triggered connections only).
     fn modify(&mut self, fd: BorrowedFd<'_>, token: u64, interest: Interest) -> io::Result<()>;
     /// Stop watching `fd`, which stays open.
@@ -165,7 +177,8 @@ pub(crate) mod tests {
 
         // The wake pipe: level-triggered under every backend (it is never drained).
         let shutdown = Shutdown::new().unwrap();
-        p.add(shutdown.wake_fd(), WAKE, READ, Source::Wake).unwrap();
+        p.add(shutdown.wake_fd(), Watch::new(WAKE, READ, Source::Wake))
+            .unwrap();
         assert_eq!(quiet(&mut p), nothing, "wake pipe empty");
         shutdown.trigger();
         assert_eq!(reports(&mut p), vec![(WAKE, true, false)], "woken");
@@ -177,7 +190,8 @@ pub(crate) mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
         let source = Source::Listener { shared: false };
-        p.add(l.as_fd(), LISTENER, READ, source).unwrap();
+        p.add(l.as_fd(), Watch::new(LISTENER, READ, source))
+            .unwrap();
         assert_eq!(quiet(&mut p), nothing, "no connection yet");
         let mut a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         assert_eq!(reports(&mut p), vec![(LISTENER, true, false)], "to accept");
@@ -187,9 +201,9 @@ pub(crate) mod tests {
 
         // A connection: readable on data; level re-notifies while it is unread, edge
         // does not until new data arrives.
-        p.add(b.as_fd(), 7, READ, Source::Conn).unwrap();
+        p.add(b.as_fd(), Watch::new(7, READ, Source::Conn)).unwrap();
         assert!(
-            p.add(b.as_fd(), 8, READ, Source::Conn).is_err(),
+            p.add(b.as_fd(), Watch::new(8, READ, Source::Conn)).is_err(),
             "watched twice"
         );
         assert_eq!(quiet(&mut p), nothing, "nothing sent yet");
@@ -223,7 +237,7 @@ pub(crate) mod tests {
         assert_eq!(quiet(&mut p), nothing, "deleted");
         assert!(p.modify(b.as_fd(), 7, READ).is_err(), "modify after delete");
         assert!(p.delete(b.as_fd(), 7).is_err(), "delete after delete");
-        p.add(b.as_fd(), 8, READ, Source::Conn).unwrap();
+        p.add(b.as_fd(), Watch::new(8, READ, Source::Conn)).unwrap();
         assert_eq!(reports(&mut p), vec![(8, true, false)], "waiting data");
         assert_eq!(drain(&mut b), 5);
 

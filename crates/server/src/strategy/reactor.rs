@@ -10,17 +10,17 @@ use std::io;
 use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use c10k_proto::{App, Cx, Peer, Session};
+use c10k_proto::{App, Peer, Session};
 use slab::Slab;
 
 use super::WorkerCtx;
-use super::poller::{Interest, Poller, Ready, Source};
+use super::poller::{Interest, Poller, Ready, Source, Watch};
 use crate::accept::{AcceptBatch, Admission};
 use crate::conn::{Bufs, ReadyConn};
 use crate::lifecycle::mailbox::{Inbox, Letter};
-use crate::lifecycle::{Armed, ConnTable, Env, Limits, Settled, WorkerCore};
+use crate::lifecycle::{Armed, ConnTable, Env, Keyed, LoopClock, Settled, WorkerCore};
 use crate::ratelog::RateLog;
 use crate::stats::WorkerStats;
 
@@ -56,9 +56,7 @@ struct Conns<A: App, P> {
     poller: P,
     slab: Slab<Entry<crate::panic_guard::Guarded<A::Session>>>,
     bufs: Bufs,
-    cx: Cx,
-    now: Instant,
-    limits: Limits,
+    clock: LoopClock,
     /// The listener, until draining starts; and whether it is registered.
     listener: Option<Arc<TcpListener>>,
     listening: bool,
@@ -75,9 +73,9 @@ pub(crate) fn run<A: App, P: Poller>(mut ctx: WorkerCtx<A>, mut poller: P) -> io
         read: true,
         write: false,
     };
-    poller.add(ctx.shutdown.wake_fd(), WAKE, read, Source::Wake)?;
+    poller.add(ctx.shutdown.wake_fd(), Watch::new(WAKE, read, Source::Wake))?;
     let inbox = Inbox::new()?;
-    poller.add(inbox.fd(), MAIL, read, Source::Wake)?;
+    poller.add(inbox.fd(), Watch::new(MAIL, read, Source::Wake))?;
     let listener = ctx.listener.take();
     let mut r = Reactor {
         worker: WorkerCore::new(ctx.id, &ctx.config),
@@ -85,9 +83,7 @@ pub(crate) fn run<A: App, P: Poller>(mut ctx: WorkerCtx<A>, mut poller: P) -> io
             poller,
             slab: Slab::new(),
             bufs: Bufs::new(),
-            cx: Cx::new(SystemTime::now()),
-            now: Instant::now(),
-            limits: Limits::of(&ctx.config),
+            clock: LoopClock::new(&ctx.config),
             listener,
             listening: false,
             refused_log: RateLog::new(Duration::from_secs(1)),
@@ -102,6 +98,12 @@ pub(crate) fn run<A: App, P: Poller>(mut ctx: WorkerCtx<A>, mut poller: P) -> io
         r.begin_drain();
     }
     r.run()
+}
+
+impl<S> Keyed for Entry<S> {
+    fn serial(&self) -> u64 {
+        self.serial
+    }
 }
 
 impl<A: App, P: Poller> Reactor<A, P> {
@@ -119,9 +121,7 @@ impl<A: App, P: Poller> Reactor<A, P> {
                 Err(e) => return Err(e),
             }
             let c = &mut self.conns;
-            c.now = Instant::now();
-            c.cx.set_now(SystemTime::now());
-            c.cx.set_instant(c.now);
+            c.clock.tick();
             let mut wake = false;
             for r in &ready {
                 match r.token {
@@ -140,9 +140,8 @@ impl<A: App, P: Poller> Reactor<A, P> {
             if wake {
                 self.begin_drain();
             }
-            let now = Instant::now();
-            self.conns.now = now;
-            self.conns.cx.set_instant(now);
+            self.conns.clock.tick();
+            let now = self.conns.clock.now;
             if self.worker.run_timers(&mut self.conns, now) && self.conns.listener.is_some() {
                 if let Err(e) = self.conns.listen() {
                     tracing::error!(
@@ -172,7 +171,7 @@ impl<A: App, P: Poller> Reactor<A, P> {
             let x = &c.ctx;
             let admission = Admission::new(&x.open, x.config.max_conns, &x.stats);
             let Some((stream, addr)) =
-                batch.next(listener, &mut self.worker.accept, c.now, admission)
+                batch.next(listener, &mut self.worker.accept, c.clock.now, admission)
             else {
                 break;
             };
@@ -187,7 +186,7 @@ impl<A: App, P: Poller> Reactor<A, P> {
                 WorkerStats::add(&x.stats.closed, 1);
                 continue;
             }
-            let now = c.now;
+            let now = c.clock.now;
             c.register(ReadyConn::new(stream, session, now));
         }
         if batch.paused() {
@@ -204,7 +203,7 @@ impl<A: App, P: Poller> Reactor<A, P> {
         let _ = c.poller.delete(c.ctx.shutdown.wake_fd(), WAKE);
         c.unlisten();
         c.listener = None;
-        let now = c.now;
+        let now = c.clock.now;
         self.worker.begin_drain(&mut self.conns, now);
     }
 }
@@ -221,7 +220,8 @@ impl<A: App, P: Poller> Conns<A, P> {
             read: true,
             write: false,
         };
-        self.poller.add(l.as_fd(), LISTENER, read, source)?;
+        self.poller
+            .add(l.as_fd(), Watch::new(LISTENER, read, source))?;
         self.listening = true;
         Ok(())
     }
@@ -240,13 +240,13 @@ impl<A: App, P: Poller> Conns<A, P> {
         };
         let vacant = self.slab.vacant_entry();
         let key = vacant.key();
-        if let Err(e) = self
-            .poller
-            .add(conn.stream().as_fd(), key as u64, interest, Source::Conn)
-        {
+        if let Err(e) = self.poller.add(
+            conn.stream().as_fd(),
+            Watch::new(key as u64, interest, Source::Conn),
+        ) {
             // The backend cannot watch it (select's FD_SETSIZE, say): refuse it.
             WorkerStats::add(&self.ctx.stats.refused_backend, 1);
-            if let Some(n) = self.refused_log.hit(self.now) {
+            if let Some(n) = self.refused_log.hit(self.clock.now) {
                 tracing::warn!("refused {n} connection(s): {e}");
             }
             self.ctx.open.release();
@@ -275,13 +275,7 @@ impl<A: App, P: Poller> Conns<A, P> {
         let serial = entry.serial;
         let inbox = &self.inbox;
         let make = || Some(inbox.mailbox(key, serial));
-        let env = Env {
-            cx: &self.cx,
-            now,
-            stats: &self.ctx.stats,
-            limits: &self.limits,
-            mailbox: Some(&make),
-        };
+        let env = self.clock.env(now, &self.ctx.stats, Some(&make));
         f(&mut entry.conn, &mut self.bufs, &env);
         self.settle(key)
     }
@@ -292,7 +286,7 @@ impl<A: App, P: Poller> Conns<A, P> {
         self.inbox.take(&mut letters);
         for (key, serial, letter) in letters.drain(..) {
             if self.slab.get(key).is_some_and(|e| e.serial == serial) {
-                let settled = self.serve(key, self.now, |conn, bufs, env| {
+                let settled = self.serve(key, self.clock.now, |conn, bufs, env| {
                     conn.letter(bufs, env, letter);
                 });
                 worker.settled(key, settled);
@@ -303,7 +297,7 @@ impl<A: App, P: Poller> Conns<A, P> {
 
     fn conn_ready(&mut self, key: usize, ready: Ready) -> Settled {
         let edge = self.poller.edge();
-        self.serve(key, self.now, |conn, bufs, env| {
+        self.serve(key, self.clock.now, |conn, bufs, env| {
             if (ready.writable || ready.hup) && conn.wants_write() {
                 conn.on_writable(bufs, env, edge);
             }
@@ -326,7 +320,7 @@ impl<A: App, P: Poller> Conns<A, P> {
         }
         if !self.poller.edge() {
             let want = Interest {
-                read: entry.conn.wants_read(self.limits.output_cap),
+                read: entry.conn.wants_read(self.clock.limits.output_cap),
                 write: entry.conn.wants_write(),
             };
             if want != entry.interest {
@@ -348,16 +342,10 @@ impl<A: App, P: Poller> Conns<A, P> {
 impl<A: App, P: Poller> ConnTable for Conns<A, P> {
     type Session = crate::panic_guard::Guarded<A::Session>;
 
-    fn keys(&self) -> Vec<usize> {
-        self.slab.iter().map(|(k, _)| k).collect()
-    }
+    type Entry = Entry<Self::Session>;
 
-    fn is_empty(&self) -> bool {
-        self.slab.is_empty()
-    }
-
-    fn serial(&self, key: usize) -> Option<u64> {
-        self.slab.get(key).map(|e| e.serial)
+    fn slots(&self) -> &Slab<Self::Entry> {
+        &self.slab
     }
 
     fn on_timeout(&mut self, key: usize, now: Instant) -> Settled {

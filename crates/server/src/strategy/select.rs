@@ -24,7 +24,7 @@ use std::time::Duration;
 use c10k_sys::select::{self as sys, FD_SETSIZE, FdSet};
 
 use super::fd_table::FdTable;
-use super::poller::{Interest, Poller, Ready, Source};
+use super::poller::{Interest, Poller, Ready, Watch};
 
 /// A select(2) poller.
 pub(crate) struct Select {
@@ -59,13 +59,10 @@ impl Select {
 }
 
 impl Poller for Select {
-    fn add(
-        &mut self,
-        fd: BorrowedFd<'_>,
-        token: u64,
-        interest: Interest,
-        _source: Source,
-    ) -> io::Result<()> {
+    fn add(&mut self, fd: BorrowedFd<'_>, watch: Watch) -> io::Result<()> {
+        let Watch {
+            token, interest, ..
+        } = watch;
         let raw = fd.as_raw_fd();
         if !sys::fits(raw) {
             return Err(io::Error::other(format!(
@@ -137,6 +134,7 @@ impl Poller for Select {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::strategy::poller::Source;
     use crate::strategy::poller::tests::{BOTH, READ, contract, pair, quiet, reports};
     use std::io::Write;
     use std::os::fd::{AsFd, OwnedFd};
@@ -152,8 +150,10 @@ mod tests {
         let (mut a1, b1) = pair();
         let (_a2, b2) = pair();
         let mut p = Select::new();
-        p.add(b1.as_fd(), 1, BOTH, Source::Conn).unwrap();
-        p.add(b2.as_fd(), 2, BOTH, Source::Conn).unwrap();
+        p.add(b1.as_fd(), Watch::new(1, BOTH, Source::Conn))
+            .unwrap();
+        p.add(b2.as_fd(), Watch::new(2, BOTH, Source::Conn))
+            .unwrap();
         a1.write_all(b"x").unwrap();
         assert_eq!(reports(&mut p), vec![(1, true, true), (2, false, true)]);
     }
@@ -170,7 +170,9 @@ mod tests {
         let high: OwnedFd = rustix::io::fcntl_dupfd_cloexec(&b, FD_SETSIZE as i32)
             .expect("RLIMIT_NOFILE must allow descriptors above 1024 for this test");
         let mut p = Select::new();
-        let e = p.add(high.as_fd(), 1, READ, Source::Conn).unwrap_err();
+        let e = p
+            .add(high.as_fd(), Watch::new(1, READ, Source::Conn))
+            .unwrap_err();
         assert!(e.to_string().contains("FD_SETSIZE limit of 1024"), "{e}");
         assert!(quiet(&mut p).is_empty());
     }

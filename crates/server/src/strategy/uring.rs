@@ -27,9 +27,9 @@ mod conn;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use c10k_proto::{App, Cx, Peer, Session};
+use c10k_proto::{App, Peer, Session};
 use c10k_sys::uring::{Completion, Event, OpId, Ring, RingConfig, Socket};
 use rustix::io::Errno;
 use slab::Slab;
@@ -39,7 +39,7 @@ use super::{Availability, WorkerCtx};
 use crate::accept::{AcceptErrorKind, classify};
 use crate::config::UringConfig;
 use crate::lifecycle::mailbox::{Inbox, Letter};
-use crate::lifecycle::{Armed, ConnTable, Env, Limits, OutputPool, Settled, WorkerCore};
+use crate::lifecycle::{Armed, ConnTable, Env, Keyed, LoopClock, OutputPool, Settled, WorkerCore};
 use crate::stats::{UringStats, WorkerStats};
 
 /// Tag of the listener's accept.
@@ -142,9 +142,7 @@ struct RingConns<A: App> {
     ctx: WorkerCtx<A>,
     ring: Ring,
     slab: Slab<Entry<crate::panic_guard::Guarded<A::Session>>>,
-    cx: Cx,
-    now: Instant,
-    limits: Limits,
+    clock: LoopClock,
     /// The listener, until draining starts.
     listener: Option<Arc<TcpListener>>,
     accept: Option<OpId>,
@@ -171,9 +169,7 @@ pub(crate) fn run<A: App>(mut ctx: WorkerCtx<A>) -> io::Result<()> {
         conns: RingConns {
             ring,
             slab: Slab::new(),
-            cx: Cx::new(SystemTime::now()),
-            now: Instant::now(),
-            limits: Limits::of(&ctx.config),
+            clock: LoopClock::new(&ctx.config),
             listener,
             accept: None,
             next_serial: 0,
@@ -193,7 +189,7 @@ pub(crate) fn run<A: App>(mut ctx: WorkerCtx<A>) -> io::Result<()> {
     }
     w.conns.publish();
     let result = w.run();
-    for key in w.conns.keys() {
+    for key in crate::lifecycle::worker::keys(&w.conns) {
         w.conns.close(key);
     }
     let leaked = w.conns.ring.shutdown(TEARDOWN);
@@ -206,6 +202,12 @@ pub(crate) fn run<A: App>(mut ctx: WorkerCtx<A>) -> io::Result<()> {
         );
     }
     result
+}
+
+impl<S> Keyed for Entry<S> {
+    fn serial(&self) -> u64 {
+        u64::from(self.serial)
+    }
 }
 
 impl<A: App> Worker<A> {
@@ -223,9 +225,7 @@ impl<A: App> Worker<A> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
-            self.conns.now = Instant::now();
-            self.conns.cx.set_now(SystemTime::now());
-            self.conns.cx.set_instant(self.conns.now);
+            self.conns.clock.tick();
             self.conns.ring.reap(&mut completions);
             for c in completions.drain(..) {
                 self.dispatch(c);
@@ -268,7 +268,7 @@ impl<A: App> Worker<A> {
                             .try_clone_to_owned()
                             .is_ok_and(|fd| x.ring.poll_readable(fd, WAKE).is_ok());
                     if !rearmed {
-                        self.check_flag_at = Some(x.now + SWEEP_EVERY);
+                        self.check_flag_at = Some(x.clock.now + SWEEP_EVERY);
                     }
                 }
                 // Not at once: a receive later in this batch is a request in flight.
@@ -291,7 +291,7 @@ impl<A: App> Worker<A> {
         let e = match result {
             Ok(socket) => {
                 if let Some(key) = x.admit(socket, guard) {
-                    let now = x.now;
+                    let now = x.clock.now;
                     self.worker
                         .admitted_while_draining(&mut self.conns, key, now);
                 }
@@ -306,7 +306,7 @@ impl<A: App> Worker<A> {
         }
         match errno.map_or(AcceptErrorKind::Failed, classify) {
             AcceptErrorKind::Exhausted => {
-                guard.exhausted(x.now, &e, &x.ctx.stats, &x.ctx.open);
+                guard.exhausted(x.clock.now, &e, &x.ctx.stats, &x.ctx.open);
                 // Pause: stop the accept if it is still armed; it is re-armed when
                 // the back-off is over.
                 if let Some(op) = x.accept {
@@ -319,10 +319,10 @@ impl<A: App> Worker<A> {
             // io_uring waits for connections itself, so `EAGAIN` is as unexpected
             // here as any other error.
             AcceptErrorKind::Empty | AcceptErrorKind::Failed => {
-                guard.failed(x.now, &e, &x.ctx.stats);
+                guard.failed(x.clock.now, &e, &x.ctx.stats);
                 // Re-arming at once could spin on a persistent error: back off.
                 if x.accept.is_none() {
-                    guard.exhausted(x.now, &e, &x.ctx.stats, &x.ctx.open);
+                    guard.exhausted(x.clock.now, &e, &x.ctx.stats, &x.ctx.open);
                 }
             }
         }
@@ -338,14 +338,13 @@ impl<A: App> Worker<A> {
         }
         // The accept holds its own reference until its last completion.
         x.listener = None;
-        let now = x.now;
+        let now = x.clock.now;
         self.worker.begin_drain(&mut self.conns, now);
     }
 
     fn run_timers(&mut self) {
-        let now = Instant::now();
-        self.conns.now = now;
-        self.conns.cx.set_instant(now);
+        self.conns.clock.tick();
+        let now = self.conns.clock.now;
         // The accept is re-armed by the loop once the pause is over.
         let _ = self.worker.run_timers(&mut self.conns, now);
         if let Some(t) = self.check_flag_at {
@@ -374,7 +373,7 @@ impl<A: App> RingConns<A> {
     /// the next instance accepts from).
     fn admit(&mut self, socket: Socket, guard: &mut crate::accept::AcceptGuard) -> Option<usize> {
         let c = &self.ctx;
-        if !guard.admit(self.now, &c.open, c.config.max_conns, &c.stats) {
+        if !guard.admit(self.clock.now, &c.open, c.config.max_conns, &c.stats) {
             // Refused (counted by the guard).
             let _ = self.ring.close(socket);
             return None;
@@ -399,7 +398,7 @@ impl<A: App> RingConns<A> {
         }
         self.next_serial = self.next_serial.wrapping_add(1);
         let key = self.slab.insert(Entry {
-            conn: RingConn::new(socket, session, self.now),
+            conn: RingConn::new(socket, session, self.clock.now),
             serial: self.next_serial,
             dirty: false,
             armed: Armed::default(),
@@ -435,13 +434,7 @@ impl<A: App> RingConns<A> {
         let serial = u64::from(entry.serial);
         let inbox = &self.inbox;
         let make = || Some(inbox.mailbox(key, serial));
-        let env = Env {
-            cx: &self.cx,
-            now,
-            stats: &self.ctx.stats,
-            limits: &self.limits,
-            mailbox: Some(&make),
-        };
+        let env = self.clock.env(now, &self.ctx.stats, Some(&make));
         f(&mut entry.conn, &mut self.pool, &env);
         self.mark(key);
     }
@@ -456,7 +449,7 @@ impl<A: App> RingConns<A> {
             return;
         }
         let more = c.more;
-        self.serve(key, self.now, |conn, pool, env| match c.event {
+        self.serve(key, self.clock.now, |conn, pool, env| match c.event {
             Event::Received(result) => {
                 if !more {
                     conn.recv = None;
@@ -492,7 +485,7 @@ impl<A: App> RingConns<A> {
                 .get(key)
                 .is_some_and(|e| u64::from(e.serial) == serial)
             {
-                self.serve(key, self.now, |conn, pool, env| {
+                self.serve(key, self.clock.now, |conn, pool, env| {
                     conn.core_mut().letter(env, letter, pool);
                 });
             }
@@ -526,33 +519,21 @@ impl<A: App> RingConns<A> {
     /// After a connection was served: queue its send, (re-)arm or cancel its
     /// receive, shut its write side, start its linger timer, or close it.
     fn settle(&mut self, key: usize) -> Settled {
-        let output_cap = self.limits.output_cap;
+        let output_cap = self.clock.limits.output_cap;
         let Some(entry) = self.slab.get_mut(key) else {
             return Settled::CLOSED;
         };
         let conn = &mut entry.conn;
         let tag = conn_tag(key, entry.serial);
         if conn.core().needs_quiet_check() {
-            let env = Env {
-                cx: &self.cx,
-                now: self.now,
-                stats: &self.ctx.stats,
-                limits: &self.limits,
-                mailbox: None,
-            };
+            let env = self.clock.env(self.clock.now, &self.ctx.stats, None);
             conn.check_quiet(&mut self.pool, &env);
         }
         if let Some((buf, pos)) = conn.core_mut().take_transmit() {
             if let Err((e, buf)) = self.ring.send(conn.socket(), buf, pos, tag) {
                 tracing::debug!("cannot queue a send: {e}");
                 self.pool.put(buf);
-                let env = Env {
-                    cx: &self.cx,
-                    now: self.now,
-                    stats: &self.ctx.stats,
-                    limits: &self.limits,
-                    mailbox: None,
-                };
+                let env = self.clock.env(self.clock.now, &self.ctx.stats, None);
                 conn.core_mut().send_failed(&env);
             }
         }
@@ -653,16 +634,10 @@ impl<A: App> RingConns<A> {
 impl<A: App> ConnTable for RingConns<A> {
     type Session = crate::panic_guard::Guarded<A::Session>;
 
-    fn keys(&self) -> Vec<usize> {
-        self.slab.iter().map(|(k, _)| k).collect()
-    }
+    type Entry = Entry<Self::Session>;
 
-    fn is_empty(&self) -> bool {
-        self.slab.is_empty()
-    }
-
-    fn serial(&self, key: usize) -> Option<u64> {
-        self.slab.get(key).map(|e| u64::from(e.serial))
+    fn slots(&self) -> &Slab<Self::Entry> {
+        &self.slab
     }
 
     fn on_timeout(&mut self, key: usize, now: Instant) -> Settled {
