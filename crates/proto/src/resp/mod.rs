@@ -28,6 +28,7 @@
 
 mod codec;
 mod commands;
+mod glob;
 mod parser;
 mod store;
 #[cfg(test)]
@@ -36,6 +37,7 @@ mod tests;
 use std::sync::Arc;
 
 pub use codec::{MAX_REPLY_DEPTH, Reply, decode_reply, encode_command};
+pub use glob::{MATCH_BUDGET, glob_match};
 pub use store::{SHARDS, Store};
 
 use crate::{App, Cx, OUT_BATCH_LIMIT, Peer, ProtoError, Session};
