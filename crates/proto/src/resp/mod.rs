@@ -44,6 +44,8 @@ mod commands;
 mod glob;
 mod parser;
 mod pubsub;
+#[cfg(test)]
+mod pubsub_tests;
 mod store;
 #[cfg(test)]
 mod tests;
