@@ -4,6 +4,8 @@
 #
 # It first installs the external clients the conformance suite drives, when they
 # are missing: curl, and redis-cli / redis-benchmark (Debian package redis-tools),
+# redis-server (package redis-server; crates/proto/tests/redis_differential.rs runs
+# the pub/sub commands against it),
 # promtool (Debian package prometheus), which validates the /metrics output,
 # and haproxy.
 # The tests never skip a missing client: they fail and point here.
@@ -21,6 +23,7 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1; then
     missing+=(redis-tools)
 fi
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # crates/cli/tests/haproxy.rs runs a real HAProxy in front of two backends. Debian
 # installs it in /usr/sbin, which a normal user's PATH may lack.
@@ -44,7 +47,7 @@ if ((${#missing[@]})); then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y --no-install-recommends "${missing[@]}"
 fi
-for tool in curl redis-cli redis-benchmark promtool haproxy; do
+for tool in curl redis-cli redis-benchmark redis-server promtool haproxy; do
     path=$(command -v "$tool") || {
         echo "error: $tool is still missing after the install step" >&2
         exit 1
