@@ -600,3 +600,41 @@ fn random_pubsub_sessions_match_redis() {
         differential(&server, &format!("random, seed {seed}"), 4, &steps);
     }
 }
+
+#[test]
+fn the_pubsub_bad_input_corpus_matches_redis() {
+    // crates/cli/tests/corpus/resp/pubsub_*: the server tests send them to every
+    // strategy; here each one's replies must be Redis's, byte for byte.
+    let server = RedisServer::start();
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../cli/tests/corpus/resp");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("pubsub_")
+        })
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 4,
+        "the pub/sub cases are missing from {}",
+        dir.display()
+    );
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let bytes = std::fs::read(&file).unwrap();
+        let steps = vec![
+            Step {
+                client: 0,
+                args: vec![name.clone().into_bytes()],
+                inline: Some(bytes),
+            },
+            step(1, &[b"PUBLISH", b"a", b"after"]),
+            step(0, &[b"QUIT"]),
+        ];
+        differential(&server, &name, 2, &steps);
+    }
+}
