@@ -26,7 +26,9 @@
 //! # Ordering
 //!
 //! The broker is one `RwLock`: publishers share it (and post under it), subscribing and
-//! unsubscribing take it alone. Each `PUBLISH` takes the next sequence number under the
+//! unsubscribing take it alone. A driver's [`Post::post`](crate::mailbox::Post::post)
+//! therefore runs under the read lock: it must be quick (queue and wake) and must not
+//! call into a session; [`Mailbox::disconnect`] is called after the lock is released. Each `PUBLISH` takes the next sequence number under the
 //! lock, and each (un)subscription records the sequence number it saw; a session uses
 //! them to drop a message that was posted before an `UNSUBSCRIBE` it has already
 //! confirmed (the message was in its mailbox when the client unsubscribed). After the
