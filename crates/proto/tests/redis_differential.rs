@@ -3,10 +3,11 @@
 //! 127.0.0.1 (a free port, no persistence) and to sessions of one `RespApp` in memory
 //! ([`Harness`]); every client must see the same replies and deliveries.
 //!
-//! After each step every Redis client is synchronised with a `PING <token>` (Redis
-//! executes commands one at a time, so a message published by an earlier step is in a
-//! subscriber's output before the answer to its `PING`); the in-memory side delivers
-//! every mailbox. Where Redis's order is its hash tables' (the channels of
+//! After each step every Redis client is synchronised with a `PING <token>`, the
+//! client that sent the step's command first (Redis executes commands one at a time,
+//! so once that client's `PING` is answered, what its command published is in every
+//! subscriber's output before the answer to the subscriber's `PING`); the in-memory
+//! side delivers every mailbox. Where Redis's order is its hash tables' (the channels of
 //! `PUBSUB CHANNELS`, `UNSUBSCRIBE` without arguments, the `pmessage`s of several
 //! matching patterns), both sides are compared as sets; everything else byte for byte.
 //!
@@ -303,7 +304,12 @@ fn differential(server: &RedisServer, name: &str, clients: usize, steps: &[Step]
         net.send(ids[who], &bytes);
         net.deliver();
         let token = format!("sync-{n}").into_bytes();
-        for c in 0..clients {
+        // The issuing client first: once its PING is answered its command has run, and
+        // what it published is in the other clients' output before their PINGs run.
+        // (Pinging a subscriber first could let Redis answer that PING before it reads
+        // the PUBLISH from the other connection.)
+        let order = std::iter::once(who).chain((0..clients).filter(|&c| c != who));
+        for c in order {
             let want = if redis[c].closed {
                 Vec::new()
             } else {
