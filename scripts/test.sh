@@ -4,6 +4,8 @@
 #
 # It first installs the external clients the conformance suite drives, when they
 # are missing: curl, and redis-cli / redis-benchmark (Debian package redis-tools),
+# redis-server (package redis-server; crates/proto/tests/redis_differential.rs runs
+# the pub/sub commands against it),
 # promtool (Debian package prometheus), which validates the /metrics output,
 # and haproxy.
 # The tests never skip a missing client: they fail and point here.
@@ -21,7 +23,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1; then
     missing+=(redis-tools)
 fi
-# crates/load/tests/pubsub.rs runs `c10k load --app pubsub` against a real Redis.
+# crates/load/tests/pubsub.rs (c10k load --app pubsub) and
+# crates/proto/tests/redis_differential.rs (pub/sub replies) run a real Redis.
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # crates/cli/tests/haproxy.rs runs a real HAProxy in front of two backends. Debian

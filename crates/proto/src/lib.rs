@@ -23,6 +23,7 @@
 
 pub mod cx;
 pub mod echo;
+pub mod harness;
 pub mod http;
 pub mod mailbox;
 pub mod proxy;

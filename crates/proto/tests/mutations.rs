@@ -10,7 +10,10 @@
 //!   whether they arrive whole or in pieces;
 //! - the echo session: returns what it got;
 //! - the RESP reply decoder: no panic, and a decoded reply re-encodes and decodes to
-//!   itself.
+//!   itself;
+//! - pub/sub between RESP sessions in memory: random bytes read as operations
+//!   (fuzz/fuzz_targets/pubsub.rs, the same code the `resp` fuzz target runs): whole
+//!   replies on every connection, no subscription left behind once all are closed.
 //!
 //! 2,000 cases per property (`PROPTEST_CASES` overrides it for a longer local run).
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -23,6 +26,9 @@ use c10k_proto::http::{HttpApp, HttpConfig};
 use c10k_proto::resp::{RespApp, decode_reply};
 use c10k_proto::{App, Cx, Peer, Session};
 use proptest::prelude::*;
+
+#[path = "../../../fuzz/fuzz_targets/pubsub.rs"]
+mod pubsub;
 
 const INTERESTING: &[&[u8]] = &[
     b"-1",
@@ -306,6 +312,13 @@ proptest! {
         let data = mutate(http_seeds(), pick, &muts);
         let t = drive(EchoApp.open(&Peer::unknown()), &data, step);
         prop_assert_eq!(t.out, data);
+    }
+
+    #[test]
+    fn pubsub_sessions_survive_random_operations(
+        ops in proptest::collection::vec(any::<u8>(), 0..800),
+    ) {
+        pubsub::run(&ops);
     }
 
     #[test]

@@ -6,6 +6,14 @@ http/ and resp/ cases are malformed: each must get a protocol error reply (HTTP 
 RESP '-ERR ...') or a clean close, never a success and never a panic. echo/ cases are
 hostile bytes that the echo app must send back unchanged. Add a case by adding a line
 here (or dropping a file in the directory) and re-running.
+
+resp/pubsub_* cases are the bad inputs of issue 14 (Redis pub/sub): subscribing to
+100,000 channels, a 1 MiB channel name, PUBLISH to a channel nobody listens on,
+unsubscribing what was never subscribed, the subscribed-mode rules. Their commands are
+valid (Redis answers them); since the contract above wants an error reply first, each
+starts with a malformed pub/sub command, SUBSCRIBE without a channel. The rest must be
+answered (or the connection closed by a limit) without a panic, while the well-behaved
+client goes on being served.
 """
 import os
 import random
@@ -115,6 +123,30 @@ resp = {
     "http_request_to_resp": b"GET / HTTP/1.1\r\n" + H + b"\r\n",
     "tls_client_hello": bytes.fromhex("16030100a5010000a10303") + bytes(rng.randrange(256) for _ in range(160)),
 }
+
+
+
+def cmd(*args):
+    """A RESP multibulk request."""
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+
+
+# A malformed pub/sub command: '-ERR wrong number of arguments for 'subscribe' command'.
+NO_CHANNEL = cmd(b"SUBSCRIBE")
+resp.update({
+    "pubsub_subscribe_100k_channels": NO_CHANNEL + cmd(b"SUBSCRIBE", *(b"c%d" % i for i in range(100_000))),
+    "pubsub_channel_name_1mib": NO_CHANNEL + cmd(b"SUBSCRIBE", b"n" * (1 << 20)) + cmd(b"PING"),
+    "pubsub_publish_to_nobody": NO_CHANNEL + cmd(b"PUBLISH", b"nobody", b"m") + cmd(b"PUBLISH", b"", b"")
+    + b"PUBLISH nobody inline\r\n",
+    "pubsub_unsubscribe_never_subscribed": NO_CHANNEL + cmd(b"UNSUBSCRIBE", b"never", b"subscribed")
+    + cmd(b"PUNSUBSCRIBE", b"never*") + cmd(b"UNSUBSCRIBE") + cmd(b"PUNSUBSCRIBE"),
+    "pubsub_subscribed_mode_errors": NO_CHANNEL + cmd(b"SUBSCRIBE", b"a") + cmd(b"PSUBSCRIBE", b"[^", b"*a" * 1001)
+    + cmd(b"GET", b"k") + cmd(b"PUBLISH", b"a", b"m") + cmd(b"PUBSUB", b"NUMSUB") + cmd(b"PING", b"x")
+    + cmd(b"RESET") + cmd(b"PUBSUB", b"CHANNELS", b"a", b"b") + cmd(b"PUBSUB", b"NOSUCH"),
+})
 
 echo = {
     "nul_bytes_64k": b"\x00" * 65536,

@@ -1,10 +1,12 @@
 //! The commands: lookup by name, arity checks, and their replies.
 
+use super::broker::Kind;
 use super::codec::{
     parse_i64, push_line_safe, write_array_header, write_bulk, write_error, write_integer,
     write_nil, write_ok, write_simple,
 };
 use super::parser::Args;
+use super::pubsub::Subscriptions;
 use super::store::{Condition, IncrError, Store, Ttl};
 
 /// What the connection does after a command.
@@ -19,6 +21,7 @@ pub(crate) enum Outcome {
 /// Everything a command needs.
 struct Ctx<'a, 'o> {
     store: &'a Store,
+    subs: &'o mut Subscriptions,
     now: u64,
     args: Args<'a>,
     out: &'o mut Vec<u8>,
@@ -31,7 +34,7 @@ type Handler = fn(&mut Ctx<'_, '_>) -> Outcome;
 type Arity = i32;
 
 /// The longest command name in the table.
-const LONGEST_NAME: usize = 8;
+const LONGEST_NAME: usize = 12;
 
 /// Redis truncates the name and the arguments it echoes in errors to this many bytes.
 const ECHOED_MAX: usize = 128;
@@ -58,13 +61,82 @@ fn lookup(name: &[u8]) -> Option<(&'static str, Arity, Handler)> {
         b"flushall" => ("flushall", -1, flush),
         b"flushdb" => ("flushdb", -1, flush),
         b"dbsize" => ("dbsize", 1, dbsize),
+        b"subscribe" => ("subscribe", -2, subscribe),
+        b"unsubscribe" => ("unsubscribe", -1, unsubscribe),
+        b"psubscribe" => ("psubscribe", -2, psubscribe),
+        b"punsubscribe" => ("punsubscribe", -1, punsubscribe),
+        b"publish" => ("publish", 3, publish),
+        b"pubsub" => ("pubsub", -2, pubsub),
+        b"reset" => ("reset", 1, reset),
         _ => return None,
     };
     Some(entry)
 }
 
+/// The subcommands of a container command, each with its arity (the container's name
+/// and the subcommand counted), as Redis 7.0 declares them. `PUBSUB` is checked
+/// against this table always; `CONFIG` and `COMMAND` (whose handlers answer their own
+/// way) only in subscribed mode, to name them in the error as Redis does.
+fn subcommands(command: &str) -> Option<&'static [(&'static str, Arity)]> {
+    match command {
+        "pubsub" => Some(&[
+            ("channels", -2),
+            ("numsub", -2),
+            ("numpat", 2),
+            ("shardchannels", -2),
+            ("shardnumsub", -2),
+            ("help", 2),
+        ]),
+        "config" => Some(&[("get", -3), ("resetstat", 2)]),
+        "command" => Some(&[
+            ("count", 2),
+            ("docs", -2),
+            ("getkeys", -3),
+            ("getkeysandflags", -3),
+            ("help", 2),
+            ("info", -2),
+            ("list", -2),
+        ]),
+        _ => None,
+    }
+}
+
+/// The commands a connection in subscribed mode may run (RESP2).
+const SUBSCRIBED_MODE: [&str; 7] = [
+    "subscribe",
+    "unsubscribe",
+    "psubscribe",
+    "punsubscribe",
+    "ping",
+    "quit",
+    "reset",
+];
+
+fn arity_ok(arity: Arity, count: usize) -> bool {
+    match usize::try_from(arity) {
+        Ok(exact) => count == exact,
+        Err(_) => count >= arity.unsigned_abs() as usize,
+    }
+}
+
+/// `-ERR unknown subcommand 'sub'. Try CMD HELP.`
+fn unknown_subcommand(out: &mut Vec<u8>, command: &str, sub: &[u8]) {
+    let mut message = b"ERR unknown subcommand '".to_vec();
+    message.extend_from_slice(c_string(sub, ECHOED_MAX));
+    message.extend_from_slice(b"'. Try ");
+    message.extend_from_slice(command.to_ascii_uppercase().as_bytes());
+    message.extend_from_slice(b" HELP.");
+    write_error(out, &message);
+}
+
 /// Runs one complete command, appending its reply to `out`.
-pub(crate) fn execute(store: &Store, now: u64, args: Args<'_>, out: &mut Vec<u8>) -> Outcome {
+pub(crate) fn execute(
+    store: &Store,
+    subs: &mut Subscriptions,
+    now: u64,
+    args: Args<'_>,
+    out: &mut Vec<u8>,
+) -> Outcome {
     let name = args.get(0);
     let mut lower = [0u8; LONGEST_NAME];
     let found = lower.get_mut(..name.len()).and_then(|lower| {
@@ -77,17 +149,42 @@ pub(crate) fn execute(store: &Store, now: u64, args: Args<'_>, out: &mut Vec<u8>
         unknown_command(args, out);
         return Outcome::Continue;
     };
-    let count = args.len();
-    let arity_ok = match usize::try_from(arity) {
-        Ok(exact) => count == exact,
-        Err(_) => count >= arity.unsigned_abs() as usize,
-    };
-    if !arity_ok {
+    if !arity_ok(arity, args.len()) {
         wrong_arity(out, canonical);
+        return Outcome::Continue;
+    }
+    // Redis looks a subcommand up, and checks its arity, before anything else.
+    let mut full_name = std::borrow::Cow::Borrowed(canonical);
+    if let Some(table) = subcommands(canonical)
+        && args.len() >= 2
+        && (canonical == "pubsub" || subs.active())
+    {
+        let sub = args.get(1);
+        let Some(&(sub_name, sub_arity)) = table
+            .iter()
+            .find(|(name, _)| sub.eq_ignore_ascii_case(name.as_bytes()))
+        else {
+            unknown_subcommand(out, canonical, sub);
+            return Outcome::Continue;
+        };
+        full_name = format!("{canonical}|{sub_name}").into();
+        if !arity_ok(sub_arity, args.len()) {
+            wrong_arity(out, &full_name);
+            return Outcome::Continue;
+        }
+    }
+    if subs.active() && !SUBSCRIBED_MODE.contains(&canonical) {
+        let mut message = b"ERR Can't execute '".to_vec();
+        message.extend_from_slice(full_name.as_bytes());
+        message.extend_from_slice(
+            b"': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+        );
+        write_error(out, &message);
         return Outcome::Continue;
     }
     handler(&mut Ctx {
         store,
+        subs,
         now,
         args,
         out,
@@ -255,6 +352,12 @@ fn set(cx: &mut Ctx<'_, '_>) -> Outcome {
 
 fn ping(cx: &mut Ctx<'_, '_>) -> Outcome {
     match cx.args.len() {
+        // In subscribed mode (RESP2): `*2 pong <argument or "">`.
+        1 | 2 if cx.subs.active() => {
+            write_array_header(cx.out, 2);
+            write_bulk(cx.out, b"pong");
+            write_bulk(cx.out, cx.args.get(1));
+        }
         1 => write_simple(cx.out, b"PONG"),
         2 => write_bulk(cx.out, cx.args.get(1)),
         _ => wrong_arity(cx.out, "ping"),
@@ -453,5 +556,109 @@ fn flush(cx: &mut Ctx<'_, '_>) -> Outcome {
 fn dbsize(cx: &mut Ctx<'_, '_>) -> Outcome {
     let len = cx.store.len(cx.now);
     write_integer(cx.out, i64::try_from(len).unwrap_or(i64::MAX));
+    Outcome::Continue
+}
+
+fn subscribe(cx: &mut Ctx<'_, '_>) -> Outcome {
+    cx.subs
+        .subscribe(Kind::Channel, cx.args.iter_from(1), cx.out);
+    Outcome::Continue
+}
+
+fn unsubscribe(cx: &mut Ctx<'_, '_>) -> Outcome {
+    cx.subs
+        .unsubscribe(Kind::Channel, cx.args.iter_from(1), cx.out);
+    Outcome::Continue
+}
+
+fn psubscribe(cx: &mut Ctx<'_, '_>) -> Outcome {
+    cx.subs
+        .subscribe(Kind::Pattern, cx.args.iter_from(1), cx.out);
+    Outcome::Continue
+}
+
+fn punsubscribe(cx: &mut Ctx<'_, '_>) -> Outcome {
+    cx.subs
+        .unsubscribe(Kind::Pattern, cx.args.iter_from(1), cx.out);
+    Outcome::Continue
+}
+
+fn publish(cx: &mut Ctx<'_, '_>) -> Outcome {
+    let receivers = cx.subs.broker().publish(cx.args.get(1), cx.args.get(2));
+    write_integer(cx.out, i64::try_from(receivers).unwrap_or(i64::MAX));
+    Outcome::Continue
+}
+
+/// `RESET`: leaves subscribed mode without confirmations (the only connection state
+/// this server has besides the database, which is always 0).
+fn reset(cx: &mut Ctx<'_, '_>) -> Outcome {
+    cx.subs.clear();
+    write_simple(cx.out, b"RESET");
+    Outcome::Continue
+}
+
+/// `PUBSUB HELP`, word for word as Redis 7.0 answers it.
+const PUBSUB_HELP: [&[u8]; 14] = [
+    b"PUBSUB <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    b"CHANNELS [<pattern>]",
+    b"    Return the currently active channels matching a <pattern> (default: '*').",
+    b"NUMPAT",
+    b"    Return number of subscriptions to patterns.",
+    b"NUMSUB [<channel> ...]",
+    b"    Return the number of subscribers for the specified channels, excluding",
+    b"    pattern subscriptions(default: no channels).",
+    b"SHARDCHANNELS [<pattern>]",
+    b"    Return the currently active shard level channels matching a <pattern> (default: '*').",
+    b"SHARDNUMSUB [<shardchannel> ...]",
+    b"    Return the number of subscribers for the specified shard level channel(s)",
+    b"HELP",
+    b"    Prints this help.",
+];
+
+/// `PUBSUB CHANNELS [pattern] | NUMSUB [channel...] | NUMPAT | HELP`, and the shard
+/// variants, which find nothing (there is no `SSUBSCRIBE` here). The subcommand and
+/// its arity were checked by [`execute`].
+fn pubsub(cx: &mut Ctx<'_, '_>) -> Outcome {
+    let args = cx.args;
+    let sub = args.get(1).to_ascii_lowercase();
+    let broker = cx.subs.broker();
+    let out = &mut *cx.out;
+    match (&sub[..], args.len()) {
+        (b"channels", 2 | 3) => {
+            let names = broker.channels((args.len() == 3).then(|| args.get(2)));
+            write_array_header(out, names.len());
+            for name in names {
+                write_bulk(out, &name);
+            }
+        }
+        (b"shardchannels", 2 | 3) => write_array_header(out, 0),
+        (b"numsub" | b"shardnumsub", _) => {
+            write_array_header(out, 2 * (args.len() - 2));
+            for channel in args.iter_from(2) {
+                write_bulk(out, channel);
+                let n = if sub == b"numsub" {
+                    broker.numsub(channel)
+                } else {
+                    0
+                };
+                write_integer(out, i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+        (b"numpat", _) => {
+            write_integer(out, i64::try_from(broker.numpat()).unwrap_or(i64::MAX));
+        }
+        (b"help", _) => {
+            write_array_header(out, PUBSUB_HELP.len());
+            for line in PUBSUB_HELP {
+                write_simple(out, line);
+            }
+        }
+        _ => {
+            let mut message = b"ERR unknown subcommand or wrong number of arguments for '".to_vec();
+            message.extend_from_slice(c_string(args.get(1), ECHOED_MAX));
+            message.extend_from_slice(b"'. Try PUBSUB HELP.");
+            write_error(out, &message);
+        }
+    }
     Outcome::Continue
 }

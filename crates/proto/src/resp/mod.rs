@@ -10,7 +10,19 @@
 //! Commands: `PING`, `ECHO`, `GET`, `SET` (with `EX`/`PX`/`EXAT`/`PXAT`, `NX`/`XX`,
 //! `GET`, `KEEPTTL`), `DEL`, `EXISTS`, `INCR`, `DECR`, `INCRBY`, `DECRBY`, `MSET`,
 //! `MGET`, `CONFIG GET` (`appendonly` and `save` only), `COMMAND` (always empty), `QUIT`, `SELECT 0`,
-//! `FLUSHALL`, `FLUSHDB`, `DBSIZE`.
+//! `FLUSHALL`, `FLUSHDB`, `DBSIZE`, `RESET`.
+//!
+//! Pub/sub, with Redis 7's RESP2 semantics: `SUBSCRIBE`, `UNSUBSCRIBE`, `PSUBSCRIBE`
+//! (glob patterns matched as Redis matches them, [`glob_match`]), `PUNSUBSCRIBE`,
+//! `PUBLISH`, `PUBSUB CHANNELS | NUMSUB | NUMPAT | HELP` (and `SHARDCHANNELS` /
+//! `SHARDNUMSUB`, always empty: there is no `SSUBSCRIBE`). One [`Broker`] per app, so
+//! per process. A subscribing session asks its driver for a [`Mailbox`]
+//! ([`Session::wants_mailbox`]) and receives messages through
+//! [`Session::handle_message`]; a subscriber whose mailbox is full is disconnected
+//! (see [`Broker`] for the policy and [`RespApp::pubsub_stats`] for the counters).
+//! Channel names and patterns are bulk strings like any other argument: up to
+//! [`MAX_BULK_LEN`] (512 MiB, Redis's `proto-max-bulk-len`) in a multibulk request,
+//! [`MAX_INLINE_LEN`] for a whole inline command (Redis's 64 KiB).
 //!
 //! The client side, [`encode_command`] and [`decode_reply`], is here too.
 //!
@@ -26,21 +38,29 @@
 //! assert_eq!(out, b"+OK\r\n$1\r\nv\r\n");
 //! ```
 
+mod broker;
 mod codec;
 mod commands;
+mod glob;
 mod parser;
+mod pubsub;
+#[cfg(test)]
+mod pubsub_tests;
 mod store;
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
 
+pub use broker::{Broker, PubSubStats};
 pub use codec::{MAX_REPLY_DEPTH, Reply, decode_reply, encode_command};
+pub use glob::{MATCH_BUDGET, glob_match};
 pub use store::{SHARDS, Store};
 
-use crate::{App, Cx, OUT_BATCH_LIMIT, Peer, ProtoError, Session};
+use crate::{App, Cx, Mailbox, Message, OUT_BATCH_LIMIT, Peer, ProtoError, Session};
 use commands::Outcome;
 use parser::{Flow, RequestParser};
+use pubsub::Subscriptions;
 
 /// The longest bulk string a request may carry (Redis's `proto-max-bulk-len`).
 pub const MAX_BULK_LEN: usize = 512 * 1024 * 1024;
@@ -112,12 +132,16 @@ impl RespError {
     }
 }
 
-/// The RESP protocol: opens [`RespSession`]s over one shared [`Store`].
+/// The RESP protocol: opens [`RespSession`]s over one shared [`Store`] and one shared
+/// pub/sub [`Broker`].
 ///
-/// Clones share the store.
+/// Clones share the store and the broker. There is one broker per app, so one per
+/// process: with `fork` and `prefork` a message reaches the subscribers connected to
+/// the publisher's process only.
 #[derive(Debug, Clone, Default)]
 pub struct RespApp {
     store: Arc<Store>,
+    broker: Arc<Broker>,
 }
 
 impl RespApp {
@@ -126,14 +150,29 @@ impl RespApp {
         Self::default()
     }
 
-    /// An app over an existing store (to share it, or to look into it).
+    /// An app over an existing store (to share it, or to look into it), with a new
+    /// broker.
     pub fn with_store(store: Arc<Store>) -> Self {
-        RespApp { store }
+        RespApp {
+            store,
+            broker: Arc::default(),
+        }
     }
 
     /// The store this app's sessions use.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The pub/sub broker this app's sessions use.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Pub/sub counters: messages published and delivered, slow subscribers
+    /// disconnected (see [`Broker`]).
+    pub fn pubsub_stats(&self) -> PubSubStats {
+        self.broker.stats()
     }
 }
 
@@ -143,6 +182,7 @@ impl App for RespApp {
     fn open(&self, _peer: &Peer) -> RespSession {
         RespSession {
             store: Arc::clone(&self.store),
+            subs: Subscriptions::new(Arc::clone(&self.broker)),
             parser: RequestParser::new(),
             close: false,
             draining: false,
@@ -151,10 +191,12 @@ impl App for RespApp {
     }
 }
 
-/// One RESP connection: the request parser's state and a handle on the store.
+/// One RESP connection: the request parser's state, a handle on the store, and its
+/// pub/sub subscriptions (unregistered when it closes or is dropped).
 #[derive(Debug)]
 pub struct RespSession {
     store: Arc<Store>,
+    subs: Subscriptions,
     parser: RequestParser,
     /// Set by `QUIT`, a protocol error, the end of input or the end of a drain.
     close: bool,
@@ -176,11 +218,12 @@ impl Session for RespSession {
         }
         let now = cx.unix_millis();
         let store = &self.store;
+        let subs = &mut self.subs;
         let close = &mut self.close;
         let draining = self.draining;
         let answered = &mut self.answered;
         let fed = self.parser.feed(input, |args| {
-            let outcome = commands::execute(store, now, args, out);
+            let outcome = commands::execute(store, subs, now, args, out);
             *answered += 1;
             if outcome == Outcome::Close || draining {
                 *close = true;
@@ -191,18 +234,23 @@ impl Session for RespSession {
                 Flow::Continue
             }
         });
-        match fed {
+        let result = match fed {
             Ok(used) => Ok(used),
             Err(err) => {
                 err.write_reply(out);
                 self.close = true;
                 Err(err.into())
             }
+        };
+        if self.close {
+            self.subs.leave();
         }
+        result
     }
 
     fn handle_eof(&mut self, _cx: &Cx, _out: &mut Vec<u8>) {
         self.close = true;
+        self.subs.leave();
     }
 
     fn wants_close(&self) -> bool {
@@ -217,10 +265,25 @@ impl Session for RespSession {
         self.draining = true;
         if !self.parser.mid_request() {
             self.close = true;
+            self.subs.leave();
         }
     }
 
     fn take_requests(&mut self) -> u64 {
         std::mem::take(&mut self.answered)
+    }
+
+    fn wants_mailbox(&self) -> bool {
+        self.subs.wants_mailbox()
+    }
+
+    fn attach_mailbox(&mut self, mailbox: Mailbox) {
+        self.subs.attach(mailbox);
+    }
+
+    fn handle_message(&mut self, _cx: &Cx, msg: Message, out: &mut Vec<u8>) {
+        if !self.close {
+            self.subs.deliver(msg, out);
+        }
     }
 }
