@@ -709,20 +709,28 @@ impl<S: Session> ConnCore<S> {
     /// connection closes); a drained connection closes once idle; a closing one
     /// moves on once flushed.
     fn after_event(&mut self, env: &Env<'_>, pool: &mut OutputPool) {
-        if self.drain == Drain::Deferred && (self.received || self.phase != Phase::Open) {
-            self.apply_drain(env, pool);
-            return;
-        }
-        if self.drain == Drain::Applied
-            && self.phase == Phase::Open
-            && ((self.is_idle() && self.quiet_for(env.now)) || self.session.wants_close())
-        {
-            self.phase = Phase::Closing;
+        match self.drain {
+            Drain::No => {}
+            Drain::Deferred => {
+                if self.received || self.phase != Phase::Open {
+                    self.apply_drain(env, pool);
+                    return;
+                }
+            }
+            Drain::Applied => {
+                if self.phase == Phase::Open
+                    && ((self.is_idle() && self.quiet_for(env.now)) || self.session.wants_close())
+                {
+                    self.phase = Phase::Closing;
+                }
+            }
         }
         if self.out.is_empty() && self.out.capacity() > 0 {
             pool.put(std::mem::take(&mut self.out));
         }
-        self.advance(env.now);
+        if self.phase != Phase::Open {
+            self.advance(env.now);
+        }
     }
 
     fn lend_output(&mut self, pool: &mut OutputPool) {
@@ -746,12 +754,12 @@ impl<S: Session> ConnCore<S> {
             if self.phase == Phase::Open && used < data.len() {
                 self.pending_in.extend_from_slice(&data[used..]);
             }
-            if used > 0 {
-                self.pump(env, pool);
+            if used > 0 && !self.pending_in.is_empty() {
+                self.offer_pending(env, pool);
             }
         } else {
             self.pending_in.extend_from_slice(data);
-            self.pump(env, pool);
+            self.offer_pending(env, pool);
         }
         self.track_request(env.now);
         if self.phase == Phase::Open && self.pending_in.len() > MAX_PENDING_INPUT {
@@ -767,7 +775,7 @@ impl<S: Session> ConnCore<S> {
 
     /// Offer pending input while the session makes progress and output has room
     /// (a session may stop early on a large pipelined batch).
-    fn pump(&mut self, env: &Env<'_>, pool: &mut OutputPool) {
+    fn offer_pending(&mut self, env: &Env<'_>, pool: &mut OutputPool) {
         while self.phase == Phase::Open
             && !self.pending_in.is_empty()
             && self.out_pending() <= env.limits.output_cap
@@ -787,6 +795,12 @@ impl<S: Session> ConnCore<S> {
                 break;
             }
         }
+    }
+
+    /// [`offer_pending`](Self::offer_pending), then restart or stop the header
+    /// timer.
+    fn pump(&mut self, env: &Env<'_>, pool: &mut OutputPool) {
+        self.offer_pending(env, pool);
         self.track_request(env.now);
     }
 
