@@ -13,18 +13,32 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Server, need_tool, run_tool, run_tool_with_input, strategy_tests};
+use common::{
+    IO_TIMEOUT, Resp, Server, connect, is_reset, metrics_addr, need_tool, read_resp, resp_cmd,
+    run_tool, run_tool_with_input, strategy_tests, wait_metric,
+};
 
 strategy_tests! {
     strategies: [select, poll, epoll_lt, epoll_et, uring, thread, fork, prefork, pool, green],
     tests: [redis_cli_pubsub],
+}
+
+strategy_tests! {
+    strategies: [select, poll, epoll_lt, epoll_et, uring, thread, pool, green],
+    except: [
+        fork: "a process per connection: a publisher reaches no other connection (redis_cli_pubsub)",
+        prefork: "a process per connection at a time: a publisher reaches no other connection (redis_cli_pubsub)",
+    ],
+    tests: [slow_subscribers_are_disconnected_and_the_others_lose_nothing],
 }
 
 /// How long a `redis-cli` run, or a line from a subscriber, may take.
@@ -288,5 +302,218 @@ fn per_process_broker(strategy: &str) {
     // PUBLISH answered 0: nothing was posted anywhere, so nothing is on its way.
     assert_eq!(news.unread(), Vec::<String>::new());
     drop(news);
+    server.stop();
+}
+
+// ---------------------------------------------------------------------------------
+// Slow subscribers
+// ---------------------------------------------------------------------------------
+
+/// Subscribers that never read.
+const SLOW: usize = 20;
+/// Bytes of each published payload (an 8-digit sequence number, then padding).
+const PAYLOAD: usize = 2048;
+/// The publisher stays at most this many messages ahead of the reading subscriber,
+/// well under the mailbox's 4,096: however the machine schedules the test's threads,
+/// the reading subscriber's mailbox cannot fill, only the slow ones' can.
+const AHEAD: u64 = 1000;
+/// PUBLISH commands written before their replies are read.
+const BATCH: u64 = 32;
+/// Bounds of the test: every slow subscriber must be gone before either.
+const MAX_PUBLISHED: u64 = 100_000;
+const MAX_TIME: Duration = Duration::from_secs(60);
+
+/// A client socket whose receive buffer is small (4 KiB asked; the kernel's minimum
+/// applies), so that a subscriber that does not read fills the server's side quickly
+/// and the kernel holds little for it.
+fn connect_small_rcvbuf(addr: std::net::SocketAddr) -> TcpStream {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    sockopt::set_socket_recv_buffer_size(&fd, 4096).unwrap();
+    rustix::net::connect(&fd, &addr).unwrap_or_else(|err| panic!("connect to {addr}: {err}"));
+    let stream = TcpStream::from(fd);
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+/// `SUBSCRIBE news` and its confirmation.
+fn subscribe_news(stream: &TcpStream) {
+    (&*stream)
+        .write_all(&resp_cmd(&[b"SUBSCRIBE", b"news"]))
+        .unwrap();
+    // Nothing is published yet: the confirmation is all there is to read.
+    let confirmation = read_resp(&mut BufReader::new(stream));
+    assert_eq!(
+        confirmation,
+        Resp::Array(Some(vec![
+            Resp::bulk(b"subscribe"),
+            Resp::bulk(b"news"),
+            Resp::Int(1)
+        ]))
+    );
+}
+
+fn payload(seq: u64) -> Vec<u8> {
+    let mut p = format!("{seq:08}").into_bytes();
+    p.resize(PAYLOAD, b'x');
+    p
+}
+
+/// Reads `message news <payload>` frames until the payload `end`: each must carry
+/// the next sequence number. Counts them in `received` as they come.
+fn read_everything(stream: TcpStream, received: Arc<AtomicU64>) -> Result<u64, String> {
+    let mut r = BufReader::new(stream);
+    for want in 0..=MAX_PUBLISHED {
+        let frame = read_resp(&mut r);
+        let Resp::Array(Some(parts)) = &frame else {
+            return Err(format!("message {want}: not an array: {frame:?}"));
+        };
+        let [
+            Resp::Bulk(Some(kind)),
+            Resp::Bulk(Some(channel)),
+            Resp::Bulk(Some(body)),
+        ] = parts.as_slice()
+        else {
+            return Err(format!("message {want}: not a message frame: {frame:?}"));
+        };
+        if kind != b"message" || channel != b"news" {
+            return Err(format!("message {want}: {frame:?}"));
+        }
+        if body == b"end" {
+            return Ok(want);
+        }
+        if *body != payload(want) {
+            return Err(format!(
+                "message {want}: got {:?} (lost or out of order)",
+                String::from_utf8_lossy(&body[..body.len().min(8)])
+            ));
+        }
+        received.fetch_add(1, Ordering::Release);
+    }
+    Err(format!("no `end` after {MAX_PUBLISHED} messages"))
+}
+
+/// `SLOW` subscribers never read while a publisher publishes until they are all gone
+/// (each one's socket buffers, then the server's output cap, then its mailbox of
+/// 4,096 messages fill, and the next PUBLISH disconnects it). Meanwhile one subscriber
+/// reads everything: it must lose nothing (count and order). PUBLISH counts fall from
+/// `SLOW + 1` to 1, the slow ones see their connection closed, and
+/// `c10k_mailbox_disconnects_total` counts exactly `SLOW`.
+fn slow_subscribers_are_disconnected_and_the_others_lose_nothing(strategy: &str) {
+    let workers = if strategy == "thread" { "1" } else { "2" };
+    let mut server = Server::start(
+        strategy,
+        "resp",
+        &[
+            "--workers",
+            workers,
+            "--metrics",
+            "127.0.0.1:0",
+            "--output-cap",
+            "64KiB",
+        ],
+    );
+    let maddr = metrics_addr(&server);
+    let addr = server.addr();
+    let started = Instant::now();
+
+    let slow: Vec<TcpStream> = (0..SLOW)
+        .map(|_| {
+            let s = connect_small_rcvbuf(addr);
+            subscribe_news(&s);
+            s
+        })
+        .collect();
+    let reader = connect(addr);
+    subscribe_news(&reader);
+    let received = Arc::new(AtomicU64::new(0));
+    let reading = {
+        let received = Arc::clone(&received);
+        thread::spawn(move || read_everything(reader, received))
+    };
+
+    let publisher = connect(addr);
+    let mut replies = BufReader::new(publisher.try_clone().unwrap());
+    let mut published = 0u64;
+    let mut receivers = SLOW as i64 + 1;
+    let mut counts = Vec::new(); // (first publish with this count, count)
+    while receivers > 1 {
+        assert!(
+            published < MAX_PUBLISHED && started.elapsed() < MAX_TIME,
+            "{strategy}: after {published} messages and {:?}, PUBLISH still reaches {receivers} \
+             subscribers: the slow ones were not disconnected (counts: {counts:?})",
+            started.elapsed()
+        );
+        // Flow control on the reading subscriber only.
+        while published - received.load(Ordering::Acquire) > AHEAD {
+            assert!(
+                !reading.is_finished() && started.elapsed() < MAX_TIME,
+                "{strategy}: the reading subscriber stopped at {} of {published} messages",
+                received.load(Ordering::Acquire)
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        let mut batch = Vec::new();
+        for seq in published..published + BATCH {
+            batch.extend_from_slice(&resp_cmd(&[b"PUBLISH", b"news", &payload(seq)]));
+        }
+        (&publisher).write_all(&batch).unwrap();
+        for seq in published..published + BATCH {
+            let Resp::Int(n) = read_resp(&mut replies) else {
+                panic!("{strategy}: PUBLISH {seq}: not an integer reply");
+            };
+            assert!(
+                (1..=receivers).contains(&n),
+                "{strategy}: PUBLISH {seq} reached {n} subscribers after {receivers}"
+            );
+            if n != receivers || counts.is_empty() {
+                counts.push((seq, n));
+            }
+            receivers = n;
+        }
+        published += BATCH;
+    }
+    (&publisher)
+        .write_all(&resp_cmd(&[b"PUBLISH", b"news", b"end"]))
+        .unwrap();
+    assert_eq!(
+        read_resp(&mut replies),
+        Resp::Int(1),
+        "{strategy}: PUBLISH end"
+    );
+
+    let got = reading.join().expect("the reading subscriber panicked");
+    assert_eq!(
+        got,
+        Ok(published),
+        "{strategy}: the reading subscriber lost messages"
+    );
+
+    // Each slow subscriber is disconnected: what the kernel held for it, then the end.
+    for (i, mut s) in slow.into_iter().enumerate() {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0usize;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(err) if is_reset(&err) => break,
+                Err(err) => panic!(
+                    "{strategy}: slow subscriber {i}: not closed ({err}) after {total} bytes"
+                ),
+            }
+            assert!(
+                total <= (published as usize) * (PAYLOAD + 64),
+                "{strategy}: slow subscriber {i} reads more than was published"
+            );
+        }
+    }
+    wait_metric(maddr, "c10k_mailbox_disconnects_total", "", SLOW as u64);
+    eprintln!(
+        "{strategy}: {published} messages in {:?}; PUBLISH counts (from message, count): {counts:?}",
+        started.elapsed()
+    );
+    drop(publisher);
     server.stop();
 }
