@@ -7,7 +7,8 @@
 # redis-server (package redis-server; crates/proto/tests/redis_differential.rs runs
 # the pub/sub commands against it),
 # promtool (Debian package prometheus), which validates the /metrics output,
-# and haproxy.
+# and haproxy; then the Python virtualenv target/py-venv with redis-py, from PyPI
+# (scripts/py-venv.sh; crates/cli/tests/python_redis.rs runs it), when it is missing.
 # The tests never skip a missing client: they fail and point here.
 #
 # Usage: scripts/test.sh [extra arguments for `cargo test`, e.g. -- --nocapture]
@@ -31,6 +32,12 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # installs it in /usr/sbin, which a normal user's PATH may lack.
 export PATH="$PATH:/usr/sbin:/sbin"
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+# scripts/py-venv.sh needs python3 and its venv module (with ensurepip).
+if ! command -v python3 >/dev/null 2>&1; then
+    missing+=(python3 python3-venv)
+elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
 if ((${#missing[@]})); then
     say "installing missing packages: ${missing[*]}"
     if ! command -v apt-get >/dev/null 2>&1; then
@@ -56,6 +63,7 @@ for tool in curl redis-cli redis-benchmark redis-server promtool haproxy; do
     }
     say "found $tool: $path"
 done
+scripts/py-venv.sh
 
 # --- file descriptors ---------------------------------------------------------------
 # The 1,000-connection test holds 1,000 client sockets in the test process and 1,000

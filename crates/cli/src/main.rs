@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use c10k_proto::App;
+use c10k_proto::chat::ChatApp;
 use c10k_proto::echo::EchoApp;
 use c10k_proto::http::{HttpApp, HttpConfig};
 use c10k_proto::resp::RespApp;
@@ -47,8 +48,11 @@ enum AppName {
     Echo,
     /// HTTP/1.1: GET / and POST /echo.
     Http,
-    /// A Redis RESP2 subset.
+    /// A Redis RESP2 subset, with pub/sub.
     Resp,
+    /// A line chat room: the first line is a nickname, later lines go to the other
+    /// members (one room per process: alone per connection with fork and prefork).
+    Chat,
 }
 
 #[derive(clap::Args)]
@@ -245,6 +249,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "http",
         ),
         AppName::Resp => run(builder, RespApp::new(), "resp"),
+        AppName::Chat => run(builder, ChatApp::new(), "chat"),
     }
 }
 

@@ -21,6 +21,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod chat;
 pub mod cx;
 pub mod echo;
 pub mod harness;
