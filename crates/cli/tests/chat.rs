@@ -26,15 +26,8 @@ strategy_tests! {
 // still close then, not at the drain deadline. Not for fork/prefork: a member is
 // alone there, nobody speaks to it.
 strategy_tests! {
-    only: [uring, thread, green],
+    only: [uring, thread, green, select, poll, epoll_lt, epoll_et, pool],
     tests: [a_drained_member_that_is_spoken_to_closes_after_the_quiet_period],
-}
-
-strategy_tests! {
-    only: [select, poll, epoll_lt, epoll_et, pool],
-    ignore: "bug: on the readiness loops a drained idle connection that is delivered a \
-             message in its DRAIN_QUIET window stays open until --drain-timeout",
-    tests: [regression_readiness_loops_hold_a_drained_member_that_is_spoken_to],
 }
 
 /// Strategies where two connections at once are always in different processes.
@@ -203,10 +196,6 @@ fn alone(strategy: &str) {
 }
 
 fn a_drained_member_that_is_spoken_to_closes_after_the_quiet_period(strategy: &str) {
-    drained_member_spoken_to(strategy);
-}
-
-fn regression_readiness_loops_hold_a_drained_member_that_is_spoken_to(strategy: &str) {
     drained_member_spoken_to(strategy);
 }
 

@@ -157,12 +157,14 @@ impl<S: Session> ReadyConn<S> {
     pub(crate) fn letter(&mut self, bufs: &mut Bufs, env: &Env<'_>, letter: Letter) {
         self.core.letter(env, letter, &mut bufs.pool);
         self.flush(bufs, env);
+        self.check_quiet(bufs, env);
     }
 
     /// Act on due timers (the timeout reply is written at once).
     pub(crate) fn on_timeout(&mut self, bufs: &mut Bufs, env: &Env<'_>) {
         if self.core.on_timeout(env, &mut bufs.pool).is_some() {
             self.flush(bufs, env);
+            self.check_quiet(bufs, env);
         }
     }
 
