@@ -310,7 +310,7 @@ const FORK: Entry = Entry::new(StrategyInfo {
     name: "fork",
     item: "4",
     summary: "one process per connection",
-    limits: "a process per connection, up to --max-conns; RESP store per process: a key SET on one connection is not seen by another",
+    limits: "a process per connection, up to --max-conns; RESP store, pub/sub broker and chat room per process: a key SET or a message PUBLISHed on one connection is not seen by another",
     instead: "prefork",
 })
 .forks()
@@ -323,7 +323,7 @@ const PREFORK: Entry = Entry::new(StrategyInfo {
     name: "prefork",
     item: "4",
     summary: "fixed pool of processes blocking in accept",
-    limits: "concurrency = --workers processes, more connections wait in the backlog; RESP store per process: a key is seen only by connections served by the same worker",
+    limits: "concurrency = --workers processes, more connections wait in the backlog; RESP store, pub/sub broker and chat room per process: seen only by connections the same worker serves (one at a time: PUBLISH reaches no other connection)",
     instead: "thread",
 })
 .forks()
