@@ -68,15 +68,19 @@ fn sum(stats: &[std::sync::Arc<WorkerStats>], f: impl Fn(&WorkerStats) -> u64) -
     stats.iter().map(|s| f(s)).sum()
 }
 
-/// Per worker: what is out must equal what came back, and only the accept and the
-/// shutdown poll may be in flight.
+/// Per worker: what is out must equal what came back, and only the worker's own
+/// operations may be in flight.
+/// Operations a worker keeps in flight with no connection: the multishot accept, the
+/// shutdown pipe's poll and the inbox's poll (messages to its connections).
+const AT_REST: u64 = 3;
+
 fn settled(h: &ServerHandle) -> bool {
     h.open_connections() == 0
         && h.stats().iter().all(|s| {
             let u = &s.uring;
             u.bufs_out.load(Relaxed) == u.bufs_in.load(Relaxed)
                 && u.sends_out.load(Relaxed) == u.sends_in.load(Relaxed)
-                && u.in_flight.load(Relaxed) == 2
+                && u.in_flight.load(Relaxed) == AT_REST
         })
 }
 
