@@ -10,7 +10,8 @@ use c10k_load::{LoadConfig, LoadError, LoadReport, Phase, Progress};
 
 use crate::CompareConfig;
 use crate::plan::{Target, TargetKind};
-use crate::proctree::{tree_cpu, tree_memory};
+use crate::proctree::{tree_cpu_reading, tree_memory};
+use crate::resolution::{CpuWindow, cpu_resolution_s, idle_noise_bytes};
 use crate::results::{Cell, IdleMemory, Metrics};
 use crate::server::{Launch, ServerProc};
 
@@ -85,14 +86,14 @@ fn measure_idle(
     if open == 0 {
         return Err("no idle connection could be opened".into());
     }
-    let per = |a: u64, b: u64| (a as f64 - b as f64) * 1024.0 / open as f64;
-    Ok(IdleMemory {
-        open,
-        before,
-        after,
-        pss_bytes_per_conn: per(after.pss_kib, before.pss_kib),
-        rss_bytes_per_conn: per(after.rss_kib, before.rss_kib),
-    })
+    Ok(IdleMemory::new(open, before, after, idle_noise_bytes()))
+}
+
+/// What the load phase measured.
+struct LoadPhase {
+    report: LoadReport,
+    cpu: CpuWindow,
+    memory: crate::proctree::TreeMemory,
 }
 
 /// The load phase: server CPU and replies are read when the window opens and when the
@@ -101,7 +102,7 @@ fn measure_load(
     cfg: &CompareConfig,
     server: &ServerProc,
     conns: usize,
-) -> Result<(LoadReport, f64, f64, u64, crate::proctree::TreeMemory), String> {
+) -> Result<LoadPhase, String> {
     let pid = server.pid();
     let lc = load_config(cfg, server, conns);
     let bound = lc.connect_budget() + lc.warmup + lc.duration + LOAD_SLACK;
@@ -109,21 +110,21 @@ fn measure_load(
     let progress = Arc::new(Progress::new());
     let handle = spawn_load(lc, Arc::clone(&progress))?;
     let start = Instant::now();
-    let mut opened: Option<(Instant, f64, u64)> = None;
+    let mut opened: Option<(Instant, crate::proctree::CpuReading, u64)> = None;
     let mut memory = None;
     let mut closed = None;
     while start.elapsed() < bound {
         let phase = progress.phase();
         if opened.is_none() && phase >= Phase::Measuring {
             let r = progress.replies.load(Ordering::Relaxed);
-            opened = Some((Instant::now(), tree_cpu(pid).total(), r));
+            opened = Some((Instant::now(), tree_cpu_reading(pid), r));
         }
         if memory.is_none() && opened.is_some_and(|(at, _, _)| at.elapsed() >= half) {
             memory = Some(tree_memory(pid));
         }
         if phase == Phase::Done {
             let r = progress.replies.load(Ordering::Relaxed);
-            closed = Some((tree_cpu(pid).total(), r, Instant::now()));
+            closed = Some((tree_cpu_reading(pid), r, Instant::now()));
             break;
         }
         std::thread::sleep(POLL);
@@ -132,16 +133,31 @@ fn measure_load(
         progress.stop();
     }
     let report = join_load(handle)?;
-    let (cpu, wall, requests) = match (opened, closed) {
-        (Some((t0, c0, r0)), Some((c1, r1, t1))) => (
-            (c1 - c0).max(0.0),
-            t1.saturating_duration_since(t0).as_secs_f64(),
-            r1.saturating_sub(r0),
-        ),
-        _ => (0.0, 0.0, 0),
+    let server_cpus = cfg.server_cpus.as_ref().map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        Vec::len,
+    );
+    let tick_s = 1.0 / c10k_load::cpu::ticks_per_second();
+    let cpu = match (opened, closed) {
+        (Some((t0, c0, r0)), Some((c1, r1, t1))) => CpuWindow {
+            cpu_s: (c1.times.total() - c0.times.total()).max(0.0),
+            resolution_s: cpu_resolution_s(c0.tick_fields.max(c1.tick_fields), server_cpus, tick_s),
+            wall_s: t1.saturating_duration_since(t0).as_secs_f64(),
+            requests: r1.saturating_sub(r0),
+        },
+        _ => CpuWindow {
+            cpu_s: 0.0,
+            resolution_s: cpu_resolution_s(0, server_cpus, tick_s),
+            wall_s: 0.0,
+            requests: 0,
+        },
     };
     let memory = memory.unwrap_or_else(|| tree_memory(pid));
-    Ok((report, cpu, wall, requests, memory))
+    Ok(LoadPhase {
+        report,
+        cpu,
+        memory,
+    })
 }
 
 /// Runs `target` at `conns` connections (the caller checked that it can).
@@ -167,7 +183,11 @@ pub fn run_cell(cfg: &CompareConfig, target: &Target, conns: usize) -> Cell {
     let measured = measure_load(cfg, &server, conns);
     let tail = server.stderr_tail();
     let clean_exit = server.stop();
-    let (report, cpu, wall, requests, memory) = match measured {
+    let LoadPhase {
+        report,
+        cpu,
+        memory,
+    } = match measured {
         Ok(m) => m,
         Err(why) => return Cell::na(&target.name, conns, format!("{why}; server: {tail}")),
     };
@@ -179,6 +199,7 @@ pub fn run_cell(cfg: &CompareConfig, target: &Target, conns: usize) -> Cell {
             .unwrap_or_else(|| "no reply in the window".into());
         return Cell::na(&target.name, conns, format!("no reply: {why}"));
     }
+    let figures = cpu.figures();
     Cell {
         target: target.name.clone(),
         conns,
@@ -193,10 +214,13 @@ pub fn run_cell(cfg: &CompareConfig, target: &Target, conns: usize) -> Cell {
             max_us: report.max_us,
             errors: report.errors.total,
             connected: report.connected,
-            server_cpu_s: cpu,
-            server_busy_percent: if wall > 0.0 { cpu / wall * 100.0 } else { 0.0 },
-            server_cpu_requests: requests,
-            server_cpu_per_request_us: (requests > 0).then(|| cpu / requests as f64 * 1e6),
+            server_cpu_s: cpu.cpu_s,
+            server_cpu_resolution_s: cpu.resolution_s,
+            server_cpu_window_s: cpu.wall_s,
+            server_busy_percent: figures.busy_percent,
+            server_cpu_requests: cpu.requests,
+            server_cpu_per_request_us: figures.per_request_us,
+            server_cpu_note: figures.note,
             server_memory: memory,
             idle,
             load_bound: report.load_bound,

@@ -46,7 +46,7 @@ pub const CHARTS: [ChartSpec; 4] = [
         file: "memory_per_conn.svg",
         title: "Server memory per idle connection, PSS (lower is better)",
         y_label: "bytes per connection",
-        metric: |m| m.idle.as_ref().map(|i| i.pss_bytes_per_conn.max(0.0)),
+        metric: |m| m.idle.as_ref().and_then(|i| i.pss_bytes_per_conn),
     },
 ];
 

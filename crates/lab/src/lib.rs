@@ -18,6 +18,7 @@ pub mod pin;
 pub mod plan;
 pub mod proctree;
 pub mod report;
+pub mod resolution;
 pub mod results;
 pub mod server;
 
@@ -29,7 +30,7 @@ use c10k_load::AppKind;
 
 use machine::Machine;
 use plan::{Target, cannot_run, targets};
-use results::{Cell, Results, Settings, TargetInfo};
+use results::{Cell, ResolutionSettings, Results, Settings, TargetInfo};
 
 /// Default concurrency levels.
 pub const DEFAULT_CONNS: [usize; 4] = [10, 100, 1_000, 10_000];
@@ -176,14 +177,15 @@ impl Ticker {
 fn one_line(cell: &Cell) -> String {
     match &cell.metrics {
         Some(m) => format!(
-            "{} x {}: {:.0} req/s, p99 {:.0} us, server CPU {} us/req (busy {:.0}%), {} errors{}",
+            "{} x {}: {:.0} req/s, p99 {:.0} us, server CPU {} us/req (busy {}), {} errors{}",
             cell.target,
             cell.conns,
             m.throughput_rps,
             m.p99_us,
             m.server_cpu_per_request_us
                 .map_or_else(|| "?".into(), |v| format!("{v:.2}")),
-            m.server_busy_percent,
+            m.server_busy_percent
+                .map_or_else(|| "?".into(), |v| format!("{v:.0}%")),
             m.errors,
             if m.load_bound { " (load-bound)" } else { "" }
         ),
@@ -271,12 +273,14 @@ pub fn compare(config: &CompareConfig) -> Result<Results, CompareError> {
             load_cpus: cfg.load_cpus.clone(),
             pinning,
             quick: cfg.quick,
+            resolution: ResolutionSettings::detect(),
         },
         targets: rows
             .iter()
             .map(|t| TargetInfo {
                 name: t.name.clone(),
                 kind: t.kind_name().into(),
+                item: t.item.clone(),
                 summary: t.summary.clone(),
             })
             .collect(),

@@ -25,6 +25,8 @@ pub struct Target {
     pub unavailable: Option<String>,
     /// The most connections it can hold by design.
     pub conn_limit: Option<usize>,
+    /// Its item in the C10K list (`None` for a peer).
+    pub item: Option<String>,
     /// How it works, in a line.
     pub summary: String,
 }
@@ -64,6 +66,7 @@ pub fn strategy_target(strategy: Strategy) -> Target {
         kind: TargetKind::Strategy,
         unavailable,
         conn_limit: strategy.conn_limit(),
+        item: Some(info.item.to_string()),
         summary: info.summary.to_string(),
     }
 }
@@ -98,6 +101,7 @@ pub fn targets(
             },
             unavailable: None,
             conn_limit: None,
+            item: None,
             summary: format!("peer: {command}"),
         });
     }

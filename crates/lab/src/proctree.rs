@@ -4,8 +4,10 @@
 //! figures would miss most of the work. The tree is every process whose parent chain
 //! leads to the root. CPU time is the run time of each live process in it (all its
 //! threads: the scheduler's nanosecond counters, since `utime + stime` round each
-//! process down to whole clock ticks), plus `cutime + cstime` (the children each one has already reaped), so a
-//! child that exits during the window is still counted. Memory is the sum of PSS
+//! process down to whole clock ticks), plus `cutime + cstime` (the children each one
+//! has already reaped, in whole clock ticks), so a child that exits during the window
+//! is still counted. A reading says how many of its parts were whole clock ticks
+//! ([`CpuReading::tick_fields`]): that is its resolution. Memory is the sum of PSS
 //! (`/proc/PID/smaps_rollup`: shared pages divided among the processes that share
 //! them, so forked children are not counted many times over), and of RSS for
 //! comparison.
@@ -28,9 +30,18 @@ fn read_stat(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
 }
 
-/// `(ppid, cpu with reaped children, start time)` from a stat line, with the live
-/// part taken from the scheduler's nanosecond counters when they say more.
-fn parse(pid: u32, stat: &str) -> Option<(u32, CpuTimes, u64)> {
+/// One process's line of a tree: its parent, its CPU with its reaped children, its
+/// start time, and how many of the CPU's parts were read in whole clock ticks.
+struct Parsed {
+    ppid: u32,
+    cpu: CpuTimes,
+    start: u64,
+    tick_fields: usize,
+}
+
+/// A process's [`Parsed`] from its stat line, with the live part taken from the
+/// scheduler's nanosecond counters when they say more.
+fn parse(pid: u32, stat: &str) -> Option<Parsed> {
     let f = stat_fields(stat)?;
     let num = |i: usize| -> Option<u64> { f.get(i)?.parse().ok() };
     // Index 0 is field 3 (state): ppid is field 4, utime..cstime 14..17, start 22.
@@ -44,11 +55,26 @@ fn parse(pid: u32, stat: &str) -> Option<(u32, CpuTimes, u64)> {
         user: num(13)? as f64 / tick,
         sys: num(14)? as f64 / tick,
     };
+    // utime and stime are each rounded down to a tick, and so are cutime and cstime
+    // (kept in nanoseconds, reported in ticks); a process that reaped nothing reads an
+    // exact zero there.
+    let mut tick_fields = 0;
     let live = match precise_runtime(pid) {
-        Some(precise) => rescale(live, precise),
-        None => live,
+        Some(precise) if precise >= live.user + live.sys => rescale(live, precise),
+        _ => {
+            tick_fields += 2;
+            live
+        }
     };
-    Some((ppid, live + reaped, num(19)?))
+    if reaped.user + reaped.sys > 0.0 {
+        tick_fields += 2;
+    }
+    Some(Parsed {
+        ppid,
+        cpu: live + reaped,
+        start: num(19)?,
+        tick_fields,
+    })
 }
 
 /// CPU seconds of all threads of a live process, from `/proc/PID/task/*/schedstat`
@@ -88,9 +114,10 @@ fn rescale(ticks: CpuTimes, total: f64) -> CpuTimes {
     }
 }
 
-/// The processes of the tree rooted at `root` (the root first), with their CPU time.
-pub fn tree(root: u32) -> Vec<(Proc, CpuTimes)> {
-    let mut children: HashMap<u32, Vec<(Proc, CpuTimes)>> = HashMap::new();
+/// The processes of the tree rooted at `root` (the root first), with their CPU time
+/// and how many of its parts were whole clock ticks.
+fn tree_parsed(root: u32) -> Vec<(Proc, CpuTimes, usize)> {
+    let mut children: HashMap<u32, Vec<(Proc, CpuTimes, usize)>> = HashMap::new();
     let mut root_entry = None;
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for entry in dir.flatten() {
@@ -101,15 +128,21 @@ pub fn tree(root: u32) -> Vec<(Proc, CpuTimes)> {
             else {
                 continue;
             };
-            let Some((ppid, cpu, start)) = read_stat(pid).as_deref().and_then(|st| parse(pid, st))
-            else {
+            let Some(parsed) = read_stat(pid).as_deref().and_then(|st| parse(pid, st)) else {
                 continue;
             };
-            let p = (Proc { pid, start }, cpu);
+            let p = (
+                Proc {
+                    pid,
+                    start: parsed.start,
+                },
+                parsed.cpu,
+                parsed.tick_fields,
+            );
             if pid == root {
                 root_entry = Some(p);
             } else {
-                children.entry(ppid).or_default().push(p);
+                children.entry(parsed.ppid).or_default().push(p);
             }
         }
     }
@@ -128,11 +161,38 @@ pub fn tree(root: u32) -> Vec<(Proc, CpuTimes)> {
     out
 }
 
+/// The processes of the tree rooted at `root` (the root first), with their CPU time.
+pub fn tree(root: u32) -> Vec<(Proc, CpuTimes)> {
+    tree_parsed(root)
+        .into_iter()
+        .map(|(p, c, _)| (p, c))
+        .collect()
+}
+
+/// A reading of a tree's CPU time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuReading {
+    /// User+system seconds, reaped children included.
+    pub times: CpuTimes,
+    /// How many of the summed counters were whole clock ticks (each rounded down by
+    /// less than one tick): the reading's resolution is this many ticks, plus what the
+    /// scheduler has not yet added for a thread running as it is read.
+    pub tick_fields: usize,
+}
+
+/// The tree's CPU time, with its resolution.
+pub fn tree_cpu_reading(root: u32) -> CpuReading {
+    tree_parsed(root)
+        .into_iter()
+        .fold(CpuReading::default(), |acc, (_, c, t)| CpuReading {
+            times: acc.times + c,
+            tick_fields: acc.tick_fields + t,
+        })
+}
+
 /// User+system CPU seconds of the tree, reaped children included.
 pub fn tree_cpu(root: u32) -> CpuTimes {
-    tree(root)
-        .into_iter()
-        .fold(CpuTimes::default(), |acc, (_, c)| acc + c)
+    tree_cpu_reading(root).times
 }
 
 /// Memory of a tree, in KiB.
@@ -179,7 +239,7 @@ pub fn alive(p: Proc) -> bool {
     read_stat(p.pid)
         .as_deref()
         .and_then(|st| parse(p.pid, st))
-        .is_some_and(|(_, _, start)| start == p.start)
+        .is_some_and(|parsed| parsed.start == p.start)
 }
 
 #[cfg(test)]
