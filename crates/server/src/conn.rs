@@ -153,9 +153,15 @@ impl<S: Session> ReadyConn<S> {
         }
     }
 
-    /// A letter from the connection's mailbox (its reply is written at once).
-    pub(crate) fn letter(&mut self, bufs: &mut Bufs, env: &Env<'_>, letter: Letter) {
+    /// A letter from the connection's mailbox, delivered to the session; what it
+    /// produced is written by [`after_letters`](Self::after_letters), once for a
+    /// batch.
+    pub(crate) fn queue_letter(&mut self, bufs: &mut Bufs, env: &Env<'_>, letter: Letter) {
         self.core.letter(env, letter, &mut bufs.pool);
+    }
+
+    /// After a batch of letters: write what they produced.
+    pub(crate) fn after_letters(&mut self, bufs: &mut Bufs, env: &Env<'_>) {
         self.flush(bufs, env);
         self.check_quiet(bufs, env);
     }

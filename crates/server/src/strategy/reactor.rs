@@ -269,30 +269,57 @@ impl<A: App, P: Poller> Conns<A, P> {
         now: Instant,
         f: impl FnOnce(&mut ReadyConn<crate::panic_guard::Guarded<A::Session>>, &mut Bufs, &Env<'_>),
     ) -> Settled {
-        let Some(entry) = self.slab.get_mut(key) else {
+        if !self.with_conn(key, now, f) {
             return Settled::CLOSED;
+        }
+        self.settle(key)
+    }
+
+    /// Run `f` on a connection with the loop's environment (no settle); false if
+    /// there is no connection at `key`.
+    fn with_conn(
+        &mut self,
+        key: usize,
+        now: Instant,
+        f: impl FnOnce(&mut ReadyConn<crate::panic_guard::Guarded<A::Session>>, &mut Bufs, &Env<'_>),
+    ) -> bool {
+        let Some(entry) = self.slab.get_mut(key) else {
+            return false;
         };
         let serial = entry.serial;
         let inbox = &self.inbox;
         let make = || Some(inbox.mailbox(key, serial));
         let env = self.clock.env(now, &self.ctx.stats, Some(&make));
         f(&mut entry.conn, &mut self.bufs, &env);
-        self.settle(key)
+        true
     }
 
-    /// The inbox is readable: hand each letter to its connection.
+    /// The inbox is readable: hand every letter to its connection first, then write
+    /// each connection's output once (a fan-out of many messages to one subscriber
+    /// is one write, as Redis does it).
     fn deliver_letters(&mut self, worker: &mut WorkerCore) {
         let mut letters = std::mem::take(&mut self.letters);
         self.inbox.take(&mut letters);
+        let mut touched = Vec::new();
         for (key, serial, letter) in letters.drain(..) {
             if self.slab.get(key).is_some_and(|e| e.serial == serial) {
-                let settled = self.serve(key, self.clock.now, |conn, bufs, env| {
-                    conn.letter(bufs, env, letter);
+                self.with_conn(key, self.clock.now, |conn, bufs, env| {
+                    conn.queue_letter(bufs, env, letter);
                 });
-                worker.settled(key, settled);
+                if touched.last() != Some(&key) {
+                    touched.push(key);
+                }
             }
         }
         self.letters = letters;
+        touched.sort_unstable();
+        touched.dedup();
+        for key in touched {
+            let settled = self.serve(key, self.clock.now, |conn, bufs, env| {
+                conn.after_letters(bufs, env);
+            });
+            worker.settled(key, settled);
+        }
     }
 
     fn conn_ready(&mut self, key: usize, ready: Ready) -> Settled {

@@ -188,8 +188,11 @@ impl<S: Session> Shared<S> {
             mailbox: Some(&make),
         };
         let conn = &mut entry.conn;
-        for letter in std::mem::take(&mut entry.letters) {
-            conn.letter(bufs, &env, letter);
+        if !entry.letters.is_empty() {
+            for letter in std::mem::take(&mut entry.letters) {
+                conn.queue_letter(bufs, &env, letter);
+            }
+            conn.after_letters(bufs, &env);
         }
         if timers {
             conn.on_timeout(bufs, &env);
