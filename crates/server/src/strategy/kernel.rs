@@ -102,10 +102,17 @@ enum Phase {
     PeerDone(Instant),
     /// We shut our write side (idle, drain): close at the peer's FIN or the deadline.
     Lingering(Instant),
+    /// Served in user space: the peer had sent its FIN before the accept, and the
+    /// kernel takes only established sockets into a SOCKHASH. Everything it sent is
+    /// in the receive queue (at most the receive buffer); it is read, written back,
+    /// then our write side is shut.
+    UserEcho,
 }
 
 struct Conn<S> {
     stream: TcpStream,
+    /// [`Phase::UserEcho`]: the bytes read and not yet written back.
+    pending: Vec<u8>,
     serial: u64,
     opened: Instant,
     phase: Phase,
@@ -231,7 +238,10 @@ impl<A: App> Worker<A> {
             }
             if self.guard.resume_due(now) && self.listener.is_some() {
                 if let Err(e) = self.listen() {
-                    tracing::error!("worker {}: cannot watch the listener again: {e}", self.ctx.id);
+                    tracing::error!(
+                        "worker {}: cannot watch the listener again: {e}",
+                        self.ctx.id
+                    );
                 }
             }
             if now >= self.next_tick {
@@ -271,8 +281,7 @@ impl<A: App> Worker<A> {
             };
             let x = &self.ctx;
             let admission = Admission::new(&x.open, x.config.max_conns, &x.stats);
-            let Some((stream, addr)) = batch.next(listener, &mut self.guard, now, admission)
-            else {
+            let Some((stream, addr)) = batch.next(listener, &mut self.guard, now, admission) else {
                 break;
             };
             self.admit(stream, addr, now);
@@ -305,26 +314,47 @@ impl<A: App> Worker<A> {
         let serial = self.next_serial.wrapping_add(1) & 0xffff_ffff;
         let token = (serial << 32) | slot as u64;
         let watch = EventFlags::RDHUP | EventFlags::ET;
-        if let Err(e) = epoll::add(&self.epoll, stream.as_fd(), EventData::new_u64(token), watch)
-        {
+        if let Err(e) = epoll::add(
+            &self.epoll,
+            stream.as_fd(),
+            EventData::new_u64(token),
+            watch,
+        ) {
             self.refused(Some(&format!("cannot watch it: {e}")));
             return;
         }
+        let mut phase = Phase::Open;
         if let Err(e) = self.map.insert(&key, stream.as_fd()) {
-            let _ = epoll::delete(&self.epoll, stream.as_fd());
-            self.refused(Some(&format!("cannot insert it into the SOCKHASH: {e}")));
-            return;
+            if e.raw_os_error() == Some(libc_eopnotsupp()) {
+                // Not established any more (the peer's FIN came before the accept).
+                phase = Phase::UserEcho;
+                let watch = EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET;
+                let _ = epoll::modify(
+                    &self.epoll,
+                    stream.as_fd(),
+                    EventData::new_u64(token),
+                    watch,
+                );
+            } else {
+                let _ = epoll::delete(&self.epoll, stream.as_fd());
+                self.refused(Some(&format!("cannot insert it into the SOCKHASH: {e}")));
+                return;
+            }
         }
         self.next_serial = serial;
         vacant.insert(Conn {
             stream,
+            pending: Vec::new(),
             serial,
             opened: now,
-            phase: Phase::Open,
+            phase,
             seen_in: 0,
             seen_out: 0,
             _session: session,
         });
+        if phase == Phase::UserEcho {
+            self.user_echo(slot);
+        }
         if self.drain.draining() {
             // Accepted in the same batch as the shutdown: drained like the others.
             self.next_tick = self.next_tick.min(now + FAST_TICK);
@@ -352,10 +382,14 @@ impl<A: App> Worker<A> {
         if conn.serial != token >> 32 {
             return;
         }
+        if conn.phase == Phase::UserEcho && !flags.contains(EventFlags::ERR) {
+            self.user_echo(slot);
+            return;
+        }
         if flags.intersects(EventFlags::HUP | EventFlags::ERR) {
             // Reset by the peer, or both directions are shut: nothing more can move.
-            let done = matches!(conn.phase, Phase::Lingering(_))
-                && !flags.contains(EventFlags::ERR);
+            let done =
+                matches!(conn.phase, Phase::Lingering(_)) && !flags.contains(EventFlags::ERR);
             self.close(slot, if done { Close::Done } else { Close::Failed });
             return;
         }
@@ -367,7 +401,7 @@ impl<A: App> Worker<A> {
                 }
                 // The FIN the linger waited for.
                 Phase::Lingering(_) => self.close(slot, Close::Done),
-                Phase::PeerDone(_) => {}
+                Phase::PeerDone(_) | Phase::UserEcho => {}
             }
         }
     }
@@ -392,8 +426,14 @@ impl<A: App> Worker<A> {
         let conn = self.conns.get_mut(slot)?;
         let c = tcp_counters(conn.stream.as_fd()).ok()?;
         let stats = &self.ctx.stats;
-        WorkerStats::add(&stats.bytes_in, c.bytes_received.saturating_sub(conn.seen_in));
-        WorkerStats::add(&stats.bytes_out, c.bytes_acked.saturating_sub(conn.seen_out));
+        WorkerStats::add(
+            &stats.bytes_in,
+            c.bytes_received.saturating_sub(conn.seen_in),
+        );
+        WorkerStats::add(
+            &stats.bytes_out,
+            c.bytes_acked.saturating_sub(conn.seen_out),
+        );
         conn.seen_in = conn.seen_in.max(c.bytes_received);
         conn.seen_out = conn.seen_out.max(c.bytes_acked);
         Some(c)
@@ -433,6 +473,10 @@ impl<A: App> Worker<A> {
                     }
                 }
                 Phase::Lingering(_) => fast = true,
+                Phase::UserEcho if quiet_for >= self.ctx.config.idle_timeout => {
+                    self.close(slot, Close::Idle);
+                }
+                Phase::UserEcho => {}
                 Phase::Open if pending > self.ctx.config.output_cap as u64 => {
                     self.close(slot, Close::Backpressure);
                 }
@@ -462,6 +506,48 @@ impl<A: App> Worker<A> {
             TICK
         };
         self.next_tick = now + every;
+    }
+
+    /// [`Phase::UserEcho`]: read to EOF, write back what the socket takes, and once
+    /// all is written shut our write side and close. Called again on each edge.
+    fn user_echo(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let mut buf = [0u8; 16 * 1024];
+        let mut eof = false;
+        loop {
+            match rustix::io::read(&conn.stream, &mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => conn.pending.extend_from_slice(&buf[..n]),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(_) => {
+                    self.close(slot, Close::Failed);
+                    return;
+                }
+            }
+        }
+        while !conn.pending.is_empty() {
+            match rustix::io::write(&conn.stream, &conn.pending) {
+                Ok(n) => {
+                    conn.pending.drain(..n);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(_) => {
+                    self.close(slot, Close::Failed);
+                    return;
+                }
+            }
+        }
+        if eof {
+            let _ = conn.stream.shutdown(Shutdown::Write);
+            self.close(slot, Close::Done);
+        }
     }
 
     /// Close gracefully: shut our write side (the peer sees EOF after its echo) and
@@ -514,6 +600,11 @@ impl<A: App> Worker<A> {
         self.ctx.open.release();
         WorkerStats::add(&stats.closed, 1);
     }
+}
+
+/// `EOPNOTSUPP`: what inserting a socket that is no longer established returns.
+fn libc_eopnotsupp() -> i32 {
+    rustix::io::Errno::OPNOTSUPP.raw_os_error()
 }
 
 #[cfg(test)]
