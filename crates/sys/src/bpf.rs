@@ -523,7 +523,12 @@ impl EchoMap {
             map_fd: fd_u32(self.map.as_fd()),
             pad: 0,
             key: key.as_ptr() as u64,
-            value: std::ptr::from_ref(&value) as u64,
+            // The delete command's last field is the key: the rest must be zero.
+            value: if cmd == BPF_MAP_UPDATE_ELEM {
+                std::ptr::from_ref(&value) as u64
+            } else {
+                0
+            },
             flags: if cmd == BPF_MAP_UPDATE_ELEM {
                 BPF_NOEXIST
             } else {
