@@ -140,6 +140,7 @@ fn well_behaved(app: &'static str, addr: SocketAddr, stop: Arc<AtomicBool>) -> u
 
 strategy_tests! {
     strategies: [select, poll, epoll_lt, epoll_et, uring, thread, fork, prefork, pool, green],
+    except: [kernel: "echo only: every byte is good input"],
     tests: [the_bad_input_corpus_gets_errors_or_closes],
 }
 

@@ -25,7 +25,7 @@ const CPU_WINDOW: Duration = Duration::from_millis(1500);
 const CPU_MAX: f64 = 0.10;
 
 strategy_tests! {
-    strategies: [select, poll, epoll_lt, epoll_et, uring, thread, fork, prefork, pool, green],
+    strategies: [select, poll, epoll_lt, epoll_et, uring, thread, fork, prefork, pool, green, kernel],
     tests: [a_server_out_of_descriptors_stays_up_idle_and_recovers],
 }
 

@@ -19,6 +19,7 @@ use common::{
 
 strategy_tests! {
     strategies: [select, poll, epoll_lt, epoll_et, uring, thread, fork, prefork, pool, green],
+    except: [kernel: "echo only, this uses http; kernel.rs: counters_come_from_the_sockets, idle_connections_time_out_and_busy_ones_do_not"],
     tests: [counts_traffic_open_connections_and_idle_timeouts],
 }
 

@@ -18,6 +18,7 @@ use common::{
 
 strategy_tests! {
     strategies: [select, poll, epoll_lt, epoll_et, uring, thread, fork, prefork, pool, green],
+    except: [kernel: "refuses --proxy-protocol (kernel.rs: the_proxy_protocol_is_refused)"],
     tests: [
         headers_give_the_app_and_the_logs_the_real_client,
         a_missing_malformed_or_slow_header_closes_without_a_reply,
@@ -29,6 +30,7 @@ strategy_tests! {
     except: [
         fork: "one count per process: refuses --max-conns-per-ip (tested below)",
         prefork: "one count per process: refuses --max-conns-per-ip (tested below)",
+        kernel: "echo only, these use http",
     ],
     tests: [
         max_conns_per_ip_gives_each_source_address_its_own_ceiling,

@@ -57,7 +57,7 @@ fn regression_half_close_while_backpressured_does_not_spin(strategy: &str) {
 }
 
 strategy_tests! {
-    strategies: [select, poll, epoll_lt, epoll_et, uring, thread, fork, prefork, pool, green],
+    strategies: [select, poll, epoll_lt, epoll_et, uring, thread, fork, prefork, pool, green, kernel],
     tests: [regression_sigterm_mid_echo_keeps_the_pending_output],
 }
 

@@ -356,6 +356,7 @@ strategy_tests! {
     except: [
         prefork: "a worker holds one connection (the blocking adapter of thread, fork and \
                   green); the test holds three at once",
+        kernel: "echo only, this uses http",
     ],
     tests: [a_request_arriving_just_after_sigterm_on_a_fresh_connection_is_answered],
 }

@@ -22,6 +22,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 strategy_tests! {
     strategies: [select, poll, epoll_lt, epoll_et, uring, thread, fork, prefork, pool, green],
+    except: [kernel: "echo only, these use http and resp; kernel.rs: idle_connections_time_out_and_busy_ones_do_not"],
     tests: [
         http_partial_head_gets_408_and_a_close,
         idle_connection_is_closed_after_the_idle_timeout,

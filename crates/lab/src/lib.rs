@@ -201,7 +201,8 @@ fn one_line(cell: &Cell) -> String {
 /// Runs the comparison and writes `report.md`, `results.json` and the charts into
 /// `config.out`.
 pub fn compare(config: &CompareConfig) -> Result<Results, CompareError> {
-    let rows = targets(config.strategies.as_deref(), &config.peers).map_err(CompareError)?;
+    let mut rows = targets(config.strategies.as_deref(), &config.peers).map_err(CompareError)?;
+    plan::only_serving(&mut rows, config.app.name());
     if config.conns.is_empty() || config.conns.contains(&0) {
         return Err(CompareError(
             "--conns needs positive numbers, e.g. 10,100,1000".into(),

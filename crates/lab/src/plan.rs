@@ -111,6 +111,18 @@ pub fn targets(
     Ok(rows)
 }
 
+/// Marks the strategy rows that do not serve `app` (`kernel` serves echo only) as
+/// unavailable, with the registry's reason: their cells show n/a and why.
+pub fn only_serving(rows: &mut [Target], app: &str) {
+    for row in rows.iter_mut().filter(|r| r.kind == TargetKind::Strategy) {
+        if let (None, Ok(s)) = (&row.unavailable, row.name.parse::<Strategy>()) {
+            if let Err(why) = s.serves_app(app) {
+                row.unavailable = Some(why);
+            }
+        }
+    }
+}
+
 /// Why `target` cannot run `conns` connections, if it cannot; `fd_limit` is the open
 /// files limit of the load (and of the servers, which raise theirs to the same hard
 /// limit).
@@ -136,6 +148,20 @@ pub fn cannot_run(target: &Target, conns: usize, fd_limit: u64) -> Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_strategy_that_serves_echo_only_is_na_for_http() {
+        let mut rows = targets(Some(&["kernel".into(), "epoll-et".into()]), &[]).unwrap();
+        let kernel_before = rows[0].unavailable.clone();
+        only_serving(&mut rows, "echo");
+        assert_eq!(rows[0].unavailable, kernel_before, "echo is served");
+        only_serving(&mut rows, "http");
+        assert!(rows[1].unavailable.is_none(), "epoll-et serves every app");
+        if kernel_before.is_none() {
+            let why = rows[0].unavailable.as_deref().unwrap();
+            assert!(why.contains("--app echo only"), "{why}");
+        }
+    }
 
     #[test]
     fn every_registry_strategy_is_a_row_by_default() {

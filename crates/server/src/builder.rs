@@ -266,6 +266,13 @@ impl<A: Service> ServerBuilder<A> {
                 names.join(", ")
             )));
         }
+        strategy
+            .serves_app_type(std::any::TypeId::of::<A>())
+            .map_err(|reason| ServerError::Unavailable {
+                strategy,
+                reason,
+                instead,
+            })?;
         let c = &self.config;
         if c.workers == 0 || c.workers > 1024 {
             return Err(ServerError::Config(format!(

@@ -19,10 +19,13 @@
 //!   their parent;
 //! - [`activation`]: taking the listening sockets a service manager passed
 //!   (`LISTEN_FDS`, systemd's socket activation).
+//! - [`bpf`]: the `kernel` strategy's in-kernel echo (an `sk_skb` verdict program on a
+//!   `SOCKHASH`, assembled here and loaded through bpf(2)) and `TCP_INFO` counters;
 //! - [`stack_guard`]: a green thread's stack overflow (a hit on its guard page) is
 //!   reported on stderr before the process aborts, instead of a bare SIGSEGV.
 
 pub mod activation;
+pub mod bpf;
 pub mod poll;
 pub mod process;
 pub mod select;

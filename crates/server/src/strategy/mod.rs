@@ -21,6 +21,7 @@ pub(crate) mod epoll;
 mod fd_table;
 pub(crate) mod fork;
 pub(crate) mod green;
+pub(crate) mod kernel;
 mod parent_poll;
 pub(crate) mod poll;
 pub(crate) mod poller;
@@ -117,6 +118,19 @@ struct Entry {
     availability: fn() -> Availability,
     /// Check the settings only this strategy reads.
     check_config: fn(&Config) -> Result<(), String>,
+    /// The one app it serves, when it cannot serve every app.
+    only_app: Option<OnlyApp>,
+}
+
+/// The one app a strategy serves (`kernel`: echo), and why no other.
+#[derive(Debug, Clone, Copy)]
+struct OnlyApp {
+    /// Its `--app` name.
+    name: &'static str,
+    /// Its type (the builder checks the app it is given).
+    type_id: fn() -> std::any::TypeId,
+    /// Why the strategy serves no other app.
+    why: &'static str,
 }
 
 impl Entry {
@@ -130,7 +144,13 @@ impl Entry {
             conn_limit: None,
             availability: || Availability::Available,
             check_config: |_| Ok(()),
+            only_app: None,
         }
+    }
+
+    const fn only_app(mut self, app: OnlyApp) -> Self {
+        self.only_app = Some(app);
+        self
     }
 
     const fn forks(mut self) -> Self {
@@ -233,6 +253,23 @@ impl Strategy {
         (self.entry().check_config)(config)
     }
 
+    /// Whether it serves the app of this `--app` name (`echo`, `http`, `resp`); `Err`
+    /// says why not (`c10k compare` shows the reason in the cells it does not run).
+    pub fn serves_app(self, app: &str) -> Result<(), String> {
+        match self.entry().only_app {
+            Some(only) if only.name != app => Err(only_refusal(&only)),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`serves_app`](Self::serves_app) for the app type the builder was given.
+    pub(crate) fn serves_app_type(self, app: std::any::TypeId) -> Result<(), String> {
+        match self.entry().only_app {
+            Some(only) if (only.type_id)() != app => Err(only_refusal(&only)),
+            _ => Ok(()),
+        }
+    }
+
     /// How this strategy uses `--workers`.
     pub(crate) fn threads(self) -> Threads {
         self.entry().threads
@@ -246,6 +283,10 @@ impl Strategy {
             Threads::Pool => 1,
         }
     }
+}
+
+fn only_refusal(only: &OnlyApp) -> String {
+    format!("it serves --app {} only ({})", only.name, only.why)
 }
 
 const SELECT: Entry = Entry::new(StrategyInfo {
@@ -353,12 +394,16 @@ const KERNEL: Entry = Entry::new(StrategyInfo {
     strategy: Strategy::Kernel,
     name: "kernel",
     item: "5",
-    summary: "eBPF sockmap, the kernel answers (echo)",
-    limits: "echo only; needs BPF",
+    summary: "eBPF sk_skb verdict on a SOCKHASH echoes each segment in the kernel",
+    limits: "echo only, IPv4; needs CAP_BPF and CAP_NET_ADMIN; a peer with more than --output-cap unread is reset",
     instead: "epoll-et",
 })
-.availability(|| Availability::NotBuilt {
-    planned: "a later issue",
+.availability(kernel::availability)
+.check_config(kernel::check_config)
+.only_app(OnlyApp {
+    name: "echo",
+    type_id: kernel::echo_type,
+    why: kernel::ONLY_ECHO,
 });
 
 impl fmt::Display for Strategy {
@@ -394,9 +439,7 @@ pub(crate) fn run<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> io::Result<(
         Strategy::Thread | Strategy::Fork | Strategy::Prefork | Strategy::Green => {
             run_blocking(strategy, ctx)
         }
-        Strategy::Kernel => Err(io::Error::other(format!(
-            "strategy {strategy} is not built yet"
-        ))),
+        Strategy::Kernel => kernel::run(ctx),
     }
 }
 
