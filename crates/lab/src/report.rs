@@ -606,6 +606,19 @@ pub fn advice(results: &Results) -> String {
         }
         return s;
     }
+    // A strategy whose work runs in the kernel is not ranked by server CPU.
+    let in_kernel: Vec<&str> = results
+        .targets
+        .iter()
+        .filter(|t| t.is_strategy() && t.runs_in_kernel() && ran.contains(&t.name.as_str()))
+        .map(|t| t.name.as_str())
+        .collect();
+    let ranked: Vec<&str> = ran
+        .iter()
+        .copied()
+        .filter(|n| !in_kernel.contains(n))
+        .collect();
+    let ran = if ranked.is_empty() { ran } else { ranked };
     let best_cpu = best_by_level(results, &ran, cpu, true);
     let best_tput = best_by_level(results, &ran, tput, false);
     // Score: the geometric mean, over the levels a strategy ran, of its CPU per request
@@ -725,6 +738,14 @@ pub fn advice(results: &Results) -> String {
                 (TIE - 1.0) * 100.0
             );
         }
+    }
+    for k in in_kernel.iter().filter(|k| **k != pick) {
+        let _ = write!(
+            s,
+            " `{k}` is not ranked: its work runs in the kernel (softirq, charged to no \
+             process), so its server CPU per request is not comparable; judge it by \
+             whole-machine CPU (`bench/kernel.sh`, docs/notes/kernel.md)."
+        );
     }
     s.push('\n');
     for peer in &peers {

@@ -81,6 +81,13 @@ impl TargetInfo {
         self.kind == "strategy"
     }
 
+    /// Its work runs in the kernel (C10K item 5): charged to softirq on whichever CPU,
+    /// not to the server's processes, so its server CPU per request is not comparable
+    /// and it is never ranked by it.
+    pub fn runs_in_kernel(&self) -> bool {
+        self.item.as_deref() == Some("5")
+    }
+
     /// One of the event-loop strategies, C10K items 1 to 3 (one thread serves many
     /// connections from readiness or completion events: `select`, `poll`, `epoll-lt`,
     /// `epoll-et`, `uring`): the family whose median is the report's reference.

@@ -482,3 +482,19 @@ fn losses_use_the_stable_reference() {
         Some((10.5, false))
     );
 }
+
+#[test]
+fn a_strategy_that_runs_in_the_kernel_is_never_ranked_by_server_cpu() {
+    let levels = [10, 1_000];
+    let rows = vec![("epoll-et", Some("2")), ("kernel", Some("5"))];
+    let mut cells = Vec::new();
+    for &c in &levels {
+        cells.push(cell("epoll-et", c, spec(150_000.0, 6.0, 200, c)));
+        // Almost no server CPU: the echo runs in softirq, charged to no process.
+        cells.push(cell("kernel", c, spec(80_000.0, 0.1, 200, c)));
+    }
+    let r = results(&rows, &levels, cells);
+    let advice = report::advice(&r);
+    assert!(advice.starts_with("**Use `epoll-et`.**"), "{advice}");
+    assert!(advice.contains("`kernel` is not ranked"), "{advice}");
+}

@@ -16,6 +16,20 @@ pub(crate) fn sweep_interval(idle_timeout: Duration, header_timeout: Duration) -
         .max(Duration::from_millis(10))
 }
 
+/// How long a loop may wait for `deadline`: the time left, rounded up by a
+/// millisecond so that the wait does not end a hair early (`None`: no deadline).
+pub(crate) fn wait_for(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|t| t.saturating_duration_since(Instant::now()) + Duration::from_millis(1))
+}
+
+/// [`wait_for`] as the `timespec` `epoll_wait` takes.
+pub(crate) fn wait_timespec(deadline: Option<Instant>) -> Option<rustix::time::Timespec> {
+    wait_for(deadline).map(|d| rustix::time::Timespec {
+        tv_sec: d.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: i64::from(d.subsec_nanos()),
+    })
+}
+
 /// When an event loop sweeps its connections' timers next (O(connections) per sweep:
 /// 10,000 connections take tens of microseconds, once a second, instead of a timer per
 /// connection on the hot path).

@@ -207,13 +207,7 @@ impl<A: App> Worker<A> {
             .into_iter()
             .flatten()
             .min();
-            let timeout = deadline.map(|t| {
-                let d = t.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
-                rustix::time::Timespec {
-                    tv_sec: d.as_secs().try_into().unwrap_or(i64::MAX),
-                    tv_nsec: i64::from(d.subsec_nanos()),
-                }
-            });
+            let timeout = crate::timers::wait_timespec(deadline);
             events.clear();
             match epoll::wait(
                 &self.epoll,

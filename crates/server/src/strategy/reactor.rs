@@ -110,10 +110,7 @@ impl<A: App, P: Poller> Reactor<A, P> {
     fn run(&mut self) -> io::Result<()> {
         let mut ready: Vec<Ready> = Vec::with_capacity(1024);
         loop {
-            let timeout = self
-                .worker
-                .next_deadline()
-                .map(|t| t.saturating_duration_since(Instant::now()) + Duration::from_millis(1));
+            let timeout = crate::timers::wait_for(self.worker.next_deadline());
             ready.clear();
             match self.conns.poller.wait(&mut ready, timeout) {
                 Ok(()) => {}

@@ -214,11 +214,11 @@ impl<A: App> Worker<A> {
     fn run(&mut self) -> io::Result<()> {
         let mut completions: Vec<Completion> = Vec::with_capacity(1024);
         loop {
-            let timeout = [self.worker.next_deadline(), self.check_flag_at]
+            let next = [self.worker.next_deadline(), self.check_flag_at]
                 .into_iter()
                 .flatten()
-                .min()
-                .map(|t| t.saturating_duration_since(Instant::now()) + Duration::from_millis(1));
+                .min();
+            let timeout = crate::timers::wait_for(next);
             match self.conns.ring.submit_and_wait(timeout) {
                 Ok(()) => {}
                 // A signal: go around (the wait is retried after the timers ran).
