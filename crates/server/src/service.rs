@@ -17,9 +17,7 @@ use crate::blocking::serve_session;
 use crate::gate::{GateApp, GateStats};
 use crate::handler::{Conn, ServeConn};
 use crate::stats::WorkerStats;
-use crate::strategy::{
-    Strategy, WorkerCtx, fork, green, prefork, run_processes, run_worker, thread,
-};
+use crate::strategy::{ProcessModel, Strategy, WorkerCtx, run_blocking, run_processes, run_worker};
 
 /// The seal: [`Service`] requires this trait, which no other crate can name, so it
 /// cannot be implemented outside this crate.
@@ -156,22 +154,20 @@ where
 
     #[allow(private_interfaces)]
     fn run_worker(strategy: Strategy, ctx: WorkerCtx<Self>) -> io::Result<()> {
-        match strategy {
-            Strategy::Thread => thread::run(ctx),
-            Strategy::Green => green::run(ctx),
-            other => Err(io::Error::other(format!(
-                "strategy {other} does not run blocking-style handlers in worker threads"
+        match strategy.process_model() {
+            ProcessModel::Threads => run_blocking(strategy, ctx),
+            ProcessModel::Processes => Err(io::Error::other(format!(
+                "strategy {strategy} does not run blocking-style handlers in worker threads"
             ))),
         }
     }
 
     #[allow(private_interfaces)]
     fn run_processes(strategy: Strategy, ctx: WorkerCtx<Self>) -> io::Result<()> {
-        match strategy {
-            Strategy::Fork => fork::run(ctx),
-            Strategy::Prefork => prefork::run(ctx),
-            other => Err(io::Error::other(format!(
-                "strategy {other} does not fork processes"
+        match strategy.process_model() {
+            ProcessModel::Processes => run_blocking(strategy, ctx),
+            ProcessModel::Threads => Err(io::Error::other(format!(
+                "strategy {strategy} does not fork processes"
             ))),
         }
     }

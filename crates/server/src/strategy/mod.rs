@@ -15,7 +15,7 @@ use std::io;
 use c10k_proto::App;
 
 use crate::config::Config;
-use crate::service::Service;
+use crate::handler::ServeConn;
 
 pub(crate) mod epoll;
 mod fd_table;
@@ -444,8 +444,9 @@ pub(crate) fn run<A: App>(strategy: Strategy, ctx: WorkerCtx<A>) -> io::Result<(
 }
 
 /// [`run`] for the strategies that give each connection its own flow of control: they
-/// serve any [`Service`], a blocking-style handler as well as an app.
-pub(crate) fn run_blocking<S: Service>(strategy: Strategy, ctx: WorkerCtx<S>) -> io::Result<()> {
+/// serve anything that serves a [`Conn`](crate::Conn) (a blocking-style handler as well
+/// as an app, through the sans-IO adapter).
+pub(crate) fn run_blocking<S: ServeConn>(strategy: Strategy, ctx: WorkerCtx<S>) -> io::Result<()> {
     match strategy {
         Strategy::Thread => thread::run(ctx),
         Strategy::Fork => fork::run(ctx),
