@@ -30,6 +30,19 @@ pub(crate) fn wait_timespec(deadline: Option<Instant>) -> Option<rustix::time::T
     })
 }
 
+/// Wait on the epoll instance `ep` until an event or `deadline`, with `events` cleared
+/// and refilled (`EINTR` comes back as an error for the loop to go round).
+pub(crate) fn epoll_wait_until(
+    ep: std::os::fd::BorrowedFd<'_>,
+    events: &mut Vec<rustix::event::epoll::Event>,
+    deadline: Option<Instant>,
+) -> rustix::io::Result<()> {
+    let timeout = wait_timespec(deadline);
+    events.clear();
+    rustix::event::epoll::wait(ep, rustix::buffer::spare_capacity(events), timeout.as_ref())
+        .map(|_| ())
+}
+
 /// When an event loop sweeps its connections' timers next (O(connections) per sweep:
 /// 10,000 connections take tens of microseconds, once a second, instead of a timer per
 /// connection on the hot path).

@@ -207,13 +207,7 @@ impl<A: App> Worker<A> {
             .into_iter()
             .flatten()
             .min();
-            let timeout = crate::timers::wait_timespec(deadline);
-            events.clear();
-            match epoll::wait(
-                &self.epoll,
-                rustix::buffer::spare_capacity(&mut events),
-                timeout.as_ref(),
-            ) {
+            match crate::timers::epoll_wait_until(self.epoll.as_fd(), &mut events, deadline) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),

@@ -313,13 +313,8 @@ impl<A: App> Dispatcher<A> {
             .into_iter()
             .flatten()
             .min();
-            let timeout = crate::timers::wait_timespec(deadline);
-            events.clear();
-            match epoll::wait(
-                &self.shared.epoll,
-                rustix::buffer::spare_capacity(&mut events),
-                timeout.as_ref(),
-            ) {
+            match crate::timers::epoll_wait_until(self.shared.epoll.as_fd(), &mut events, deadline)
+            {
                 Ok(_) => {}
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
