@@ -282,17 +282,18 @@ fn main() {
     }
     // One case per strategy of the registry, named after it; one that is not built
     // or cannot run here is reported as skipped, with the reason.
-    let cases =
-        Strategy::ALL
-            .iter()
-            .map(|info| {
-                support::Case::strategy("a_panic_closes_only_its_connection", info.strategy, |s| {
-                    match s.process_model() {
-                        c10k_server::ProcessModel::Threads => in_process(s),
-                        c10k_server::ProcessModel::Processes => out_of_process(s),
-                    }
-                })
-            })
-            .collect();
+    let cases = Strategy::ALL
+        .iter()
+        .map(|info| {
+            support::Case::strategy_for_sessions(
+                "a_panic_closes_only_its_connection",
+                info.strategy,
+                |s| match s.process_model() {
+                    c10k_server::ProcessModel::Threads => in_process(s),
+                    c10k_server::ProcessModel::Processes => out_of_process(s),
+                },
+            )
+        })
+        .collect();
     support::run(cases);
 }

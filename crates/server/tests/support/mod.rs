@@ -39,6 +39,22 @@ impl Case {
         }
     }
 
+    /// A case of `strategy` for a session app: skipped, saying why, when the strategy
+    /// serves one app only (`kernel`: echo, in the kernel), else as [`Case::strategy`].
+    pub fn strategy_for_sessions(
+        prefix: &str,
+        strategy: Strategy,
+        run: impl FnOnce(Strategy) + 'static,
+    ) -> Case {
+        match strategy.serves_app("a custom session app") {
+            Ok(()) => Case::strategy(prefix, strategy, run),
+            Err(why) => Case {
+                name: format!("{prefix}::{}", strategy.name().replace('-', "_")),
+                run: Box::new(move || Outcome::Skipped(format!("{strategy} {why}"))),
+            },
+        }
+    }
+
     /// A case of `strategy`, named `{prefix}::{strategy}` (with `_` for `-`, as the
     /// generated `#[test]`s of the other test files): skipped, saying why, when the
     /// strategy is not built or cannot run on this machine.
