@@ -215,13 +215,18 @@ mod tests {
         }
     }
 
-    fn chat(strategy: Strategy) {
-        let handle = server(strategy, "127.0.0.1:0".parse().unwrap())
+    /// The chat server on `strategy`, two workers, on a port the kernel picks.
+    fn spawn(strategy: Strategy) -> c10k_server::ServerHandle {
+        server(strategy, "127.0.0.1:0".parse().unwrap())
             .workers(2)
             .bind()
             .unwrap()
             .spawn()
-            .unwrap();
+            .unwrap()
+    }
+
+    fn chat(strategy: Strategy) {
+        let handle = spawn(strategy);
         let addr = handle.local_addr();
         let mut alice = Client::join(addr, "alice");
         let mut bob = Client::join(addr, "bob");
@@ -262,12 +267,7 @@ mod tests {
     /// A member that never reads: its handler blocks writing once its socket is
     /// full, its mailbox fills, and the room disconnects it; the others go on.
     fn slow_member_is_disconnected(strategy: Strategy) {
-        let handle = server(strategy, "127.0.0.1:0".parse().unwrap())
-            .workers(2)
-            .bind()
-            .unwrap()
-            .spawn()
-            .unwrap();
+        let handle = spawn(strategy);
         let addr = handle.local_addr();
         let mut alice = Client::join(addr, "alice");
         let slow = Client::join(addr, "slow");
