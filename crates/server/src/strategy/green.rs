@@ -50,6 +50,7 @@ use slab::Slab;
 use super::WorkerCtx;
 use crate::accept::{AcceptBatch, AcceptGuard, Admission};
 use crate::handler::{Conn, ConnLimits, Park, ServeConn, Waited};
+use crate::lifecycle::DrainClock;
 use crate::lifecycle::mailbox::{Inbox, Letter, MailSlot};
 use crate::stats::WorkerStats;
 
@@ -230,7 +231,8 @@ struct Scheduler<A> {
     buffers: Rc<RefCell<Vec<Vec<u8>>>>,
     guard: AcceptGuard,
     listening: bool,
-    draining: Option<Instant>,
+    /// The drain deadline (the worker core's clock; green threads bound their own drains).
+    drain: DrainClock,
     limits: ConnLimits,
     page: usize,
     inbox: Arc<Inbox>,
@@ -267,7 +269,7 @@ pub(crate) fn run<A: ServeConn>(ctx: WorkerCtx<A>) -> io::Result<()> {
         buffers: Rc::new(RefCell::new(Vec::new())),
         guard: AcceptGuard::new(),
         listening: false,
-        draining: None,
+        drain: DrainClock::default(),
         limits,
         page: rustix::param::page_size(),
     };
@@ -308,11 +310,11 @@ impl<A: ServeConn> Scheduler<A> {
                 self.resume(key, why);
             }
             let now = Instant::now();
-            if let Some(deadline) = self.draining {
+            if self.drain.draining() {
                 if self.tasks.is_empty() {
                     return Ok(());
                 }
-                if now >= deadline {
+                if self.drain.force_due(now) {
                     tracing::warn!(
                         "worker {}: {} green thread(s) still running past the drain deadline; dropping them",
                         self.ctx.id,
@@ -332,7 +334,7 @@ impl<A: ServeConn> Scheduler<A> {
             }
             let timeout = if self.run.is_empty() {
                 let mut next = self.timers.first().map(|(t, _)| *t);
-                for t in [self.guard.paused_until(), self.draining]
+                for t in [self.guard.paused_until(), self.drain.next()]
                     .into_iter()
                     .flatten()
                 {
@@ -456,7 +458,7 @@ impl<A: ServeConn> Scheduler<A> {
                     self.run.push_back((key, Resume::Ready));
                 } else if task.mail.open.get() && !task.mail.letters.borrow().is_empty() {
                     self.run.push_back((key, Resume::Mail));
-                } else if watch_drain && self.draining.is_some() {
+                } else if watch_drain && self.drain.draining() {
                     self.run.push_back((key, Resume::Drain));
                 } else {
                     task.waiting = Some(Waiting {
@@ -613,10 +615,10 @@ impl<A: ServeConn> Scheduler<A> {
     }
 
     fn begin_drain(&mut self) {
-        if self.draining.is_some() {
+        let drain_timeout = self.ctx.config.drain_timeout + DRAIN_MARGIN;
+        if !self.drain.begin(Instant::now(), drain_timeout) {
             return;
         }
-        self.draining = Some(Instant::now() + self.ctx.config.drain_timeout + DRAIN_MARGIN);
         // The pipe stays readable: stop watching it.
         let _ = epoll::delete(&self.ep, self.ctx.shutdown.wake_fd());
         self.unlisten();
