@@ -27,10 +27,19 @@ use c10k_proto::resp::{Reply, RespApp, decode_reply, encode_command};
 struct RedisServer {
     child: Child,
     port: u16,
+    /// One redis-server at a time in this binary: two tests that picked the same free
+    /// port could otherwise probe each other's server and lose it when the other
+    /// test ends (seen once as a refused connection under load).
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_REDIS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl RedisServer {
     fn start() -> RedisServer {
+        let one_at_a_time = ONE_REDIS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut last = String::new();
         for _ in 0..5 {
             // A free port: the kernel picks one, we release it, Redis takes it (another
@@ -65,7 +74,11 @@ impl RedisServer {
                     break;
                 }
                 if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-                    return RedisServer { child, port };
+                    return RedisServer {
+                        child,
+                        port,
+                        _one_at_a_time: one_at_a_time,
+                    };
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
