@@ -16,7 +16,10 @@ use c10k_proto::chat::ChatApp;
 use c10k_proto::echo::EchoApp;
 use c10k_proto::http::{HttpApp, HttpConfig};
 use c10k_proto::resp::RespApp;
-use c10k_server::{AcceptMode, Availability, Server, ServerBuilder, Strategy, UringConfig};
+use c10k_server::{
+    AcceptMode, Availability, RequestUnit, Server, ServerBuilder, Strategy, UringConfig, Work,
+    WorkApp,
+};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -129,6 +132,12 @@ struct ServeArgs {
     /// Log every connection's client address at info level.
     #[arg(long)]
     log_connections: bool,
+    /// Work per request (one HTTP request, RESP command, chat line; for echo, what one
+    /// read returned): cpu=200us (burn thread CPU time), wait=2ms,blocking (the
+    /// thread sleeps), wait=2ms,async (the reply is deferred by a timer), combined
+    /// with commas, or none.
+    #[arg(long, default_value = "none")]
+    work: Work,
 }
 
 fn parse_strategy(s: &str) -> Result<Strategy, String> {
@@ -213,8 +222,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .max_conns(args.max_conns)
         .output_cap(args.output_cap)
         .drain_timeout(args.drain_timeout)
-        .idle_timeout(args.idle_timeout)
-        .header_timeout(args.header_timeout)
+        .idle_timeout(args.idle_timeout + args.work.async_wait())
+        .header_timeout(args.header_timeout + args.work.async_wait())
         .stack_size(args.stack_size)
         .uring(UringConfig {
             entries: args.uring_entries,
@@ -239,22 +248,45 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => builder,
     };
+    if !args.work.is_none() {
+        tracing::info!(
+            "work per request: {}{}",
+            args.work,
+            if args.work.async_wait().is_zero() {
+                String::new()
+            } else {
+                format!(
+                    " (the header and idle timeouts are {:?} longer to allow for the wait)",
+                    args.work.async_wait()
+                )
+            }
+        );
+    }
+    let work = args.work;
     match args.app {
-        AppName::Echo => run(builder, EchoApp, "echo"),
+        AppName::Echo => run(builder, EchoApp, "echo", work, RequestUnit::PerRead),
         AppName::Http => run(
             builder,
             HttpApp::new(HttpConfig {
                 max_body: args.max_body,
             }),
             "http",
+            work,
+            RequestUnit::Counted,
         ),
-        AppName::Resp => run(builder, RespApp::new(), "resp"),
-        AppName::Chat => run(builder, ChatApp::new(), "chat"),
+        AppName::Resp => run(builder, RespApp::new(), "resp", work, RequestUnit::Counted),
+        AppName::Chat => run(builder, ChatApp::new(), "chat", work, RequestUnit::Counted),
     }
 }
 
-fn run<A: App>(builder: ServerBuilder, app: A, app_name: &str) -> anyhow::Result<()> {
-    let server = builder.app(app).bind()?;
+fn run<A: App>(
+    builder: ServerBuilder,
+    app: A,
+    app_name: &str,
+    work: Work,
+    unit: RequestUnit,
+) -> anyhow::Result<()> {
+    let server = builder.app(WorkApp::new(app, work, unit)).bind()?;
     let addr = server.local_addr();
     {
         let mut out = std::io::stdout().lock();

@@ -216,7 +216,13 @@ impl<S: Session> Driver<'_, '_, S> {
                     .stash_buffer(std::mem::take(&mut self.buf))
                     .unwrap_or_default();
                 let until = self.core.poll_timeout(&self.limits);
-                match self.conn.wait(PollFlags::IN, until) {
+                // After EOF only a timer (a deferred reply) or the drain can happen.
+                let flags = if self.core.eof_seen() {
+                    PollFlags::empty()
+                } else {
+                    PollFlags::IN
+                };
+                match self.conn.wait(flags, until) {
                     Waited::Ready => {}
                     Waited::Drain => continue,
                     Waited::Mail => {

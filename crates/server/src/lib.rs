@@ -65,6 +65,7 @@ mod shutdown;
 mod stats;
 mod strategy;
 mod timers;
+pub mod work;
 
 pub use builder::{Report, Server, ServerBuilder, ServerError, ServerHandle};
 pub use c10k_proto::proxy::ProxyProtocol;
@@ -80,6 +81,7 @@ pub use service::{HANDLER_STRATEGIES, Handler, Service};
 pub use shutdown::Shutdown;
 pub use stats::{OpenConns, UringStats, WorkerStats};
 pub use strategy::{Availability, ProcessModel, Strategy, StrategyInfo};
+pub use work::{RequestUnit, Work, WorkApp};
 
 /// Raise the soft limit on open files to the hard limit (a server holding ten thousand
 /// connections needs more than the usual 1,024). Returns the new soft limit.

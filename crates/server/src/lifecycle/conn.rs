@@ -283,6 +283,11 @@ impl<S: Session> ConnCore<S> {
         }
     }
 
+    /// The peer shut its write side: there is nothing more to read.
+    pub(crate) fn eof_seen(&self) -> bool {
+        self.eof
+    }
+
     /// Is there output to write (and no send of it in flight)?
     pub(crate) fn wants_write(&self) -> bool {
         self.phase != Phase::Done && !self.sending && self.out_pending() > 0
@@ -358,17 +363,26 @@ impl<S: Session> ConnCore<S> {
 
     /// The peer shut its write side.
     pub(crate) fn eof(&mut self, env: &Env<'_>, pool: &mut OutputPool) {
-        self.eof = true;
-        if self.phase == Phase::Open {
+        let first = !std::mem::replace(&mut self.eof, true);
+        if self.phase == Phase::Open && first {
             self.lend_output(pool);
             let before = self.out.len();
             self.session.handle_eof(env.cx, &mut self.out);
             self.replied(before);
             self.after_call(env);
             self.pending_in = Vec::new();
-            self.phase = Phase::Closing;
+            if !self.reply_on_timer() {
+                self.phase = Phase::Closing;
+            }
         }
         self.after_event(env, pool);
+    }
+
+    /// A request is in progress and the session's timer will answer it (a reply
+    /// deferred by `--work wait=...,async`): after EOF the connection stays open,
+    /// reading nothing, until the timer has produced the reply.
+    fn reply_on_timer(&self) -> bool {
+        self.session_timer.is_some() && self.session.mid_request()
     }
 
     /// An I/O error: the connection is beyond saving.
@@ -612,6 +626,16 @@ impl<S: Session> ConnCore<S> {
             self.session.handle_timer(env.cx, &mut self.out);
             self.replied(before);
             self.after_call(env);
+            if self.phase == Phase::Open {
+                if self.eof {
+                    if !self.reply_on_timer() {
+                        self.phase = Phase::Closing;
+                    }
+                } else if !self.pending_in.is_empty() {
+                    // A session that held input back for its timer takes it now.
+                    self.pump(env, pool);
+                }
+            }
             self.after_event(env, pool);
             return Some(Timeout::Session);
         }
