@@ -207,6 +207,11 @@ fn strategies() {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log_level)?;
+    anyhow::ensure!(
+        args.work.is_none() || args.strategy != Strategy::Kernel,
+        "--work with --strategy kernel: its echo runs in the kernel, where no per-request \
+         code of ours runs; use --strategy epoll-et"
+    );
     match c10k_server::raise_fd_limit() {
         Ok(n) => tracing::debug!("open files limit: {n}"),
         Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),

@@ -123,10 +123,18 @@ impl fmt::Display for Work {
 /// Parses `200us`, `2ms`, `1.5s`, `500ns`: a non-negative number and a unit.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
+    if s.starts_with('-') {
+        return Err(format!(
+            "'{s}' is negative: a duration is 0 or more, e.g. 200us"
+        ));
+    }
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err(format!("'{s}' is not a duration such as 200us or 2ms"));
+    }
     let scale = match unit.trim() {
         "ns" => 1e-9,
         "us" | "µs" => 1e-6,
@@ -141,8 +149,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     if !value.is_finite() {
         return Err(format!("'{s}' is not a duration such as 200us or 2ms"));
     }
-    Duration::try_from_secs_f64(value * scale)
-        .map_err(|_| format!("'{s}' is not a duration such as 200us or 2ms"))
+    // Finite and not negative: only too large to represent can fail, and too large
+    // is what the bounds report.
+    Ok(Duration::try_from_secs_f64(value * scale).unwrap_or(Duration::MAX))
 }
 
 impl FromStr for Work {
@@ -426,5 +435,179 @@ impl<S: Session> Session for WorkSession<S> {
                 self.inner.handle_timer(cx, out);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use c10k_proto::echo::EchoApp;
+    use c10k_proto::http::{HttpApp, HttpConfig};
+    use std::time::SystemTime;
+
+    fn w(s: &str) -> Work {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn specs_parse_and_print_canonically() {
+        assert_eq!(w("none"), Work::NONE);
+        assert!(w("none").is_none());
+        for (spec, canon) in [
+            ("cpu=200us", "cpu=200us"),
+            ("wait=2ms,blocking", "wait=2ms,blocking"),
+            ("async, wait=0.002s", "wait=2ms,async"),
+            ("cpu=100us,wait=1ms,async", "cpu=100us,wait=1ms,async"),
+            ("wait=1.5s,async,cpu=1s", "cpu=1s,wait=1500ms,async"),
+            ("cpu=0us", "none"),
+            ("cpu=250ns", "cpu=250ns"),
+        ] {
+            let work = w(spec);
+            assert_eq!(work.to_string(), canon, "{spec}");
+            assert_eq!(w(canon), work, "{canon} parses back");
+        }
+        let both = w("cpu=100us,wait=1ms,async");
+        assert_eq!(both.cpu, Duration::from_micros(100));
+        assert_eq!(both.async_wait(), Duration::from_millis(1));
+        assert_eq!(both.blocking_wait(), Duration::ZERO);
+        assert_eq!(
+            w("wait=3ms,blocking").blocking_wait(),
+            Duration::from_millis(3)
+        );
+    }
+
+    #[test]
+    fn bad_specs_say_why_in_one_line() {
+        for (spec, says) in [
+            ("", "empty"),
+            ("cpu=2s", "1s"),
+            ("cpu=1.000001s", "1s"),
+            ("wait=61s,async", "60s"),
+            ("wait=2ms", "blocking"),
+            ("blocking", "wait=DURATION"),
+            ("cpu=-1ms", "negative"),
+            ("wait=-2ms,async", "negative"),
+            ("cpu=5", "unit"),
+            ("cpu=5 parsecs", "unit"),
+            ("cpu=abcms", "duration"),
+            ("cpu=NaNs", "duration"),
+            ("cpu=1e999s", "unit"),
+            ("cpu=99999999999999999999999999s", "1s"),
+            ("sleep=1ms", "not a work item"),
+            ("cpu=1ms,cpu=2ms", "twice"),
+            ("wait=1ms,wait=2ms,async", "twice"),
+            ("wait=1ms,async,blocking", "twice"),
+        ] {
+            let err = spec.parse::<Work>().unwrap_err();
+            assert!(err.contains(says), "{spec:?}: {err}");
+            assert!(!err.contains('\n'), "{spec:?}: one line");
+        }
+    }
+
+    #[test]
+    fn cpu_burn_is_thread_cpu_time() {
+        use rustix::time::{ClockId, clock_gettime};
+        let cpu = || {
+            let t = clock_gettime(ClockId::ThreadCPUTime);
+            Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+        };
+        let before = cpu();
+        burn_cpu(Duration::from_millis(20));
+        assert!(cpu() - before >= Duration::from_millis(20));
+    }
+
+    fn cx_at(now: Instant) -> Cx {
+        let mut cx = Cx::new(SystemTime::now());
+        cx.set_instant(now);
+        cx
+    }
+
+    #[test]
+    fn an_async_wait_holds_the_reply_and_the_next_request_until_the_timer() {
+        let app = WorkApp::new(EchoApp, w("wait=10ms,async"), RequestUnit::PerRead);
+        let mut s = app.open(&Peer::unknown());
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        assert_eq!(s.handle_input(&cx_at(t0), b"one", &mut out).unwrap(), 3);
+        assert!(out.is_empty(), "held");
+        assert!(s.mid_request(), "a reply is on its way");
+        let due = s.poll_timer().unwrap();
+        assert_eq!(due, t0 + Duration::from_millis(10));
+        // The next request waits for the reply.
+        assert_eq!(s.handle_input(&cx_at(t0), b"two", &mut out).unwrap(), 0);
+        // Early timer call: nothing yet.
+        s.handle_timer(&cx_at(t0 + Duration::from_millis(5)), &mut out);
+        assert!(out.is_empty());
+        s.handle_timer(&cx_at(due), &mut out);
+        assert_eq!(out, b"one");
+        assert!(!s.mid_request());
+        assert_eq!(s.poll_timer(), None);
+        assert_eq!(s.handle_input(&cx_at(due), b"two", &mut out).unwrap(), 3);
+        assert_eq!(out, b"one", "the second reply is held in turn");
+    }
+
+    #[test]
+    fn pipelined_requests_wait_one_after_another() {
+        let app = WorkApp::new(
+            HttpApp::new(HttpConfig::default()),
+            w("wait=10ms,async"),
+            RequestUnit::Counted,
+        );
+        let mut s = app.open(&Peer::unknown());
+        let t0 = Instant::now();
+        let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let three = [&req[..], req, req].concat();
+        let mut out = Vec::new();
+        let used = s.handle_input(&cx_at(t0), &three, &mut out).unwrap();
+        assert_eq!(used, three.len());
+        assert!(out.is_empty());
+        assert_eq!(s.poll_timer(), Some(t0 + Duration::from_millis(30)));
+        assert_eq!(s.take_requests(), 3, "the request counter is passed on");
+        s.handle_timer(&cx_at(t0 + Duration::from_millis(30)), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+    }
+
+    #[test]
+    fn a_close_waits_for_the_held_reply_and_eof_output_joins_it() {
+        let app = WorkApp::new(
+            HttpApp::new(HttpConfig::default()),
+            w("wait=10ms,async"),
+            RequestUnit::Counted,
+        );
+        let mut s = app.open(&Peer::unknown());
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let req = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        s.handle_input(&cx_at(t0), req, &mut out).unwrap();
+        assert!(!s.wants_close(), "not before the reply left");
+        s.handle_eof(&cx_at(t0), &mut out);
+        assert!(out.is_empty());
+        s.handle_timer(&cx_at(t0 + Duration::from_millis(10)), &mut out);
+        assert!(out.starts_with(b"HTTP/1.1 200"));
+        assert!(s.wants_close());
+    }
+
+    #[test]
+    fn a_blocking_wait_sleeps_in_the_call_and_none_passes_through() {
+        let app = WorkApp::new(EchoApp, w("wait=20ms,blocking"), RequestUnit::PerRead);
+        let mut s = app.open(&Peer::unknown());
+        let mut out = Vec::new();
+        let start = Instant::now();
+        s.handle_input(&cx_at(start), b"x", &mut out).unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(20));
+        assert_eq!(out, b"x", "replied at once after the sleep");
+        assert_eq!(s.poll_timer(), None);
+        // Nothing consumed, nothing done.
+        let start = Instant::now();
+        s.handle_input(&cx_at(start), b"", &mut out).unwrap();
+        assert!(start.elapsed() < Duration::from_millis(20));
+
+        let app = WorkApp::new(EchoApp, Work::NONE, RequestUnit::PerRead);
+        let mut s = app.open(&Peer::unknown());
+        s.handle_input(&cx_at(Instant::now()), b"y", &mut out)
+            .unwrap();
+        assert_eq!(out, b"xy");
+        assert!(!s.mid_request());
     }
 }

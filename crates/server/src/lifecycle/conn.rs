@@ -1065,6 +1065,37 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_deferred_by_a_timer_survives_eof_and_pipelined_input_waits_for_it() {
+        use crate::work::{RequestUnit, Work, WorkApp};
+        let mut w = World::new(1 << 20);
+        let work: Work = "wait=10ms,async".parse().unwrap();
+        let app = WorkApp::new(EchoApp, work, RequestUnit::PerRead);
+        let mut c = ConnCore::new(app.open(&Peer::unknown()), w.t0);
+        let ms = Duration::from_millis;
+        w.cx.set_instant(w.t0);
+        w.recv(&mut c, S0, b"one");
+        w.recv(&mut c, S0, b"two");
+        assert_eq!(w.drain_out(&mut c, S0), b"", "held for 10 ms");
+        assert_eq!(c.poll_timeout(&w.limits), Some(w.t0 + ms(10)));
+        // The timer answers the first and offers the waiting input at once.
+        w.cx.set_instant(w.t0 + ms(10));
+        assert_eq!(w.timeout(&mut c, ms(10)), Some(Timeout::Session));
+        assert_eq!(w.drain_out(&mut c, ms(10)), b"one");
+        assert_eq!(c.poll_timeout(&w.limits), Some(w.t0 + ms(20)));
+        // The peer half-closes: the deferred reply still leaves, then the close.
+        let mut pool = OutputPool::default();
+        c.eof(&w.env(ms(11)), &mut pool);
+        assert_eq!(c.phase(), Phase::Open);
+        assert!(!c.wants_read(1 << 20), "nothing more to read");
+        c.eof(&w.env(ms(12)), &mut pool);
+        w.cx.set_instant(w.t0 + ms(20));
+        assert_eq!(w.timeout(&mut c, ms(20)), Some(Timeout::Session));
+        assert_eq!(c.phase(), Phase::Closing);
+        assert_eq!(w.drain_out(&mut c, ms(20)), b"two");
+        assert!(c.is_closed());
+    }
+
+    #[test]
     fn eof_flushes_the_last_reply_and_closes_without_lingering() {
         let mut w = World::new(1 << 20);
         let mut c = w.echo();
