@@ -138,6 +138,10 @@ struct ServeArgs {
     /// with commas, or none.
     #[arg(long, default_value = "none")]
     work: Work,
+    /// Serve from N processes (one per core, say), each running the strategy with its
+    /// --workers, under a supervisor that restarts them; not with fork or prefork.
+    #[arg(long)]
+    processes: Option<usize>,
 }
 
 fn parse_strategy(s: &str) -> Result<Strategy, String> {
@@ -162,7 +166,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("c10k: error: {e:#}");
-            ExitCode::from(2)
+            // A server that ran and failed (children crash-looping) is not a usage
+            // error.
+            match e.downcast_ref::<c10k_server::ServerError>() {
+                Some(c10k_server::ServerError::ChildrenCrashing(_)) => ExitCode::from(1),
+                _ => ExitCode::from(2),
+            }
         }
     }
 }
@@ -238,7 +247,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         })
         .proxy_protocol(args.proxy_protocol)
         .max_conns_per_ip(args.max_conns_per_ip)
-        .log_connections(args.log_connections);
+        .log_connections(args.log_connections)
+        .processes(args.processes);
     let builder = match args.metrics {
         Some(addr) => builder.metrics(addr),
         None => builder,

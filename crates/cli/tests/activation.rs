@@ -176,3 +176,8 @@ fn metrics_report_the_inherited_listener() {
         .sum();
     assert_eq!(requests, 8, "{text}");
 }
+
+#[test]
+fn processes_share_the_inherited_socket() {
+    check("epoll-et", &["--processes", "2", "--workers", "2"]);
+}

@@ -54,6 +54,9 @@ pub enum ServerError {
     /// A worker panicked.
     #[error("worker {0} panicked")]
     WorkerPanicked(usize),
+    /// The supervisor's children kept dying soon after they started (`--processes`).
+    #[error("{0}")]
+    ChildrenCrashing(String),
     /// Any other I/O error.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -72,21 +75,21 @@ pub struct ServerBuilder<A = ()> {
 
 /// A bound server: listening (the kernel already queues connections), not yet serving.
 pub struct Server<A = ()> {
-    strategy: Strategy,
-    config: Arc<Config>,
+    pub(crate) strategy: Strategy,
+    pub(crate) config: Arc<Config>,
     /// The app or handler, behind the gate (PROXY header, per-address limit).
-    app: Arc<A>,
+    pub(crate) app: Arc<A>,
     /// The gate's counters (PROXY headers, per-address refusals).
-    gate: Arc<GateStats>,
-    listeners: Vec<TcpListener>,
-    local_addr: SocketAddr,
-    shutdown: Arc<Shutdown>,
-    stats: Vec<Arc<WorkerStats>>,
-    open: Arc<OpenConns>,
+    pub(crate) gate: Arc<GateStats>,
+    pub(crate) listeners: Vec<TcpListener>,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) shutdown: Arc<Shutdown>,
+    pub(crate) stats: Vec<Arc<WorkerStats>>,
+    pub(crate) open: Arc<OpenConns>,
     /// The `/metrics` endpoint, if asked for.
-    metrics: Option<MetricsEndpoint>,
+    pub(crate) metrics: Option<MetricsEndpoint>,
     /// Forking strategies: the counters their children publish.
-    shared_stats: Option<Arc<SharedStats>>,
+    pub(crate) shared_stats: Option<Arc<SharedStats>>,
 }
 
 /// What a server did, returned when it has stopped.
@@ -158,6 +161,12 @@ impl<A> ServerBuilder<A> {
     /// Number of workers: event loops, or for `pool` the size of its worker pool.
     pub fn workers(mut self, n: usize) -> Self {
         self.config.workers = n;
+        self
+    }
+    /// Serve from `n` child processes, each running the strategy with its
+    /// `--workers`, under a supervisor that restarts them (see `crate::supervisor`).
+    pub fn processes(mut self, n: Option<usize>) -> Self {
+        self.config.processes = n;
         self
     }
     /// How workers share the listening address.
@@ -303,6 +312,9 @@ impl<A: Service> ServerBuilder<A> {
             )));
         }
         strategy.check_config(c).map_err(ServerError::Config)?;
+        if let Some(n) = c.processes {
+            crate::supervisor::check(strategy, n, c).map_err(ServerError::Config)?;
+        }
         if c.accept == AcceptMode::Exclusive
             && c.workers > 1
             && matches!(strategy, Strategy::Select | Strategy::Poll)
@@ -350,11 +362,16 @@ impl<A: Service> ServerBuilder<A> {
                 l.set_nonblocking(true)?;
                 vec![l]
             }
-            None => bind_listeners(self.listen, loops, accept, c.backlog).map_err(|source| {
-                ServerError::Bind {
-                    addr: self.listen,
-                    source,
-                }
+            // Under a supervisor each process has its own loops' listeners.
+            None => bind_listeners(
+                self.listen,
+                loops * c.processes.unwrap_or(1),
+                accept,
+                c.backlog,
+            )
+            .map_err(|source| ServerError::Bind {
+                addr: self.listen,
+                source,
             })?,
         };
         let accept_label = if was_inherited {
@@ -363,13 +380,17 @@ impl<A: Service> ServerBuilder<A> {
             accept.name()
         };
         let local_addr = listeners[0].local_addr()?;
-        let stats: Vec<Arc<WorkerStats>> = (0..loops)
+        // A supervisor counts in one row (its own drain); its children publish theirs.
+        let rows = if c.processes.is_some() { 1 } else { loops };
+        let stats: Vec<Arc<WorkerStats>> = (0..rows)
             .map(|_| Arc::new(WorkerStats::default()))
             .collect();
         let open = Arc::new(OpenConns::default());
         // Forked children count in copies of memory: they publish into a shared
         // mapping, one block per prefork pool slot (one for all fork children).
-        let shared_stats = if forks {
+        let shared_stats = if let Some(n) = c.processes {
+            Some(Arc::new(SharedStats::new(n)?))
+        } else if forks {
             let blocks = if strategy == Strategy::Prefork {
                 c.workers
             } else {
@@ -402,8 +423,15 @@ impl<A: Service> ServerBuilder<A> {
                         stats: stats.clone(),
                         open: Arc::clone(&open),
                         shared: shared_stats.clone(),
-                        gate: Some(Arc::clone(&gate)),
+                        // Under a supervisor the gate counts in the children.
+                        gate: c.processes.is_none().then(|| Arc::clone(&gate)),
                         started: SystemTime::now(),
+                        restarts: c.processes.map(|_| Arc::default()),
+                        row_label: if c.processes.is_some() {
+                            "process"
+                        } else {
+                            "worker"
+                        },
                     },
                 })
             }
@@ -489,6 +517,9 @@ impl<A: Service> Server<A> {
     }
 
     fn serve(mut self) -> Result<Report, ServerError> {
+        if let Some(n) = self.config.processes {
+            return self.serve_supervised(n);
+        }
         if self.strategy.process_model() == ProcessModel::Processes {
             return self.serve_processes();
         }
@@ -496,59 +527,19 @@ impl<A: Service> Server<A> {
             Some(m) => Some(m.spawn(Arc::clone(&self.shutdown))?),
             None => None,
         };
-        let loops = self.stats.len();
-        let shared = self.listeners.len() == 1 && loops > 1;
-        let listeners: Vec<Arc<TcpListener>> = self.listeners.into_iter().map(Arc::new).collect();
-        let mut threads = Vec::with_capacity(loops);
-        for id in 0..loops {
-            let ctx = WorkerCtx {
-                id,
-                app: Arc::clone(&self.app),
-                listener: Some(Arc::clone(&listeners[id % listeners.len()])),
+        let listeners = std::mem::take(&mut self.listeners);
+        let first_error = run_loops(
+            &Loops {
+                strategy: self.strategy,
+                app: &self.app,
                 local_addr: self.local_addr,
-                shared_listener: shared,
-                config: Arc::clone(&self.config),
-                shutdown: Arc::clone(&self.shutdown),
-                stats: Arc::clone(&self.stats[id]),
-                open: Arc::clone(&self.open),
-                shared_stats: None,
-                metrics: None,
-            };
-            let strategy = self.strategy;
-            let t = std::thread::Builder::new()
-                .name(format!("c10k-w{id}"))
-                .spawn(move || A::run_worker(strategy, ctx));
-            match t {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    self.shutdown.trigger();
-                    for t in threads {
-                        let _ = t.join();
-                    }
-                    if let Some(t) = metrics_thread {
-                        let _ = t.join();
-                    }
-                    return Err(ServerError::Worker {
-                        worker: id,
-                        source: e,
-                    });
-                }
-            }
-        }
-        // Workers hold the only references now: a listener closes as soon as every
-        // worker using it has started draining.
-        drop(listeners);
-        let mut first_error = None;
-        for (id, t) in threads.into_iter().enumerate() {
-            let result = match t.join() {
-                Ok(Ok(())) => continue,
-                Ok(Err(source)) => ServerError::Worker { worker: id, source },
-                Err(_) => ServerError::WorkerPanicked(id),
-            };
-            tracing::error!("{result}");
-            self.shutdown.trigger();
-            first_error.get_or_insert(result);
-        }
+                config: &self.config,
+                shutdown: &self.shutdown,
+                open: &self.open,
+            },
+            listeners,
+            &self.stats,
+        );
         if let Some(t) = metrics_thread {
             // It stops at the shutdown trigger, like the workers.
             self.shutdown.trigger();
@@ -575,6 +566,77 @@ impl<A: Service> Server<A> {
             }),
         }
     }
+}
+
+/// What every event loop (or accept loop) of a process shares.
+pub(crate) struct Loops<'a, A> {
+    pub(crate) strategy: Strategy,
+    pub(crate) app: &'a Arc<A>,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) config: &'a Arc<Config>,
+    pub(crate) shutdown: &'a Arc<Shutdown>,
+    pub(crate) open: &'a Arc<OpenConns>,
+}
+
+/// Run one thread per row of `stats` (an event loop, an accept loop, or `pool`'s
+/// reactor with its pool), loop `i` on `listeners[i % len]`, until they all return;
+/// the first failure triggers the shutdown and is returned.
+pub(crate) fn run_loops<A: Service>(
+    l: &Loops<'_, A>,
+    listeners: Vec<TcpListener>,
+    stats: &[Arc<WorkerStats>],
+) -> Option<ServerError> {
+    let loops = stats.len();
+    let shared = listeners.len() == 1 && loops > 1;
+    let listeners: Vec<Arc<TcpListener>> = listeners.into_iter().map(Arc::new).collect();
+    let mut threads = Vec::with_capacity(loops);
+    for (id, stats) in stats.iter().enumerate() {
+        let ctx = WorkerCtx {
+            id,
+            app: Arc::clone(l.app),
+            listener: Some(Arc::clone(&listeners[id % listeners.len()])),
+            local_addr: l.local_addr,
+            shared_listener: shared,
+            config: Arc::clone(l.config),
+            shutdown: Arc::clone(l.shutdown),
+            stats: Arc::clone(stats),
+            open: Arc::clone(l.open),
+            shared_stats: None,
+            metrics: None,
+        };
+        let strategy = l.strategy;
+        let t = std::thread::Builder::new()
+            .name(format!("c10k-w{id}"))
+            .spawn(move || A::run_worker(strategy, ctx));
+        match t {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                l.shutdown.trigger();
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Some(ServerError::Worker {
+                    worker: id,
+                    source: e,
+                });
+            }
+        }
+    }
+    // Workers hold the only references now: a listener closes as soon as every
+    // worker using it has started draining.
+    drop(listeners);
+    let mut first_error = None;
+    for (id, t) in threads.into_iter().enumerate() {
+        let result = match t.join() {
+            Ok(Ok(())) => continue,
+            Ok(Err(source)) => ServerError::Worker { worker: id, source },
+            Err(_) => ServerError::WorkerPanicked(id),
+        };
+        tracing::error!("{result}");
+        l.shutdown.trigger();
+        first_error.get_or_insert(result);
+    }
+    first_error
 }
 
 impl<A: Service> Server<A> {

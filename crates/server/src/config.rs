@@ -108,6 +108,9 @@ pub struct Config {
     pub max_conns_per_ip: Option<usize>,
     /// Log each connection's client address at info level (`--log-connections`).
     pub log_connections: bool,
+    /// Run this many copies of the strategy in child processes under a supervisor
+    /// (`--processes`; `None`: serve in this process).
+    pub processes: Option<usize>,
 }
 
 impl Default for Config {
@@ -127,6 +130,7 @@ impl Default for Config {
             proxy_protocol: c10k_proto::proxy::ProxyProtocol::Off,
             max_conns_per_ip: None,
             log_connections: false,
+            processes: None,
         }
     }
 }

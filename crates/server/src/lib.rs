@@ -64,6 +64,7 @@ mod shared_stats;
 mod shutdown;
 mod stats;
 mod strategy;
+mod supervisor;
 mod timers;
 pub mod work;
 

@@ -66,6 +66,10 @@ pub(crate) struct Metrics {
     /// The gate's process-wide counters (PROXY headers, per-address refusals).
     pub(crate) gate: Option<Arc<GateStats>>,
     pub(crate) started: SystemTime,
+    /// The label of a row: `worker`, or `process` under a supervisor.
+    pub(crate) row_label: &'static str,
+    /// Under a supervisor: the children it restarted.
+    pub(crate) restarts: Option<Arc<AtomicU64>>,
 }
 
 impl Metrics {
@@ -116,10 +120,14 @@ impl Metrics {
                 let value = row.get(i).copied().unwrap_or(0);
                 match s.label {
                     Some((k, v)) => {
-                        let _ = writeln!(out, "{}{{worker=\"{w}\",{k}=\"{v}\"}} {value}", s.name);
+                        let _ = writeln!(
+                            out,
+                            "{}{{{}=\"{w}\",{k}=\"{v}\"}} {value}",
+                            s.name, self.row_label
+                        );
                     }
                     None => {
-                        let _ = writeln!(out, "{}{{worker=\"{w}\"}} {value}", s.name);
+                        let _ = writeln!(out, "{}{{{}=\"{w}\"}} {value}", s.name, self.row_label);
                     }
                 }
             }
@@ -175,6 +183,19 @@ impl Metrics {
         );
         if let Some(gate) = &self.gate {
             render_gate(&mut out, gate);
+        }
+        if let Some(restarts) = &self.restarts {
+            let name = "c10k_process_restarts_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Child processes the supervisor restarted after they died (--processes)."
+            );
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(
+                out,
+                "{name} {}",
+                restarts.load(std::sync::atomic::Ordering::Relaxed)
+            );
         }
         out
     }
@@ -392,6 +413,8 @@ mod tests {
             stats: vec![s, Arc::new(WorkerStats::default())],
             open: Arc::new(OpenConns::default()),
             shared: None,
+            row_label: "worker",
+            restarts: None,
             gate: Some(Arc::new(GateStats::default())),
             started: UNIX_EPOCH + Duration::from_millis(1500),
         }

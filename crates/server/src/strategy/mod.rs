@@ -22,7 +22,7 @@ mod fd_table;
 pub(crate) mod fork;
 pub(crate) mod green;
 pub(crate) mod kernel;
-mod parent_poll;
+pub(crate) mod parent_poll;
 pub(crate) mod poll;
 pub(crate) mod poller;
 pub(crate) mod pool;
