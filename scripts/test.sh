@@ -7,7 +7,8 @@
 # redis-server (package redis-server; crates/proto/tests/redis_differential.rs runs
 # the pub/sub commands against it),
 # promtool (Debian package prometheus), which validates the /metrics output,
-# and haproxy; then the Python virtualenv target/py-venv with redis-py, from PyPI
+# haproxy, and nginx (crates/cli/tests/compare_peers.rs runs `c10k compare --peer
+# nginx`); then the Python virtualenv target/py-venv with redis-py, from PyPI
 # (scripts/py-venv.sh; crates/cli/tests/python_redis.rs runs it), when it is missing.
 # The tests never skip a missing client: they fail and point here.
 #
@@ -32,6 +33,9 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # installs it in /usr/sbin, which a normal user's PATH may lack.
 export PATH="$PATH:/usr/sbin:/sbin"
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+# crates/cli/tests/compare_peers.rs runs the nginx preset of `c10k compare` (also in
+# /usr/sbin).
+command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 # scripts/py-venv.sh needs python3 and its venv module (with ensurepip).
 if ! command -v python3 >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
@@ -56,7 +60,7 @@ if ((${#missing[@]})); then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y --no-install-recommends "${missing[@]}"
 fi
-for tool in curl redis-cli redis-benchmark redis-server promtool haproxy; do
+for tool in curl redis-cli redis-benchmark redis-server promtool haproxy nginx; do
     path=$(command -v "$tool") || {
         echo "error: $tool is still missing after the install step" >&2
         exit 1

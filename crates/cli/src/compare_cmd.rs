@@ -54,8 +54,8 @@ pub struct CompareArgs {
     /// Skip the idle-connection memory phase.
     #[arg(long)]
     no_idle: bool,
-    /// An external server to add to the matrix: NAME=COMMAND, with {port} in COMMAND
-    /// (repeatable), e.g. --peer 'redis=redis-server --port {port} --save ""'.
+    /// A server to add to the matrix (repeatable): the preset nginx (--app http) or redis
+    /// (--app resp), configured by c10k, or NAME=COMMAND with {port} in COMMAND.
     #[arg(long, value_parser = parse_peer)]
     peer: Vec<(String, String)>,
 }

@@ -1,13 +1,18 @@
 //! Which servers and which cells a comparison has, and which cells cannot run (and why).
 
+pub mod peers;
+
 use c10k_server::{Availability, Strategy};
+
+use peers::Preset;
 
 /// What a row of the matrix runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetKind {
     /// `c10k serve --strategy NAME`.
     Strategy,
-    /// An external server: a shell command with `{port}`.
+    /// An external server: a shell command with `{port}`, or a preset's marker
+    /// ([`Preset::command`]).
     Peer {
         /// The command.
         command: String,
@@ -41,14 +46,19 @@ impl Target {
     }
 }
 
-/// Parses `NAME=COMMAND`.
+/// Parses a preset's name (`nginx`, `redis`: its marker command) or `NAME=COMMAND`.
 pub fn parse_peer(s: &str) -> Result<(String, String), String> {
+    if let Some(preset) = Preset::from_name(s.trim()) {
+        return Ok((preset.name().to_string(), preset.command(None)));
+    }
     match s.split_once('=') {
         Some((name, command)) if !name.trim().is_empty() && !command.trim().is_empty() => {
             Ok((name.trim().to_string(), command.trim().to_string()))
         }
         _ => Err(format!(
-            "'{s}' is not NAME=COMMAND: use e.g. --peer 'redis=redis-server --port {{port}}'"
+            "'{s}' is neither a preset ({}) nor NAME=COMMAND: use e.g. --peer nginx or --peer \
+             'redis=redis-server --port {{port}}'",
+            Preset::names()
         )),
     }
 }
@@ -72,7 +82,8 @@ pub fn strategy_target(strategy: Strategy) -> Target {
 }
 
 /// The rows: the named strategies (every strategy of the registry when `names` is
-/// `None`), then the peers. Unknown names are an error that lists the known ones.
+/// `None`), then the peers (a preset is looked for and its version read here). Unknown
+/// names are an error that lists the known ones.
 pub fn targets(
     names: Option<&[String]>,
     peers: &[(String, String)],
@@ -94,6 +105,10 @@ pub fn targets(
         if rows.iter().any(|t| &t.name == name) {
             return Err(format!("the peer name '{name}' is taken: choose another"));
         }
+        if let Some((preset, _)) = Preset::parse_command(command) {
+            rows.push(preset.target(name));
+            continue;
+        }
         rows.push(Target {
             name: name.clone(),
             kind: TargetKind::Peer {
@@ -111,14 +126,29 @@ pub fn targets(
     Ok(rows)
 }
 
-/// Marks the strategy rows that do not serve `app` (`kernel` serves echo only) as
-/// unavailable, with the registry's reason: their cells show n/a and why.
+/// Marks the rows that do not serve `app` as unavailable, with the reason: a strategy
+/// the registry says cannot (`kernel` serves echo only), a preset made for another app
+/// (nginx serves http only). Their cells show n/a and why.
 pub fn only_serving(rows: &mut [Target], app: &str) {
-    for row in rows.iter_mut().filter(|r| r.kind == TargetKind::Strategy) {
-        if let (None, Ok(s)) = (&row.unavailable, row.name.parse::<Strategy>()) {
-            if let Err(why) = s.serves_app(app) {
-                row.unavailable = Some(why);
+    only_serving_load(rows, app, None);
+}
+
+/// [`only_serving`] for a load with request size `size` (`c10k load --size`), which
+/// some servers cannot answer: with a size the http load sends `POST /echo` with a
+/// body, which stock nginx cannot echo.
+pub fn only_serving_load(rows: &mut [Target], app: &str, size: Option<usize>) {
+    for row in rows.iter_mut().filter(|r| r.unavailable.is_none()) {
+        let refused = match &row.kind {
+            TargetKind::Strategy => match row.name.parse::<Strategy>() {
+                Ok(s) => s.serves_app(app).err(),
+                Err(_) => None,
+            },
+            TargetKind::Peer { command } => {
+                Preset::parse_command(command).and_then(|(p, _)| p.serves(app, size).err())
             }
+        };
+        if refused.is_some() {
+            row.unavailable = refused;
         }
     }
 }
@@ -191,6 +221,97 @@ mod tests {
         );
         assert!(parse_peer("nocommand").is_err());
         assert!(parse_peer("=x").is_err());
+    }
+
+    #[test]
+    fn a_preset_name_is_a_peer_of_its_own() {
+        for p in Preset::ALL {
+            let (name, command) = parse_peer(p.name()).unwrap();
+            assert_eq!(name, p.name());
+            assert_eq!(Preset::parse_command(&command), Some((p, None)));
+        }
+        let why = parse_peer("apache").unwrap_err();
+        assert!(
+            why.contains("nginx, redis") && why.contains("NAME=COMMAND"),
+            "{why}"
+        );
+        // NAME=COMMAND is a command even when NAME is a preset's.
+        let (_, command) = parse_peer("nginx=nginx -c my.conf").unwrap();
+        assert_eq!(Preset::parse_command(&command), None);
+    }
+
+    #[test]
+    fn preset_rows_carry_their_binary_version_and_limits() {
+        let peers: Vec<_> = ["nginx", "redis"].map(|p| parse_peer(p).unwrap()).into();
+        let rows = targets(Some(&["epoll-et".to_string()]), &peers).unwrap();
+        for (row, p) in rows[1..].iter().zip(Preset::ALL) {
+            assert_eq!((row.name.as_str(), row.kind_name()), (p.name(), "peer"));
+            assert_eq!(row.conn_limit, Some(peers::PRESET_MAX_CONNS));
+            let TargetKind::Peer { command } = &row.kind else {
+                panic!("{row:?}")
+            };
+            let (preset, bin) = Preset::parse_command(command).unwrap();
+            assert_eq!(preset, p);
+            match (&row.unavailable, bin) {
+                (None, Some(bin)) => {
+                    assert!(row.summary.contains(&bin.display().to_string()), "{row:?}");
+                    let version = p.version(&bin).unwrap();
+                    assert!(row.summary.contains(&version), "{row:?}");
+                }
+                (Some(why), None) => {
+                    assert!(
+                        why.contains(&format!("apt install {}", p.package())),
+                        "{why}"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let twice = vec![parse_peer("nginx").unwrap(), parse_peer("nginx").unwrap()];
+        assert!(targets(None, &twice).is_err(), "one row per name");
+    }
+
+    #[test]
+    fn a_preset_is_na_for_another_app_or_a_body() {
+        let preset = |p: Preset| Target {
+            unavailable: None,
+            ..p.target(p.name())
+        };
+        let mut rows = vec![preset(Preset::Nginx), preset(Preset::Redis)];
+        only_serving(&mut rows, "http");
+        assert_eq!(rows[0].unavailable, None);
+        assert_eq!(
+            rows[1].unavailable.as_deref(),
+            Some("redis serves --app resp only")
+        );
+        let mut rows = vec![preset(Preset::Nginx), preset(Preset::Redis)];
+        only_serving(&mut rows, "echo");
+        assert_eq!(
+            rows[0].unavailable.as_deref(),
+            Some("nginx serves --app http only")
+        );
+        let mut rows = vec![preset(Preset::Nginx)];
+        only_serving_load(&mut rows, "http", Some(100));
+        assert!(
+            rows[0]
+                .unavailable
+                .as_deref()
+                .unwrap()
+                .contains("POST /echo")
+        );
+        // A missing binary keeps its own reason.
+        let mut rows = vec![Target {
+            unavailable: Some("nginx not found on PATH: apt install nginx".into()),
+            ..Preset::Nginx.target("nginx")
+        }];
+        only_serving(&mut rows, "echo");
+        assert!(
+            rows[0]
+                .unavailable
+                .as_deref()
+                .unwrap()
+                .contains("apt install")
+        );
     }
 
     #[test]

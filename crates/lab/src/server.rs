@@ -1,5 +1,5 @@
-//! The server of one cell: `c10k serve` or a peer command, started pinned, found by its
-//! address, stopped with SIGTERM.
+//! The server of one cell: `c10k serve`, a peer command or a peer preset (nginx,
+//! redis), started pinned, found by its address, stopped with SIGTERM.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal, kill_process};
 
 use crate::pin;
+use crate::plan::peers::{self, Prefix, Preset, Sizing};
 use crate::proctree::{self, Proc};
 
 /// How long a server may take to start listening.
@@ -28,6 +29,8 @@ pub struct ServerProc {
     child: Child,
     addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
+    /// A preset's directory: dropped, so removed, once the server has stopped.
+    _prefix: Option<Prefix>,
 }
 
 /// What to start.
@@ -44,7 +47,8 @@ pub enum Launch<'a> {
         /// serves one connection per process: its pool is sized to the concurrency).
         workers: Option<usize>,
     },
-    /// `sh -c 'exec COMMAND'` with `{port}` replaced by a free port.
+    /// `sh -c 'exec COMMAND'` with `{port}` replaced by a free port; a preset's
+    /// marker ([`Preset::command`]) starts the preset, configured for the cell.
     Peer {
         /// The command.
         command: &'a str,
@@ -54,6 +58,42 @@ pub enum Launch<'a> {
 /// Substitutes `{port}` in a peer command.
 pub fn substitute_port(command: &str, port: u16) -> String {
     command.replace("{port}", &port.to_string())
+}
+
+/// How a peer is told apart from c10k when it starts.
+enum Ready {
+    /// `c10k serve` prints `listening on IP:PORT`.
+    Line,
+    /// A peer command: something accepts connections at the address.
+    Connectable(SocketAddr),
+    /// A preset: its app answers at the address, and (nginx) its workers are up.
+    Serving(SocketAddr, Preset, usize),
+}
+
+/// The command and directory of a preset listening on `port`, sized for the server
+/// CPUs and this process's open files limit (which the server inherits).
+fn preset_command(
+    preset: Preset,
+    bin: Option<std::path::PathBuf>,
+    port: u16,
+    cpus: Option<&[usize]>,
+) -> Result<(Command, Prefix, Sizing), String> {
+    let bin = match bin {
+        Some(bin) => bin,
+        None => preset.find()?,
+    };
+    let workers = cpus.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        <[usize]>::len,
+    );
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let sizing = Sizing::for_limit(workers, nofile);
+    let prepared = peers::prepare(preset, &bin, port, &sizing)?;
+    let mut c = Command::new(&prepared.program);
+    c.args(&prepared.args);
+    Ok((c, prepared.prefix, sizing))
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -75,7 +115,7 @@ impl ServerProc {
     /// Starts the server with the spawning thread pinned to `cpus`, and waits until it
     /// listens. `Err` says why it did not start, in words.
     pub fn start(launch: &Launch<'_>, cpus: Option<&[usize]>) -> Result<ServerProc, String> {
-        let (mut cmd, peer_addr) = match launch {
+        let (mut cmd, ready, prefix) = match launch {
             Launch::C10k {
                 bin,
                 strategy,
@@ -88,14 +128,27 @@ impl ServerProc {
                 if let Some(n) = workers {
                     c.args(["--workers", &n.to_string()]);
                 }
-                (c, None)
+                (c, Ready::Line, None)
             }
             Launch::Peer { command } => {
                 let port = free_port().map_err(|e| format!("no free port: {e}"))?;
-                let mut c = Command::new("sh");
-                c.arg("-c")
-                    .arg(format!("exec {}", substitute_port(command, port)));
-                (c, Some(SocketAddr::from(([127, 0, 0, 1], port))))
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                match Preset::parse_command(command) {
+                    Some((preset, bin)) => {
+                        let (c, prefix, sizing) = preset_command(preset, bin, port, cpus)?;
+                        let workers = match preset {
+                            Preset::Nginx => sizing.workers,
+                            Preset::Redis => 0,
+                        };
+                        (c, Ready::Serving(addr, preset, workers), Some(prefix))
+                    }
+                    None => {
+                        let mut c = Command::new("sh");
+                        c.arg("-c")
+                            .arg(format!("exec {}", substitute_port(command, port)));
+                        (c, Ready::Connectable(addr), None)
+                    }
+                }
             }
         };
         cmd.stdin(Stdio::null())
@@ -118,23 +171,40 @@ impl ServerProc {
         }
         let (tx, rx) = mpsc::channel::<String>();
         if let Some(pipe) = child.stdout.take() {
+            // A peer's stdout explains a failure as well as its stderr (redis logs
+            // there); c10k's carries the `listening on` line only.
+            let keep = (!matches!(ready, Ready::Line)).then(|| Arc::clone(&stderr));
             std::thread::spawn(move || {
                 let mut pipe = BufReader::new(pipe);
                 let mut first = String::new();
                 let _ = pipe.read_line(&mut first);
-                let _ = tx.send(first);
-                // Drain the rest so the server never blocks on a full pipe.
-                let _ = std::io::copy(&mut pipe.take(u64::MAX), &mut std::io::sink());
+                let _ = tx.send(first.clone());
+                match keep {
+                    Some(buf) => {
+                        keep_tail(&buf, &first);
+                        let mut line = Vec::new();
+                        while matches!(pipe.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                            keep_tail(&buf, &String::from_utf8_lossy(&line));
+                            line.clear();
+                        }
+                    }
+                    // Drain the rest so the server never blocks on a full pipe.
+                    None => {
+                        let _ = std::io::copy(&mut pipe.take(u64::MAX), &mut std::io::sink());
+                    }
+                }
             });
         }
         let mut server = ServerProc {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             stderr,
+            _prefix: prefix,
         };
-        let found = match peer_addr {
-            None => server.wait_listening_line(&rx),
-            Some(addr) => server.wait_connectable(addr),
+        let found = match ready {
+            Ready::Line => server.wait_listening_line(&rx),
+            Ready::Connectable(addr) => server.wait_connectable(addr),
+            Ready::Serving(addr, preset, workers) => server.wait_serving(addr, preset, workers),
         };
         match found {
             Ok(addr) => {
@@ -187,6 +257,39 @@ impl ServerProc {
         }
         Err(format!(
             "nothing listened on {addr} within {START_TIMEOUT:?}"
+        ))
+    }
+
+    /// Waits until `preset` answers its app's request at `addr` and has `workers`
+    /// worker processes besides its master (0: a single process).
+    fn wait_serving(
+        &mut self,
+        addr: SocketAddr,
+        preset: Preset,
+        workers: usize,
+    ) -> Result<SocketAddr, String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut last = String::from("nothing tried");
+        while Instant::now() < deadline {
+            if let Some(why) = self.exited() {
+                return Err(why);
+            }
+            match peers::probe(preset, addr) {
+                Ok(()) => {
+                    let procs = proctree::tree(self.pid()).len();
+                    if workers == 0 || procs > workers {
+                        return Ok(addr);
+                    }
+                    last = format!("{} of {workers} workers up", procs.saturating_sub(1));
+                }
+                Err(why) => last = why,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "{} did not serve on {addr} within {START_TIMEOUT:?} ({last}): {}",
+            preset.name(),
+            self.stderr_tail()
         ))
     }
 
@@ -272,6 +375,60 @@ mod tests {
             "srv --port 7001 --x 7001"
         );
         assert_eq!(substitute_port("srv", 1), "srv");
+    }
+
+    /// Starts `preset` as a cell would, checks it serves from its own directory with
+    /// the sizing asked for, stops it, and checks the directory is gone.
+    fn preset_round_trip(preset: Preset) {
+        let command = preset.command(Some(
+            &preset
+                .find()
+                .unwrap_or_else(|why| panic!("{why} (scripts/test.sh installs it)")),
+        ));
+        let mut server = ServerProc::start(&Launch::Peer { command: &command }, Some(&[0]))
+            .unwrap_or_else(|why| panic!("{} did not start: {why}", preset.name()));
+        peers::probe(preset, server.addr()).unwrap();
+        let tree = proctree::tree(server.pid());
+        let procs = match preset {
+            Preset::Nginx => 2, // a master and one worker per server CPU
+            Preset::Redis => 1,
+        };
+        assert_eq!(tree.len(), procs, "{tree:?}");
+        let dir = server
+            ._prefix
+            .as_ref()
+            .map(|p| p.path().to_path_buf())
+            .unwrap();
+        assert!(dir.is_dir());
+        if preset == Preset::Nginx {
+            assert!(
+                dir.join("nginx.pid").is_file(),
+                "the pid file is in the prefix"
+            );
+        }
+        assert!(server.stop(), "{} exits on SIGTERM", preset.name());
+        drop(server);
+        assert!(!dir.exists(), "{} is removed", dir.display());
+    }
+
+    #[test]
+    fn the_nginx_preset_serves_hello() {
+        preset_round_trip(Preset::Nginx);
+    }
+
+    #[test]
+    fn the_redis_preset_answers_ping() {
+        preset_round_trip(Preset::Redis);
+    }
+
+    #[test]
+    fn a_preset_that_cannot_start_is_explained() {
+        // The binary of another program: it exits at once, saying something.
+        let command = Preset::Redis.command(Some(std::path::Path::new("/bin/false")));
+        let err = ServerProc::start(&Launch::Peer { command: &command }, None)
+            .err()
+            .unwrap();
+        assert!(err.contains("exited"), "{err}");
     }
 
     #[test]
