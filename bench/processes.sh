@@ -5,7 +5,7 @@
 # 10,000 requests/s the load needs about a tenth of a CPU, so it barely competes.
 # Prints each round and the median ratio. Loopback only; every run is bounded.
 #
-# Usage: scripts/bench-processes.sh [rounds=3] [seconds=5] [conns=100]
+# Usage: bench/processes.sh [rounds=3] [seconds=5] [conns=100]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 rounds=${1:-3}
