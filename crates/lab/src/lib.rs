@@ -13,6 +13,7 @@
 
 pub mod cell;
 pub mod chart;
+pub mod kernel_memory;
 pub mod machine;
 pub mod pin;
 pub mod plan;
