@@ -16,7 +16,7 @@ use crate::units;
 #[derive(clap::Args)]
 pub struct CompareArgs {
     /// About a minute: one round of short cells (1 s after 0.3 s of warm-up), work
-    /// none at 10 and 1,000 connections and wait=2ms,blocking at 1,000.
+    /// none at 10 and 1,000 connections and wait=2ms,blocking at 100.
     #[arg(long)]
     quick: bool,
     /// Work per request in the server (repeatable; the matrix runs for each): none,
@@ -37,7 +37,7 @@ pub struct CompareArgs {
     #[arg(long, value_delimiter = ',')]
     strategies: Option<Vec<String>>,
     /// Concurrency levels for every workload, comma-separated (default: 10,100,1000,10000
-    /// for work none, 100,1000 with work; --quick: 10,1000 and 1000).
+    /// for work none, 100,1000 with work; --quick: 10,1000 and 100).
     #[arg(long, value_delimiter = ',')]
     conns: Option<Vec<usize>>,
     /// The app.

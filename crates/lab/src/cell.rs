@@ -42,6 +42,8 @@ pub struct CellPlan<'a> {
     pub idle: bool,
     /// A reply or connect slower than this is an error.
     pub timeout: Duration,
+    /// The warm-up before the measured window.
+    pub warmup: Duration,
 }
 
 fn spawn_load(
@@ -68,14 +70,14 @@ fn load_config(
     cfg: &CompareConfig,
     server: &ServerProc,
     conns: usize,
-    timeout: Duration,
+    plan: &CellPlan<'_>,
 ) -> LoadConfig {
     let mut lc = LoadConfig::new(server.addr(), cfg.app, conns, cfg.duration);
-    lc.warmup = cfg.warmup;
+    lc.warmup = plan.warmup;
     lc.pipeline = cfg.pipeline;
     lc.size = cfg.size;
     lc.threads = cfg.load_threads.min(conns).max(1);
-    lc.timeout = timeout;
+    lc.timeout = plan.timeout;
     lc
 }
 
@@ -84,11 +86,11 @@ fn measure_idle(
     cfg: &CompareConfig,
     server: &ServerProc,
     conns: usize,
-    timeout: Duration,
+    plan: &CellPlan<'_>,
 ) -> Result<IdleMemory, String> {
     let pid = server.pid();
     let before = tree_memory(pid);
-    let mut lc = load_config(cfg, server, conns, timeout);
+    let mut lc = load_config(cfg, server, conns, plan);
     lc.idle = true;
     lc.warmup = Duration::ZERO;
     // Held until stopped below; the duration only bounds it.
@@ -124,10 +126,10 @@ fn measure_load(
     cfg: &CompareConfig,
     server: &ServerProc,
     conns: usize,
-    timeout: Duration,
+    plan: &CellPlan<'_>,
 ) -> Result<LoadPhase, String> {
     let pid = server.pid();
-    let lc = load_config(cfg, server, conns, timeout);
+    let lc = load_config(cfg, server, conns, plan);
     let bound = lc.connect_budget() + lc.warmup + lc.duration + LOAD_SLACK;
     let half = lc.duration / 2;
     let progress = Arc::new(Progress::new());
@@ -203,11 +205,11 @@ pub fn run_cell(
     let mut server = ServerProc::start(&launch, cfg.server_cpus.as_deref())
         .map_err(|why| format!("did not start: {why}"))?;
     let idle = if plan.idle {
-        measure_idle(cfg, &server, conns, plan.timeout).ok()
+        measure_idle(cfg, &server, conns, plan).ok()
     } else {
         None
     };
-    let measured = measure_load(cfg, &server, conns, plan.timeout);
+    let measured = measure_load(cfg, &server, conns, plan);
     let tail = server.stderr_tail();
     let clean_exit = server.stop();
     let LoadPhase {

@@ -115,7 +115,7 @@ impl CompareConfig {
     }
 
     /// `--quick`: one round of 1 s cells after 0.3 s of warm-up, `none` at 10 and 1,000
-    /// connections and `wait=2ms,blocking` at 1,000.
+    /// connections and `wait=2ms,blocking` at 100.
     pub fn quick(mut self) -> Self {
         self.quick = true;
         self.set_works(&workload::quick_works());
@@ -344,6 +344,11 @@ pub fn compare(config: &CompareConfig) -> Result<Results, CompareError> {
             conns: w.conns.clone(),
             pool_workers: workload::pool_workers(&w.work, workers),
             idle_phase: idle_at == Some(i),
+            warmup_s: w
+                .conns
+                .iter()
+                .map(|&c| workload::warmup(cfg.warmup, &w.work, c, workers).as_secs_f64())
+                .collect(),
             reply_timeout_s: w
                 .conns
                 .iter()
@@ -499,6 +504,7 @@ impl Matrix<'_> {
                             conns,
                             self.workers,
                         ),
+                        warmup: workload::warmup(cfg.warmup, &w.work, conns, self.workers),
                     };
                     let outcome = cell::run_cell(cfg, target, conns, &plan);
                     ticker.done(&one_line(&what, &outcome));

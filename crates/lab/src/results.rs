@@ -66,6 +66,10 @@ pub struct WorkloadSettings {
     pub pool_workers: usize,
     /// Whether its first round measured memory per idle connection.
     pub idle_phase: bool,
+    /// The warm-up at each level (as `conns`), seconds: `settings.warmup_s`, or one
+    /// pass through the longest queue the work can cause on one event-loop worker when
+    /// that is longer.
+    pub warmup_s: Vec<f64>,
     /// The reply timeout of the load, seconds (a slower reply is an error).
     pub reply_timeout_s: f64,
 }

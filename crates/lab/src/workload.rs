@@ -24,7 +24,7 @@ pub const WORK_CONNS: [usize; 2] = [100, 1_000];
 pub const QUICK_NONE_CONNS: [usize; 2] = [10, 1_000];
 
 /// Concurrency levels of `--quick` for a workload with work.
-pub const QUICK_WORK_CONNS: [usize; 1] = [1_000];
+pub const QUICK_WORK_CONNS: [usize; 1] = [100];
 
 /// `pool`'s size per server CPU under a blocking wait: a pool sized for blocking calls,
 /// as a user would size it (each call holds a thread for its whole wait).
@@ -105,24 +105,34 @@ pub fn cannot_work(target: &Target, work: &Work) -> Option<String> {
                 .into(),
         ),
         TargetKind::Strategy if target.item.as_deref() == Some("5") => Some(
-            "its echo runs in the kernel (eBPF): no user-space code runs per request to do \
-             the work"
+            "its echo runs in the kernel, as an eBPF program: no user-space code runs per \
+             request to do the work"
                 .into(),
         ),
         TargetKind::Strategy => None,
     }
 }
 
-/// The longest a reply may take before the load counts an error: `base`, or twice the
-/// worst queueing the work can cause, when that is longer. On an event loop every
-/// request of a worker waits behind the blocking work (CPU and blocking wait) of the
-/// others: `conns x work / workers` (1,000 x 2 ms = 2 s with one worker), and an
-/// asynchronous wait adds itself.
-pub fn reply_timeout(base: Duration, work: &Work, conns: usize, workers: usize) -> Duration {
+/// The longest a request can wait behind the others on one event-loop worker: every
+/// request of a worker waits for the blocking work (CPU and blocking wait) of the
+/// others, `conns x work / workers` (1,000 x 2 ms = 2 s with one worker).
+pub fn worst_queue(work: &Work, conns: usize, workers: usize) -> Duration {
     let holds = work.cpu + work.blocking_wait();
-    let queue = holds.saturating_mul(u32::try_from(conns).unwrap_or(u32::MAX))
-        / u32::try_from(workers.max(1)).unwrap_or(u32::MAX);
-    base.max((queue + work.async_wait()).saturating_mul(2))
+    holds.saturating_mul(u32::try_from(conns).unwrap_or(u32::MAX))
+        / u32::try_from(workers.max(1)).unwrap_or(u32::MAX)
+}
+
+/// The longest a reply may take before the load counts an error: `base`, or twice the
+/// worst queue plus the asynchronous wait, when that is longer.
+pub fn reply_timeout(base: Duration, work: &Work, conns: usize, workers: usize) -> Duration {
+    base.max((worst_queue(work, conns, workers) + work.async_wait()).saturating_mul(2))
+}
+
+/// The warm-up of a cell: `base`, or one pass through the worst queue when that is
+/// longer, so that the window opens in the steady state (a stalled event loop's
+/// first replies come back in order over that pass).
+pub fn warmup(base: Duration, work: &Work, conns: usize, workers: usize) -> Duration {
+    base.max(worst_queue(work, conns, workers))
 }
 
 /// `2ms` as "2 ms", `200us` as "200 us", `1.5s` as "1.5 s".
@@ -282,7 +292,7 @@ mod tests {
         assert_eq!(quick_works().len(), 2);
         assert_eq!(default_levels(&w("none"), false), NONE_CONNS);
         assert_eq!(default_levels(&w("cpu=200us"), false), [100, 1_000]);
-        assert_eq!(default_levels(&w("wait=2ms,blocking"), true), [1_000]);
+        assert_eq!(default_levels(&w("wait=2ms,blocking"), true), [100]);
     }
 
     #[test]
@@ -351,6 +361,15 @@ mod tests {
             reply_timeout(base, &w("wait=10ms,blocking"), 1_000, 1),
             Duration::from_secs(20)
         );
+        // The warm-up covers one pass through the queue.
+        let half = Duration::from_millis(500);
+        assert_eq!(
+            warmup(half, &w("wait=2ms,blocking"), 1_000, 1),
+            Duration::from_secs(2)
+        );
+        assert_eq!(warmup(half, &w("wait=2ms,blocking"), 100, 1), half);
+        assert_eq!(warmup(half, &w("wait=2ms,blocking"), 1_000, 4), half);
+        assert_eq!(warmup(half, &w("cpu=200us"), 1_000, 1), half);
     }
 
     #[test]

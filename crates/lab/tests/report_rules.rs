@@ -325,4 +325,13 @@ fn a_strategy_that_runs_in_the_kernel_is_never_ranked_by_server_cpu() {
         !advice.contains("least server CPU per request (us): `kernel`"),
         "{advice}"
     );
+    // Nor picked by throughput, where it serves the most.
+    let mut cells = Vec::new();
+    for &c in &levels {
+        cells.push(cell("epoll-et", c, spec(100_000.0, 6.0, 200, c)));
+        cells.push(cell("kernel", c, spec(180_000.0, 0.1, 200, c)));
+    }
+    let advice = report::advice(&results(&rows, &levels, cells));
+    assert!(advice.contains("\n**Use `epoll-et`.**"), "{advice}");
+    assert!(!advice.contains("throughput: `kernel`"), "{advice}");
 }

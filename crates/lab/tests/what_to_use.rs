@@ -280,6 +280,10 @@ fn a_section_per_workload_with_words_from_the_figures() {
         "{md}"
     );
     assert!(md.contains("- Rounds: 3, interleaved"), "{md}");
+    assert!(
+        md.contains("- Longer warm-ups: 2.0 s under `wait=2ms,blocking` at 1,000 connections"),
+        "{md}"
+    );
     // Idle memory only where it was measured.
     assert_eq!(
         md.matches("### `none`: no work per request").count(),

@@ -174,6 +174,31 @@ pub fn render(results: &Results) -> String {
         st.warmup_s,
         if st.quick { " (--quick)" } else { "" }
     );
+    let longer: Vec<String> = st
+        .workloads
+        .iter()
+        .flat_map(|w| {
+            w.conns
+                .iter()
+                .zip(&w.warmup_s)
+                .filter(|(_, secs)| **secs > st.warmup_s + 1e-9)
+                .map(move |(&c, secs)| {
+                    format!(
+                        "{secs:.1} s under `{}` at {} connections",
+                        w.work,
+                        format::fmt_conns(c)
+                    )
+                })
+        })
+        .collect();
+    if !longer.is_empty() {
+        let _ = writeln!(
+            s,
+            "- Longer warm-ups: {} (one pass through the queue the work causes on one \
+             event-loop worker, so the window opens in the steady state)",
+            list(&longer)
+        );
+    }
     s.push_str(&settings_lines(results));
     let _ = writeln!(
         s,

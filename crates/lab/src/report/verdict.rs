@@ -36,7 +36,8 @@ pub struct Standing {
 pub struct Level {
     /// Connections.
     pub conns: usize,
-    /// The strategies that ran without errors, by throughput, best first.
+    /// The strategies that ran without errors, by throughput, best first (one that
+    /// runs in the kernel left out).
     pub tput: Vec<Standing>,
     /// Those indistinguishable from the best on throughput (the best first).
     pub tput_top: Vec<String>,
@@ -120,7 +121,9 @@ pub fn judge(view: &View<'_>) -> Vec<Level> {
                 .copied()
                 .filter(|n| !view.results.target(n).is_some_and(|t| t.runs_in_kernel()))
                 .collect();
-            let tput = rank(view, conns, &clean, tput_shown, false);
+            // A strategy that runs in the kernel is not ranked at all (its server CPU
+            // is not comparable, so the tie-break could not hold it).
+            let tput = rank(view, conns, &comparable, tput_shown, false);
             let tput_top = top(&tput);
             let cpu = rank(view, conns, &comparable, cpu_shown, true);
             let cpu_top = top(&cpu);

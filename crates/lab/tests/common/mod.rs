@@ -168,6 +168,13 @@ pub fn workload(work: &str, conns: &[usize]) -> WorkloadSettings {
         conns: conns.to_vec(),
         pool_workers: c10k_lab::workload::pool_workers(&w, 1),
         idle_phase: w.is_none(),
+        warmup_s: conns
+            .iter()
+            .map(|&c| {
+                c10k_lab::workload::warmup(std::time::Duration::from_secs(1), &w, c, 1)
+                    .as_secs_f64()
+            })
+            .collect(),
         reply_timeout_s: 5.0,
     }
 }
