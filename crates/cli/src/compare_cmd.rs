@@ -36,7 +36,7 @@ pub struct CompareArgs {
     /// available here show as n/a).
     #[arg(long, value_delimiter = ',')]
     strategies: Option<Vec<String>>,
-    /// Concurrency levels for every workload, comma-separated (default: 10,100,1000,10000
+    /// Concurrency levels for every workload, comma-separated (default: 100,1000,10000
     /// for work none, 100,1000 with work; --quick: 10,1000 and 100).
     #[arg(long, value_delimiter = ',')]
     conns: Option<Vec<usize>>,

@@ -385,6 +385,29 @@ fn no_strategy_best_everywhere_is_said_per_level() {
 }
 
 #[test]
+fn tied_at_one_level_and_alone_at_another_is_among_the_best() {
+    let rows = [("epoll-et", Some("2")), ("uring", Some("3"))];
+    let r = results_of(
+        &rows,
+        &[(NONE, &LEVELS)],
+        3,
+        vec![
+            three(NONE, "epoll-et", 100, around(100_000.0, 6.0, 0.05)),
+            three(NONE, "epoll-et", 1_000, around(100_000.0, 6.0, 0.01)),
+            three(NONE, "uring", 100, around(98_000.0, 6.1, 0.05)),
+            three(NONE, "uring", 1_000, around(80_000.0, 7.0, 0.01)),
+        ],
+    );
+    let advice = report::advice(&r);
+    assert!(
+        advice.contains(
+            "**Use `epoll-et`.** Among the best at every level (100 and 1,000 connections)"
+        ),
+        "{advice}"
+    );
+}
+
+#[test]
 fn a_cell_with_errors_is_never_recommended() {
     let rows = [("epoll-et", Some("2")), ("thread", Some("4"))];
     let mut bad = spec(200_000.0, 3.0, 300, 100);

@@ -429,13 +429,21 @@ pub fn section(view: &View<'_>) -> String {
                      comparison: add strategies to the matrix.\n",
                 );
             } else {
+                // Alone at the top of every level, or among others somewhere.
+                let alone = judged
+                    .iter()
+                    .filter(|l| !l.pick.is_empty())
+                    .all(|l| l.pick == every);
                 let _ = writeln!(
                     s,
                     "{} at every level ({} connections){}.",
-                    if every.len() == 1 {
-                        "Best"
-                    } else {
-                        "Indistinguishable here from each other, and best"
+                    match (every.len() == 1, alone) {
+                        (true, true) => "Best",
+                        (true, false) => "Among the best",
+                        (false, true) => "Indistinguishable here from each other, and best",
+                        (false, false) => {
+                            "Indistinguishable here from each other, and among the best"
+                        }
                     },
                     levels(
                         &judged
