@@ -459,8 +459,16 @@ fn a_cell_is_the_median_and_spread_of_its_rounds() {
     assert_eq!(c.status, "ok");
     assert_eq!(c.median.unwrap().throughput_rps, 11_000.0);
     let r = results_of(&[("epoll-et", Some("2"))], &[(NONE, &[10])], 4, vec![c]);
-    let t = table(&report::render(&r), "Throughput");
-    assert_eq!(t[0].1[0], "11,000 (10,000-12,000) (4 err) [3 of 4 rounds]");
+    let md = report::render(&r);
+    let t = table(&md, "Throughput");
+    assert_eq!(
+        t[0].1[0],
+        "11,000 (10,000-12,000) (4 err) [3 of 4 rounds; 1]"
+    );
+    assert!(
+        md.contains("## Cells that did not run\n\n1. did not start: x\n"),
+        "{md}"
+    );
 
     // No round ran: n/a with the first round's reason.
     let none = Cell::from_rounds(

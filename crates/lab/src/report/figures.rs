@@ -363,7 +363,15 @@ fn cell_text(view: &View<'_>, fig: &Figure, cell: &Cell, notes: &mut Notes) -> (
     }
     let ran = cell.ran().count();
     if ran < rounds && !cell.rounds.is_empty() {
-        let _ = write!(v, " [{ran} of {rounds} rounds]");
+        let why = cell.rounds.iter().find_map(|r| r.reason.as_deref());
+        match why {
+            Some(why) => {
+                let _ = write!(v, " [{ran} of {rounds} rounds; {}]", notes.mark(why));
+            }
+            None => {
+                let _ = write!(v, " [{ran} of {rounds} rounds]");
+            }
+        }
     }
     (v, below)
 }
