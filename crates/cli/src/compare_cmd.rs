@@ -8,20 +8,36 @@ use c10k_lab::CompareConfig;
 use c10k_lab::pin::parse_cpus;
 use c10k_lab::plan::parse_peer;
 use c10k_load::AppKind;
+use c10k_server::Work;
 
 use crate::units;
 
 /// Arguments of `c10k compare`.
 #[derive(clap::Args)]
 pub struct CompareArgs {
-    /// Short cells (1 s after 0.3 s of warm-up) at 10 and 1,000 connections.
+    /// About a minute: one round of short cells (1 s after 0.3 s of warm-up), work
+    /// none at 10 and 1,000 connections and wait=2ms,blocking at 100.
     #[arg(long)]
     quick: bool,
+    /// Work per request in the server (repeatable; the matrix runs for each): none,
+    /// cpu=200us, wait=2ms,blocking, wait=2ms,async, or combined (see `c10k serve
+    /// --work`). Default: those four (--quick: none and wait=2ms,blocking).
+    #[arg(long, value_parser = parse_work)]
+    work: Vec<Work>,
+    /// Rounds of the whole matrix, interleaved (a cell reports the median and min-max
+    /// of its rounds). Default 3 (--quick 1).
+    #[arg(long, value_parser = parse_rounds)]
+    rounds: Option<usize>,
+    /// --workers for every strategy (default: one per server CPU). prefork runs as many
+    /// processes as connections; pool under a blocking wait gets 64 per server CPU.
+    #[arg(long, value_parser = parse_workers)]
+    workers: Option<usize>,
     /// Strategies to compare, comma-separated (default: every strategy; the ones not
     /// available here show as n/a).
     #[arg(long, value_delimiter = ',')]
     strategies: Option<Vec<String>>,
-    /// Concurrency levels, comma-separated (default 10,100,1000,10000; --quick 10,1000).
+    /// Concurrency levels for every workload, comma-separated (default: 100,1000,10000
+    /// for work none, 100,1000 with work; --quick: 10,1000 and 100).
     #[arg(long, value_delimiter = ',')]
     conns: Option<Vec<usize>>,
     /// The app.
@@ -36,10 +52,10 @@ pub struct CompareArgs {
     /// CPUs for the load ("none": not pinned).
     #[arg(long, default_value = "1")]
     load_cpus: String,
-    /// Measured window per cell (default 5s; --quick 1s).
+    /// Measured window per cell (default 2s; --quick 1s).
     #[arg(long, value_parser = units::parse_duration)]
     duration: Option<Duration>,
-    /// Warm-up per cell (default 1s; --quick 300ms).
+    /// Warm-up per cell (default 500ms; --quick 300ms).
     #[arg(long, value_parser = units::parse_duration)]
     warmup: Option<Duration>,
     /// Requests outstanding per connection.
@@ -51,13 +67,31 @@ pub struct CompareArgs {
     /// Load threads.
     #[arg(long, default_value_t = 1)]
     load_threads: usize,
-    /// Skip the idle-connection memory phase.
+    /// Skip the idle-connection memory phase (otherwise run in round 1 of work none).
     #[arg(long)]
     no_idle: bool,
     /// A server to add to the matrix (repeatable): the preset nginx (--app http) or redis
     /// (--app resp), configured by c10k, or NAME=COMMAND with {port} in COMMAND.
     #[arg(long, value_parser = parse_peer)]
     peer: Vec<(String, String)>,
+}
+
+fn parse_work(s: &str) -> Result<Work, String> {
+    s.parse()
+}
+
+fn parse_rounds(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=100).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' is not a number of rounds from 1 to 100")),
+    }
+}
+
+fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' is not a number of workers from 1 to 1024")),
+    }
 }
 
 fn cpus(s: &str) -> anyhow::Result<Option<Vec<usize>>> {
@@ -75,9 +109,16 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         cfg = cfg.quick();
     }
     cfg.strategies = args.strategies;
-    if let Some(c) = args.conns {
-        cfg.conns = c;
+    if !args.work.is_empty() {
+        cfg.set_works(&args.work);
     }
+    if let Some(c) = args.conns {
+        cfg.set_conns(&c);
+    }
+    if let Some(r) = args.rounds {
+        cfg.rounds = r;
+    }
+    cfg.workers = args.workers;
     cfg.app = args.app;
     cfg.out = args.out;
     cfg.server_cpus = cpus(&args.server_cpus)?;
@@ -97,7 +138,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     cfg.idle_phase = !args.no_idle;
     cfg.peers = args.peer;
     let results = c10k_lab::compare(&cfg)?;
-    let ran = results.cells.iter().filter(|c| c.metrics.is_some()).count();
+    let ran = results.cells.iter().filter(|c| c.is_ok()).count();
     println!(
         "c10k compare: {ran} of {} cells ran in {:.0} s; wrote {}/report.md, results.json and \
          the SVG charts",

@@ -301,7 +301,19 @@ fn run<A: App>(
     work: Work,
     unit: RequestUnit,
 ) -> anyhow::Result<()> {
-    let server = builder.app(WorkApp::new(app, work, unit)).bind()?;
+    // Without work the app is served bare: a strategy made for one app type (kernel:
+    // echo) is given that type, not the wrapper.
+    if work.is_none() {
+        serve_bound(builder.app(app).bind()?, app_name)
+    } else {
+        serve_bound(builder.app(WorkApp::new(app, work, unit)).bind()?, app_name)
+    }
+}
+
+fn serve_bound<S: c10k_server::Service>(
+    server: c10k_server::Server<S>,
+    app_name: &str,
+) -> anyhow::Result<()> {
     let addr = server.local_addr();
     {
         let mut out = std::io::stdout().lock();

@@ -40,6 +40,7 @@ fn compare(app: &str, preset: Preset) -> (Value, String) {
             .env("TMPDIR", &tmp)
             .args(["compare", "--app", app, "--strategies", "epoll-et"])
             .args(["--peer", preset.name(), "--conns", "10"])
+            .args(["--work", "none", "--rounds", "1"])
             .args([
                 "--duration",
                 "300ms",
@@ -95,7 +96,7 @@ fn assert_measured(preset: Preset, app: &str, version_mark: &str) {
         "{summary}"
     );
     assert_eq!(cell["status"], "ok", "{cell}");
-    let m = &cell["metrics"];
+    let m = &cell["rounds"][0]["metrics"];
     assert_eq!(m["errors"], 0, "{cell}");
     assert_eq!(m["connected"], 10, "{cell}");
     assert!(m["throughput_rps"].as_f64().unwrap() > 0.0, "{cell}");

@@ -1,6 +1,7 @@
 //! Running one cell: start the server pinned, measure idle memory, run the load while
 //! reading the server tree's CPU at the edges of the measured window, stop the server.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -12,7 +13,7 @@ use crate::CompareConfig;
 use crate::plan::{Target, TargetKind};
 use crate::proctree::{tree_cpu_reading, tree_memory};
 use crate::resolution::{CpuWindow, cpu_resolution_s, idle_noise_bytes};
-use crate::results::{Cell, IdleMemory, Metrics};
+use crate::results::{IdleMemory, Metrics};
 use crate::server::{Launch, ServerProc};
 
 /// How often the window's edges are watched for.
@@ -25,8 +26,25 @@ const IDLE_SETTLE: Duration = Duration::from_millis(300);
 /// Slack on top of a load's own bounds before the lab gives up waiting for it.
 const LOAD_SLACK: Duration = Duration::from_secs(30);
 
-/// A reply or connect slower than this is an error in a cell.
-const CELL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A reply or connect slower than this is an error in a cell (longer when the work can
+/// queue requests for longer: [`crate::workload::reply_timeout`]).
+pub const CELL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How one round of a cell runs beyond its row and level.
+#[derive(Debug, Clone, Copy)]
+pub struct CellPlan<'a> {
+    /// What to start for a strategy: `c10k`, or its launcher with `--work`
+    /// ([`crate::workload::WorkLaunchers`]).
+    pub program: &'a Path,
+    /// `--workers` for a strategy.
+    pub workers: Option<usize>,
+    /// Measure memory per idle connection first.
+    pub idle: bool,
+    /// A reply or connect slower than this is an error.
+    pub timeout: Duration,
+    /// The warm-up before the measured window.
+    pub warmup: Duration,
+}
 
 fn spawn_load(
     config: LoadConfig,
@@ -48,13 +66,18 @@ fn join_load(handle: JoinHandle<Result<LoadReport, LoadError>>) -> Result<LoadRe
     }
 }
 
-fn load_config(cfg: &CompareConfig, server: &ServerProc, conns: usize) -> LoadConfig {
+fn load_config(
+    cfg: &CompareConfig,
+    server: &ServerProc,
+    conns: usize,
+    plan: &CellPlan<'_>,
+) -> LoadConfig {
     let mut lc = LoadConfig::new(server.addr(), cfg.app, conns, cfg.duration);
-    lc.warmup = cfg.warmup;
+    lc.warmup = plan.warmup;
     lc.pipeline = cfg.pipeline;
     lc.size = cfg.size;
     lc.threads = cfg.load_threads.min(conns).max(1);
-    lc.timeout = CELL_TIMEOUT;
+    lc.timeout = plan.timeout;
     lc
 }
 
@@ -63,10 +86,11 @@ fn measure_idle(
     cfg: &CompareConfig,
     server: &ServerProc,
     conns: usize,
+    plan: &CellPlan<'_>,
 ) -> Result<IdleMemory, String> {
     let pid = server.pid();
     let before = tree_memory(pid);
-    let mut lc = load_config(cfg, server, conns);
+    let mut lc = load_config(cfg, server, conns, plan);
     lc.idle = true;
     lc.warmup = Duration::ZERO;
     // Held until stopped below; the duration only bounds it.
@@ -102,9 +126,10 @@ fn measure_load(
     cfg: &CompareConfig,
     server: &ServerProc,
     conns: usize,
+    plan: &CellPlan<'_>,
 ) -> Result<LoadPhase, String> {
     let pid = server.pid();
-    let lc = load_config(cfg, server, conns);
+    let lc = load_config(cfg, server, conns, plan);
     let bound = lc.connect_budget() + lc.warmup + lc.duration + LOAD_SLACK;
     let half = lc.duration / 2;
     let progress = Arc::new(Progress::new());
@@ -160,72 +185,65 @@ fn measure_load(
     })
 }
 
-/// Runs `target` at `conns` connections (the caller checked that it can).
-pub fn run_cell(cfg: &CompareConfig, target: &Target, conns: usize) -> Cell {
+/// Runs one round of `target` at `conns` connections (the caller checked that it
+/// can): its figures, or why there are none.
+pub fn run_cell(
+    cfg: &CompareConfig,
+    target: &Target,
+    conns: usize,
+    plan: &CellPlan<'_>,
+) -> Result<Metrics, String> {
     let launch = match &target.kind {
         TargetKind::Strategy => Launch::C10k {
-            bin: &cfg.server_bin,
+            bin: plan.program,
             strategy: &target.name,
             app: cfg.app.name(),
-            workers: (target.name == c10k_server::Strategy::Prefork.name()).then_some(conns),
+            workers: plan.workers,
         },
         TargetKind::Peer { command } => Launch::Peer { command },
     };
-    let mut server = match ServerProc::start(&launch, cfg.server_cpus.as_deref()) {
-        Ok(s) => s,
-        Err(why) => return Cell::na(&target.name, conns, format!("did not start: {why}")),
-    };
-    let idle = if cfg.idle_phase {
-        measure_idle(cfg, &server, conns).ok()
+    let mut server = ServerProc::start(&launch, cfg.server_cpus.as_deref())
+        .map_err(|why| format!("did not start: {why}"))?;
+    let idle = if plan.idle {
+        measure_idle(cfg, &server, conns, plan).ok()
     } else {
         None
     };
-    let measured = measure_load(cfg, &server, conns);
+    let measured = measure_load(cfg, &server, conns, plan);
     let tail = server.stderr_tail();
     let clean_exit = server.stop();
     let LoadPhase {
         report,
         cpu,
         memory,
-    } = match measured {
-        Ok(m) => m,
-        Err(why) => return Cell::na(&target.name, conns, format!("{why}; server: {tail}")),
-    };
+    } = measured.map_err(|why| format!("{why}; server: {tail}"))?;
     if report.requests == 0 {
-        let why = report
-            .warnings
-            .last()
-            .cloned()
-            .unwrap_or_else(|| "no reply in the window".into());
-        return Cell::na(&target.name, conns, format!("no reply: {why}"));
+        return Err(match report.warnings.last() {
+            Some(why) => format!("no reply in the window: {why}"),
+            None => "no reply in the window".into(),
+        });
     }
     let figures = cpu.figures();
-    Cell {
-        target: target.name.clone(),
-        conns,
-        status: "ok".into(),
-        reason: None,
-        metrics: Some(Metrics {
-            throughput_rps: report.throughput_rps,
-            p50_us: report.p50_us,
-            p90_us: report.p90_us,
-            p99_us: report.p99_us,
-            p999_us: report.p999_us,
-            max_us: report.max_us,
-            errors: report.errors.total,
-            connected: report.connected,
-            server_cpu_s: cpu.cpu_s,
-            server_cpu_resolution_s: cpu.resolution_s,
-            server_cpu_window_s: cpu.wall_s,
-            server_busy_percent: figures.busy_percent,
-            server_cpu_requests: cpu.requests,
-            server_cpu_per_request_us: figures.per_request_us,
-            server_cpu_note: figures.note,
-            server_memory: memory,
-            idle,
-            load_bound: report.load_bound,
-            clean_exit,
-            load: report,
-        }),
-    }
+    Ok(Metrics {
+        throughput_rps: report.throughput_rps,
+        p50_us: report.p50_us,
+        p90_us: report.p90_us,
+        p99_us: report.p99_us,
+        p999_us: report.p999_us,
+        max_us: report.max_us,
+        errors: report.errors.total,
+        connected: report.connected,
+        server_cpu_s: cpu.cpu_s,
+        server_cpu_resolution_s: cpu.resolution_s,
+        server_cpu_window_s: cpu.wall_s,
+        server_busy_percent: figures.busy_percent,
+        server_cpu_requests: cpu.requests,
+        server_cpu_per_request_us: figures.per_request_us,
+        server_cpu_note: figures.note,
+        server_memory: memory,
+        idle,
+        load_bound: report.load_bound,
+        clean_exit,
+        load: report,
+    })
 }

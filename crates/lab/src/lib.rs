@@ -1,16 +1,21 @@
 //! c10k-lab: `c10k compare`, the measured answer to "which strategy should I use?".
 //!
-//! For every strategy of the registry (and any `--peer`) at every concurrency level, a
-//! cell starts the server as its own process pinned to the server CPUs, opens idle
-//! connections to measure memory per connection, runs the load (in this process, on a
+//! For every workload (the work per request, `--work`), every strategy of the registry
+//! (and any `--peer`) at every concurrency level, a cell starts the server as its own
+//! process pinned to the server CPUs, opens idle connections to measure memory per
+//! connection (in round 1 of one workload), runs the load (in this process, on a
 //! thread pinned to the load CPUs), reads the server's whole process tree's CPU time at
 //! the edges of the measured window, and stops the server with SIGTERM. A cell that
-//! cannot run (strategy not available here, beyond its connection limit, server did not
-//! start) is "n/a" with the reason; the run goes on.
+//! cannot run (strategy not available here, beyond its connection limit, a peer asked
+//! to do work, server did not start) is "n/a" with the reason; the run goes on. The
+//! matrix runs `--rounds` times, interleaved, and each cell reports the median and the
+//! min-max of its rounds ([`aggregate`]).
 //!
-//! The output is `results.json` (every figure), `report.md` (tables, a "what to use"
-//! section derived from the figures, the machine) and SVG charts.
+//! The output is `results.json` (every figure of every round), `report.md` (tables, a
+//! "what to use" section per workload derived from the figures, the machine) and SVG
+//! charts.
 
+pub mod aggregate;
 pub mod cell;
 pub mod chart;
 pub mod kernel_memory;
@@ -22,22 +27,25 @@ pub mod report;
 pub mod resolution;
 pub mod results;
 pub mod server;
+pub mod workload;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use c10k_load::AppKind;
+use c10k_server::Work;
 
+use cell::{CELL_TIMEOUT, CellPlan};
 use machine::Machine;
 use plan::{Target, cannot_run, targets};
-use results::{Cell, ResolutionSettings, Results, Settings, TargetInfo};
+use results::{
+    Cell, Metrics, ResolutionSettings, Results, Round, Settings, TargetInfo, WorkloadSettings,
+};
+use workload::{WorkLaunchers, Workload};
 
-/// Default concurrency levels.
-pub const DEFAULT_CONNS: [usize; 4] = [10, 100, 1_000, 10_000];
-
-/// Concurrency levels of `--quick`.
-pub const QUICK_CONNS: [usize; 2] = [10, 1_000];
+/// Rounds of the full run.
+pub const DEFAULT_ROUNDS: usize = 3;
 
 /// A comparison.
 #[derive(Debug, Clone)]
@@ -48,8 +56,12 @@ pub struct CompareConfig {
     pub strategies: Option<Vec<String>>,
     /// External servers: `(name, command with {port})`.
     pub peers: Vec<(String, String)>,
-    /// Concurrency levels.
-    pub conns: Vec<usize>,
+    /// The workloads, each with its concurrency levels.
+    pub workloads: Vec<Workload>,
+    /// Rounds of the whole matrix.
+    pub rounds: usize,
+    /// `--workers` for every strategy (`None`: one per server CPU).
+    pub workers: Option<usize>,
     /// The app.
     pub app: AppKind,
     /// Output directory.
@@ -68,42 +80,83 @@ pub struct CompareConfig {
     pub size: Option<usize>,
     /// Load threads.
     pub load_threads: usize,
-    /// Measure memory per idle connection in each cell.
+    /// Measure memory per idle connection (round 1 of one workload).
     pub idle_phase: bool,
     /// `--quick` (recorded in the report).
     pub quick: bool,
 }
 
 impl CompareConfig {
-    /// The default matrix: every strategy, 10 to 10,000 connections, echo, 5 s cells
-    /// after 1 s of warm-up, server on CPU 0 and load on CPU 1.
+    /// The default matrix: every strategy under the workloads `none` (100 to 10,000
+    /// connections), `cpu=200us`, `wait=2ms,blocking` and `wait=2ms,async` (100 and
+    /// 1,000), echo, 3 rounds of 2 s cells after 0.5 s of warm-up, server on CPU 0 and
+    /// load on CPU 1: about 15 minutes on a 2-CPU machine.
     pub fn new(server_bin: PathBuf) -> Self {
-        CompareConfig {
+        let mut cfg = CompareConfig {
             server_bin,
             strategies: None,
             peers: Vec::new(),
-            conns: DEFAULT_CONNS.to_vec(),
+            workloads: Vec::new(),
+            rounds: DEFAULT_ROUNDS,
+            workers: None,
             app: AppKind::Echo,
             out: PathBuf::from("report"),
             server_cpus: Some(vec![0]),
             load_cpus: Some(vec![1]),
-            duration: Duration::from_secs(5),
-            warmup: Duration::from_secs(1),
+            duration: Duration::from_secs(2),
+            warmup: Duration::from_millis(500),
             pipeline: 1,
             size: None,
             load_threads: 1,
             idle_phase: true,
             quick: false,
+        };
+        cfg.set_works(&workload::default_works());
+        cfg
+    }
+
+    /// `--quick`: one round of 1 s cells after 0.3 s of warm-up, `none` at 10 and 1,000
+    /// connections and `wait=2ms,blocking` at 100.
+    pub fn quick(mut self) -> Self {
+        self.quick = true;
+        self.set_works(&workload::quick_works());
+        self.rounds = 1;
+        self.duration = Duration::from_secs(1);
+        self.warmup = Duration::from_millis(300);
+        self
+    }
+
+    /// The workloads, each at its default levels (`--quick`'s when set), duplicates
+    /// left out.
+    pub fn set_works(&mut self, works: &[Work]) {
+        self.workloads.clear();
+        for w in works {
+            if !self.workloads.iter().any(|x| x.work == *w) {
+                self.workloads.push(Workload {
+                    work: *w,
+                    conns: workload::default_levels(w, self.quick),
+                });
+            }
         }
     }
 
-    /// `--quick`: two concurrency levels, 1 s cells after 0.3 s of warm-up.
-    pub fn quick(mut self) -> Self {
-        self.conns = QUICK_CONNS.to_vec();
-        self.duration = Duration::from_secs(1);
-        self.warmup = Duration::from_millis(300);
-        self.quick = true;
-        self
+    /// The same levels for every workload.
+    pub fn set_conns(&mut self, conns: &[usize]) {
+        for w in &mut self.workloads {
+            w.conns = conns.to_vec();
+        }
+    }
+
+    /// Every level of any workload, in order.
+    pub fn all_conns(&self) -> Vec<usize> {
+        let mut all: Vec<usize> = self
+            .workloads
+            .iter()
+            .flat_map(|w| w.conns.iter().copied())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
     }
 }
 
@@ -175,12 +228,10 @@ impl Ticker {
     }
 }
 
-fn one_line(cell: &Cell) -> String {
-    match &cell.metrics {
-        Some(m) => format!(
-            "{} x {}: {:.0} req/s, p99 {:.0} us, server CPU {} us/req (busy {}), {} errors{}",
-            cell.target,
-            cell.conns,
+fn one_line(what: &str, outcome: &Result<Metrics, String>) -> String {
+    match outcome {
+        Ok(m) => format!(
+            "{what}: {:.0} req/s, p99 {:.0} us, server CPU {} us/req (busy {}), {} errors{}",
             m.throughput_rps,
             m.p99_us,
             m.server_cpu_per_request_us
@@ -190,29 +241,45 @@ fn one_line(cell: &Cell) -> String {
             m.errors,
             if m.load_bound { " (load-bound)" } else { "" }
         ),
-        None => format!(
-            "{} x {}: n/a ({})",
-            cell.target,
-            cell.conns,
-            cell.reason.as_deref().unwrap_or("")
-        ),
+        Err(why) => format!("{what}: n/a ({why})"),
     }
+}
+
+/// Checks what the command line cannot (an empty or zero level, no workload).
+fn check(config: &CompareConfig) -> Result<(), CompareError> {
+    if config.workloads.is_empty() {
+        return Err(CompareError(
+            "no workload: give --work, e.g. --work none --work wait=2ms,blocking".into(),
+        ));
+    }
+    if config
+        .workloads
+        .iter()
+        .any(|w| w.conns.is_empty() || w.conns.contains(&0))
+    {
+        return Err(CompareError(
+            "--conns needs positive numbers, e.g. 10,100,1000".into(),
+        ));
+    }
+    if config.rounds == 0 {
+        return Err(CompareError("--rounds must be at least 1".into()));
+    }
+    if config.workers.is_some_and(|n| n == 0 || n > 1024) {
+        return Err(CompareError("--workers must be 1..=1024".into()));
+    }
+    Ok(())
 }
 
 /// Runs the comparison and writes `report.md`, `results.json` and the charts into
 /// `config.out`.
 pub fn compare(config: &CompareConfig) -> Result<Results, CompareError> {
     let mut rows = targets(config.strategies.as_deref(), &config.peers).map_err(CompareError)?;
-    plan::only_serving(&mut rows, config.app.name());
-    if config.conns.is_empty() || config.conns.contains(&0) {
-        return Err(CompareError(
-            "--conns needs positive numbers, e.g. 10,100,1000".into(),
-        ));
-    }
+    plan::only_serving_load(&mut rows, config.app.name(), config.size);
+    check(config)?;
     std::fs::create_dir_all(&config.out)
         .map_err(|e| CompareError(format!("cannot create {}: {e}", config.out.display())))?;
     let machine = Machine::detect();
-    let max_conns = config.conns.iter().copied().max().unwrap_or(1);
+    let max_conns = config.all_conns().into_iter().max().unwrap_or(1);
     let fd_limit = match c10k_load::limits::check_fd_limit(max_conns) {
         Ok(n) => n,
         Err(warning) => {
@@ -221,6 +288,15 @@ pub fn compare(config: &CompareConfig) -> Result<Results, CompareError> {
             lim.current.unwrap_or(u64::MAX)
         }
     };
+    let works: Vec<Work> = config.workloads.iter().map(|w| w.work).collect();
+    let launchers = WorkLaunchers::new(&config.server_bin, &works).map_err(CompareError)?;
+    // The servers' CPUs' worth of workers, as given (whether or not pinning works).
+    let workers = config.workers.unwrap_or_else(|| {
+        config.server_cpus.as_ref().map_or_else(
+            || std::thread::available_parallelism().map_or(1, usize::from),
+            Vec::len,
+        )
+    });
 
     // Pin this thread to the load CPUs for the whole run (the load threads inherit it);
     // each server is spawned with the thread briefly pinned to the server CPUs.
@@ -255,7 +331,44 @@ pub fn compare(config: &CompareConfig) -> Result<Results, CompareError> {
         }
     }
 
-    let cells = run_matrix(&cfg, &rows, fd_limit);
+    let idle_at = idle_workload(&cfg);
+    let workloads: Vec<WorkloadSettings> = cfg
+        .workloads
+        .iter()
+        .enumerate()
+        .map(|(i, w)| WorkloadSettings {
+            work: w.work.to_string(),
+            description: workload::describe(&w.work),
+            cpu_us: w.work.cpu.as_secs_f64() * 1e6,
+            blocking_wait_us: w.work.blocking_wait().as_secs_f64() * 1e6,
+            async_wait_us: w.work.async_wait().as_secs_f64() * 1e6,
+            conns: w.conns.clone(),
+            pool_workers: workload::pool_workers(&w.work, workers),
+            idle_phase: idle_at == Some(i),
+            warmup_s: w
+                .conns
+                .iter()
+                .map(|&c| workload::warmup(cfg.warmup, &w.work, c, workers).as_secs_f64())
+                .collect(),
+            reply_timeout_s: w
+                .conns
+                .iter()
+                .map(|&c| workload::reply_timeout(CELL_TIMEOUT, &w.work, c, workers))
+                .max()
+                .unwrap_or(CELL_TIMEOUT)
+                .as_secs_f64(),
+        })
+        .collect();
+    let matrix = Matrix {
+        cfg: &cfg,
+        rows: &rows,
+        fd_limit,
+        workers,
+        launchers: &launchers,
+        idle_at,
+    };
+    let (cells, elapsed) = matrix.run();
+    drop(launchers);
     if let Some(before) = restore {
         pin::restore(&before);
     }
@@ -264,13 +377,16 @@ pub fn compare(config: &CompareConfig) -> Result<Results, CompareError> {
         machine,
         settings: Settings {
             app: cfg.app.name().into(),
-            conns: cfg.conns.clone(),
+            conns: cfg.all_conns(),
+            workloads,
+            rounds: cfg.rounds,
+            workers,
             duration_s: cfg.duration.as_secs_f64(),
             warmup_s: cfg.warmup.as_secs_f64(),
             pipeline: cfg.pipeline,
             size_bytes: cfg.size,
             load_threads: cfg.load_threads,
-            idle_phase: cfg.idle_phase,
+            idle_phase: idle_at.is_some(),
             server_cpus: cfg.server_cpus.clone(),
             load_cpus: cfg.load_cpus.clone(),
             pinning,
@@ -286,44 +402,138 @@ pub fn compare(config: &CompareConfig) -> Result<Results, CompareError> {
                 summary: t.summary.clone(),
             })
             .collect(),
-        cells: cells.0,
-        elapsed_s: cells.1.as_secs_f64(),
+        cells,
+        elapsed_s: elapsed.as_secs_f64(),
     };
     write_outputs(&cfg, &results)?;
     Ok(results)
 }
 
-fn run_matrix(cfg: &CompareConfig, rows: &[Target], fd_limit: u64) -> (Vec<Cell>, Duration) {
-    let start = Instant::now();
-    let runnable = rows
-        .iter()
-        .flat_map(|t| cfg.conns.iter().map(move |&c| (t, c)))
-        .filter(|(t, c)| cannot_run(t, *c, fd_limit).is_none())
-        .count();
-    let ticker = Ticker::new(runnable);
-    let mut k = 0;
-    let mut cells = Vec::new();
-    // Level by level, every row in turn: a burst of noise from a neighbour on a shared
-    // machine then lands on one column across rows rather than on one row.
-    for (li, &conns) in cfg.conns.iter().enumerate() {
-        for (ti, target) in rows.iter().enumerate() {
-            let cell = match cannot_run(target, conns, fd_limit) {
-                Some(why) => Cell::na(&target.name, conns, why),
-                None => {
-                    ticker.starting(k, &format!("{} x {conns}", target.name));
-                    k += 1;
-                    let cell = cell::run_cell(cfg, target, conns);
-                    ticker.done(&one_line(&cell));
-                    cell
-                }
-            };
-            cells.push(((ti, li), cell));
-        }
+/// The workload whose first round measures memory per idle connection: the first
+/// `none`, else the first (the idle connections do no work, so one workload is enough).
+fn idle_workload(cfg: &CompareConfig) -> Option<usize> {
+    if !cfg.idle_phase {
+        return None;
     }
-    ticker.finish();
-    cells.sort_by_key(|(key, _)| *key);
-    let cells = cells.into_iter().map(|(_, c)| c).collect();
-    (cells, start.elapsed())
+    cfg.workloads
+        .iter()
+        .position(|w| w.work.is_none())
+        .or((!cfg.workloads.is_empty()).then_some(0))
+}
+
+/// A matrix to run: the rows, and what every cell needs.
+struct Matrix<'a> {
+    cfg: &'a CompareConfig,
+    rows: &'a [Target],
+    fd_limit: u64,
+    workers: usize,
+    launchers: &'a WorkLaunchers,
+    idle_at: Option<usize>,
+}
+
+/// A cell being measured: its rounds so far, or why it is not tried.
+struct Slot {
+    work: usize,
+    level: usize,
+    row: usize,
+    na: Option<String>,
+    workers: Option<usize>,
+    rounds: Vec<Round>,
+}
+
+impl Matrix<'_> {
+    /// Round by round; in each round workload by workload, level by level, every row
+    /// in turn (starting one row further each round): a burst of noise from a
+    /// neighbour on a shared machine then lands on one level of one round, across
+    /// rows, and the other rounds outvote it.
+    fn run(&self) -> (Vec<Cell>, Duration) {
+        let cfg = self.cfg;
+        let start = Instant::now();
+        let mut slots = Vec::new();
+        for (wi, w) in cfg.workloads.iter().enumerate() {
+            for (li, &conns) in w.conns.iter().enumerate() {
+                for (ti, t) in self.rows.iter().enumerate() {
+                    let na = workload::cannot_work(t, &w.work)
+                        .or_else(|| cannot_run(t, conns, self.fd_limit));
+                    slots.push(Slot {
+                        work: wi,
+                        level: li,
+                        row: ti,
+                        workers: workload::workers_for(t, &w.work, conns, self.workers),
+                        na,
+                        rounds: Vec::new(),
+                    });
+                }
+            }
+        }
+        let runnable = slots.iter().filter(|s| s.na.is_none()).count();
+        let ticker = Ticker::new(runnable * cfg.rounds);
+        let mut k = 0;
+        let n_rows = self.rows.len().max(1);
+        for round in 1..=cfg.rounds {
+            // Slots are laid out workload, level, row: each chunk of `n_rows` is one
+            // (workload, level).
+            for chunk in slots.chunks_mut(n_rows) {
+                let len = chunk.len();
+                for i in 0..len {
+                    let slot = &mut chunk[(i + round - 1) % len];
+                    if slot.na.is_some() {
+                        continue;
+                    }
+                    let w = &cfg.workloads[slot.work];
+                    let conns = w.conns[slot.level];
+                    let target = &self.rows[slot.row];
+                    let what = format!(
+                        "{} x {conns} [{}]{}",
+                        target.name,
+                        w.work,
+                        if cfg.rounds > 1 {
+                            format!(" round {round}/{}", cfg.rounds)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    ticker.starting(k, &what);
+                    k += 1;
+                    let plan = CellPlan {
+                        program: self.launchers.program(&cfg.server_bin, &w.work),
+                        workers: slot.workers,
+                        idle: round == 1 && self.idle_at == Some(slot.work),
+                        timeout: workload::reply_timeout(
+                            CELL_TIMEOUT,
+                            &w.work,
+                            conns,
+                            self.workers,
+                        ),
+                        warmup: workload::warmup(cfg.warmup, &w.work, conns, self.workers),
+                    };
+                    let outcome = cell::run_cell(cfg, target, conns, &plan);
+                    ticker.done(&one_line(&what, &outcome));
+                    slot.rounds.push(match outcome {
+                        Ok(m) => Round::ok(round, m),
+                        Err(why) => Round::na(round, why),
+                    });
+                }
+            }
+        }
+        ticker.finish();
+        // Report order: workload, row, level.
+        slots.sort_by_key(|s| (s.work, s.row, s.level));
+        let cells = slots
+            .into_iter()
+            .map(|s| {
+                let w = &cfg.workloads[s.work];
+                let work = w.work.to_string();
+                let conns = w.conns[s.level];
+                let name = &self.rows[s.row].name;
+                match s.na {
+                    Some(why) => Cell::na(&work, name, conns, why),
+                    None => Cell::from_rounds(&work, name, conns, s.workers, s.rounds),
+                }
+            })
+            .collect();
+        (cells, start.elapsed())
+    }
 }
 
 fn write_outputs(cfg: &CompareConfig, results: &Results) -> Result<(), CompareError> {

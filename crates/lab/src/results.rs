@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::aggregate::Stat;
 use crate::machine::Machine;
 use crate::proctree::TreeMemory;
 
@@ -10,8 +11,16 @@ use crate::proctree::TreeMemory;
 pub struct Settings {
     /// echo, http or resp.
     pub app: String,
-    /// The concurrency levels (columns).
+    /// Every concurrency level of any workload (each workload has its own).
     pub conns: Vec<usize>,
+    /// The workloads, in order: the work per request and its levels.
+    pub workloads: Vec<WorkloadSettings>,
+    /// Rounds: each round runs every cell once, strategies in turn at each level.
+    pub rounds: usize,
+    /// `--workers` given to every strategy (the server CPUs' worth), except `prefork`
+    /// (as many processes as connections) and `pool` under a blocking wait (see
+    /// `workloads[].pool_workers`).
+    pub workers: usize,
     /// The measured window per cell, seconds.
     pub duration_s: f64,
     /// The warm-up per cell, seconds.
@@ -22,7 +31,8 @@ pub struct Settings {
     pub size_bytes: Option<usize>,
     /// Load threads.
     pub load_threads: usize,
-    /// Whether the idle-memory phase ran.
+    /// Whether the idle-memory phase ran (in round 1 of one workload only: see
+    /// `workloads[].idle_phase`).
     pub idle_phase: bool,
     /// The server's CPUs, or null when not pinned.
     pub server_cpus: Option<Vec<usize>>,
@@ -34,6 +44,41 @@ pub struct Settings {
     pub quick: bool,
     /// What the readings behind the figures can resolve.
     pub resolution: ResolutionSettings,
+}
+
+/// One workload of a comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadSettings {
+    /// The work per request, as `c10k serve --work` spells it (`none`, `cpu=200us`,
+    /// `wait=2ms,blocking`...).
+    pub work: String,
+    /// In words ("a 2 ms blocking call per request").
+    pub description: String,
+    /// CPU burnt per request, microseconds.
+    pub cpu_us: f64,
+    /// Blocking wait per request, microseconds.
+    pub blocking_wait_us: f64,
+    /// Asynchronous wait per request, microseconds.
+    pub async_wait_us: f64,
+    /// Its concurrency levels (columns).
+    pub conns: Vec<usize>,
+    /// `--workers` given to `pool` (its pool size): larger under a blocking wait.
+    pub pool_workers: usize,
+    /// Whether its first round measured memory per idle connection.
+    pub idle_phase: bool,
+    /// The warm-up at each level (as `conns`), seconds: `settings.warmup_s`, or one
+    /// pass through the longest queue the work can cause on one event-loop worker when
+    /// that is longer.
+    pub warmup_s: Vec<f64>,
+    /// The reply timeout of the load, seconds (a slower reply is an error).
+    pub reply_timeout_s: f64,
+}
+
+impl WorkloadSettings {
+    /// Whether it is the trivial request.
+    pub fn is_none(&self) -> bool {
+        self.work == "none"
+    }
 }
 
 /// The resolution rules of a comparison (see [`crate::resolution`]).
@@ -194,13 +239,11 @@ pub struct Metrics {
     pub load: c10k_load::LoadReport,
 }
 
-/// One strategy (or peer) at one concurrency.
+/// One round of a cell.
 #[derive(Debug, Clone, Serialize)]
-pub struct Cell {
-    /// The row's name.
-    pub target: String,
-    /// Connections.
-    pub conns: usize,
+pub struct Round {
+    /// Which round (from 1).
+    pub round: usize,
     /// "ok" or "n/a".
     pub status: String,
     /// Why it did not run (for "n/a").
@@ -209,16 +252,166 @@ pub struct Cell {
     pub metrics: Option<Metrics>,
 }
 
-impl Cell {
-    /// A cell that did not run.
-    pub fn na(target: &str, conns: usize, reason: String) -> Cell {
-        Cell {
-            target: target.to_string(),
-            conns,
+impl Round {
+    /// A round that ran.
+    pub fn ok(round: usize, metrics: Metrics) -> Round {
+        Round {
+            round,
+            status: "ok".into(),
+            reason: None,
+            metrics: Some(metrics),
+        }
+    }
+
+    /// A round that did not run.
+    pub fn na(round: usize, reason: String) -> Round {
+        Round {
+            round,
             status: "n/a".into(),
             reason: Some(reason),
             metrics: None,
         }
+    }
+}
+
+/// The medians over a cell's rounds of its three main figures.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Summary {
+    /// Requests per second.
+    pub throughput_rps: f64,
+    /// p99 latency, microseconds.
+    pub p99_us: f64,
+    /// Server CPU per request, microseconds; null when a round's reading was below
+    /// resolution (that round says why).
+    pub server_cpu_per_request_us: Option<f64>,
+}
+
+/// The min-max over a cell's rounds of its three main figures: `[min, max]`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    /// Requests per second.
+    pub throughput_rps: [f64; 2],
+    /// p99 latency, microseconds.
+    pub p99_us: [f64; 2],
+    /// Server CPU per request, microseconds (null as in the median).
+    pub server_cpu_per_request_us: Option<[f64; 2]>,
+}
+
+/// One strategy (or peer) at one concurrency under one workload, over the rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    /// The workload's work (`settings.workloads[].work`).
+    pub work: String,
+    /// The row's name.
+    pub target: String,
+    /// Connections.
+    pub conns: usize,
+    /// `--workers` the server got (null for a peer, or a cell that never started).
+    pub workers: Option<usize>,
+    /// "ok" (at least one round ran) or "n/a".
+    pub status: String,
+    /// Why it did not run (for "n/a": the first round's reason, or why no round was
+    /// tried).
+    pub reason: Option<String>,
+    /// Errors of the load over every round.
+    pub errors: u64,
+    /// The medians over the rounds that ran.
+    pub median: Option<Summary>,
+    /// The min-max over the rounds that ran.
+    pub spread: Option<Spread>,
+    /// Every round, in order (empty when no round was tried).
+    pub rounds: Vec<Round>,
+}
+
+impl Cell {
+    /// A cell that is not tried in any round.
+    pub fn na(work: &str, target: &str, conns: usize, reason: String) -> Cell {
+        Cell {
+            work: work.to_string(),
+            target: target.to_string(),
+            conns,
+            workers: None,
+            status: "n/a".into(),
+            reason: Some(reason),
+            errors: 0,
+            median: None,
+            spread: None,
+            rounds: Vec::new(),
+        }
+    }
+
+    /// A cell from its rounds, with the medians and spreads.
+    pub fn from_rounds(
+        work: &str,
+        target: &str,
+        conns: usize,
+        workers: Option<usize>,
+        rounds: Vec<Round>,
+    ) -> Cell {
+        let ran: Vec<&Metrics> = rounds.iter().filter_map(|r| r.metrics.as_ref()).collect();
+        let stat = |f: fn(&Metrics) -> f64| Stat::of(&ran.iter().map(|m| f(m)).collect::<Vec<_>>());
+        let tput = stat(|m| m.throughput_rps);
+        let p99 = stat(|m| m.p99_us);
+        let cpu: Option<Vec<f64>> = ran.iter().map(|m| m.server_cpu_per_request_us).collect();
+        let cpu = cpu.and_then(|v| Stat::of(&v));
+        let (median, spread) = match (tput, p99) {
+            (Some(t), Some(p)) => (
+                Some(Summary {
+                    throughput_rps: t.median,
+                    p99_us: p.median,
+                    server_cpu_per_request_us: cpu.map(|c| c.median),
+                }),
+                Some(Spread {
+                    throughput_rps: [t.min, t.max],
+                    p99_us: [p.min, p.max],
+                    server_cpu_per_request_us: cpu.map(|c| [c.min, c.max]),
+                }),
+            ),
+            _ => (None, None),
+        };
+        let ok = !ran.is_empty();
+        Cell {
+            work: work.to_string(),
+            target: target.to_string(),
+            conns,
+            workers,
+            status: if ok { "ok" } else { "n/a" }.into(),
+            reason: if ok {
+                None
+            } else {
+                rounds
+                    .iter()
+                    .find_map(|r| r.reason.clone())
+                    .or_else(|| Some("no round ran".into()))
+            },
+            errors: ran.iter().map(|m| m.errors).sum(),
+            median,
+            spread,
+            rounds,
+        }
+    }
+
+    /// The figures of every round that ran.
+    pub fn ran(&self) -> impl Iterator<Item = &Metrics> {
+        self.rounds.iter().filter_map(|r| r.metrics.as_ref())
+    }
+
+    /// Whether any round ran.
+    pub fn is_ok(&self) -> bool {
+        self.ran().next().is_some()
+    }
+
+    /// Whether the load saturated its own core in any round.
+    pub fn load_bound(&self) -> bool {
+        self.ran().any(|m| m.load_bound)
+    }
+
+    /// The round whose throughput is the median (the lower of the middle two for an
+    /// even count): one real round to read the figures that have no median.
+    pub fn median_round(&self) -> Option<&Metrics> {
+        let mut ran: Vec<&Metrics> = self.ran().collect();
+        ran.sort_by(|a, b| a.throughput_rps.total_cmp(&b.throughput_rps));
+        ran.get(ran.len().saturating_sub(1) / 2).copied()
     }
 }
 
@@ -250,15 +443,20 @@ impl Metrics {
 }
 
 impl Results {
-    /// The cell of `target` at `conns`.
-    pub fn cell(&self, target: &str, conns: usize) -> Option<&Cell> {
+    /// The cell of `target` at `conns` under `work`.
+    pub fn cell(&self, work: &str, target: &str, conns: usize) -> Option<&Cell> {
         self.cells
             .iter()
-            .find(|c| c.target == target && c.conns == conns)
+            .find(|c| c.work == work && c.target == target && c.conns == conns)
     }
 
-    /// The figures of `target` at `conns`, when it ran.
-    pub fn metrics(&self, target: &str, conns: usize) -> Option<&Metrics> {
-        self.cell(target, conns)?.metrics.as_ref()
+    /// The workload of `work`.
+    pub fn workload(&self, work: &str) -> Option<&WorkloadSettings> {
+        self.settings.workloads.iter().find(|w| w.work == work)
+    }
+
+    /// The row of `name`.
+    pub fn target(&self, name: &str) -> Option<&TargetInfo> {
+        self.targets.iter().find(|t| t.name == name)
     }
 }

@@ -1,208 +1,13 @@
 //! The report's rules, on synthetic results: a peer is never the advice, a figure below
 //! its reading's resolution (memory per idle connection, a CPU reading of a few clock
 //! ticks) is never printed as a number, and losses are stated against a stable
-//! reference rather than the best single cell.
+//! reference rather than the best single cell. (Rounds and workloads: what_to_use.rs.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read as _;
-use std::net::TcpListener;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+mod common;
 
-use c10k_lab::machine::Machine;
-use c10k_lab::proctree::TreeMemory;
-use c10k_lab::report::{self, Reference};
-use c10k_lab::resolution::{CpuWindow, cpu_resolution_s};
-use c10k_lab::results::{
-    Cell, IdleMemory, Metrics, ResolutionSettings, Results, Settings, TargetInfo,
-};
-use c10k_load::{AppKind, LoadConfig, LoadReport, Progress};
-
-const PAGE: i64 = 4096;
-const NOISE: u64 = 64 * 4096;
-const TICK: f64 = 0.01;
-
-/// A real load report to hang the synthetic figures on (the report reads none of it):
-/// 50 ms of echo against a thread that echoes.
-fn load_report() -> LoadReport {
-    static REPORT: OnceLock<LoadReport> = OnceLock::new();
-    REPORT
-        .get_or_init(|| {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    let Ok(mut stream) = stream else { continue };
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 4096];
-                        loop {
-                            match stream.read(&mut buf) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => {
-                                    if std::io::Write::write_all(&mut stream, &buf[..n]).is_err() {
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                    });
-                }
-            });
-            let config = LoadConfig::new(addr, AppKind::Echo, 1, Duration::from_millis(50));
-            c10k_load::run(&config, Arc::new(Progress::new())).unwrap()
-        })
-        .clone()
-}
-
-/// One synthetic cell's readings.
-#[derive(Clone, Copy)]
-struct Spec {
-    /// Requests per second.
-    tput: f64,
-    /// Server CPU per request, microseconds (the window's CPU follows from it).
-    cpu_us: f64,
-    /// PSS growth of the idle phase, bytes.
-    idle_growth: i64,
-    /// Whole-tick counters in the CPU readings.
-    tick_fields: usize,
-    /// Overrides the window's CPU reading, seconds.
-    cpu_s: Option<f64>,
-}
-
-fn spec(tput: f64, cpu_us: f64, idle_per_conn: i64, conns: usize) -> Spec {
-    Spec {
-        tput,
-        cpu_us,
-        idle_growth: idle_per_conn * conns as i64,
-        tick_fields: 0,
-        cpu_s: None,
-    }
-}
-
-/// A cell measured as `c10k compare` would have read it, through the same rules.
-fn cell(name: &str, conns: usize, s: Spec) -> Cell {
-    let window = 5.0;
-    let requests = (s.tput * window) as u64;
-    let cpu = CpuWindow {
-        cpu_s: s.cpu_s.unwrap_or(s.cpu_us * requests as f64 / 1e6),
-        resolution_s: cpu_resolution_s(s.tick_fields, 1, TICK),
-        wall_s: window,
-        requests,
-    };
-    let figures = cpu.figures();
-    let before = TreeMemory {
-        pss_kib: 2048,
-        rss_kib: 4096,
-        processes: 1,
-    };
-    let after_kib = |k: u64| (k as i64 + s.idle_growth / 1024) as u64;
-    let after = TreeMemory {
-        pss_kib: after_kib(before.pss_kib),
-        rss_kib: after_kib(before.rss_kib),
-        processes: 1,
-    };
-    Cell {
-        target: name.into(),
-        conns,
-        status: "ok".into(),
-        reason: None,
-        metrics: Some(Metrics {
-            throughput_rps: s.tput,
-            p50_us: 100.0,
-            p90_us: 150.0,
-            p99_us: 200.0,
-            p999_us: 300.0,
-            max_us: 400.0,
-            errors: 0,
-            connected: conns,
-            server_cpu_s: cpu.cpu_s,
-            server_cpu_resolution_s: cpu.resolution_s,
-            server_cpu_window_s: cpu.wall_s,
-            server_busy_percent: figures.busy_percent,
-            server_cpu_requests: requests,
-            server_cpu_per_request_us: figures.per_request_us,
-            server_cpu_note: figures.note,
-            server_memory: after,
-            idle: Some(IdleMemory::new(conns, before, after, NOISE)),
-            load_bound: false,
-            clean_exit: true,
-            load: load_report(),
-        }),
-    }
-}
-
-/// `(name, C10K item or None for a peer)`.
-fn results(rows: &[(&str, Option<&str>)], conns: &[usize], cells: Vec<Cell>) -> Results {
-    Results {
-        machine: Machine {
-            cpu_model: "synthetic".into(),
-            cpus: 2,
-            kernel: "6.0-test".into(),
-            os: "test".into(),
-            memory_mib: 1024,
-            commit: None,
-            c10k_version: "0".into(),
-            date: "Thu, 01 Jan 2026 00:00:00 GMT".into(),
-        },
-        settings: Settings {
-            app: "echo".into(),
-            conns: conns.to_vec(),
-            duration_s: 5.0,
-            warmup_s: 1.0,
-            pipeline: 1,
-            size_bytes: None,
-            load_threads: 1,
-            idle_phase: true,
-            server_cpus: Some(vec![0]),
-            load_cpus: Some(vec![1]),
-            pinning: "server on CPU 0, load on CPU 1".into(),
-            quick: false,
-            resolution: ResolutionSettings {
-                page_bytes: PAGE as u64,
-                idle_noise_bytes: NOISE,
-                cpu_tick_s: TICK,
-                cpu_min_resolutions: 10.0,
-            },
-        },
-        targets: rows
-            .iter()
-            .map(|(name, item)| TargetInfo {
-                name: (*name).into(),
-                kind: if item.is_some() { "strategy" } else { "peer" }.into(),
-                item: item.map(Into::into),
-                summary: String::new(),
-            })
-            .collect(),
-        cells,
-        elapsed_s: 1.0,
-    }
-}
-
-/// The body rows of the table under `## {title}`: `(row name, cells)`.
-fn table(report: &str, title: &str) -> Vec<(String, Vec<String>)> {
-    let at = report
-        .find(&format!("## {title}"))
-        .unwrap_or_else(|| panic!("no table {title}"));
-    report[at..]
-        .lines()
-        .skip_while(|l| !l.starts_with("| strategy"))
-        .skip(2)
-        .take_while(|l| l.starts_with('|'))
-        .map(|l| {
-            let mut cols = l.trim_matches('|').split('|').map(|c| c.trim().to_string());
-            let name = cols.next().unwrap();
-            (name, cols.collect())
-        })
-        .collect()
-}
-
-/// The "where each one loses" line of `name`.
-fn loss_line<'a>(report: &'a str, name: &str) -> &'a str {
-    report
-        .lines()
-        .find(|l| l.starts_with(&format!("- `{name}`:")))
-        .unwrap_or_else(|| panic!("no loss line for {name}:\n{report}"))
-}
+use c10k_lab::report::{self, Reference, View};
+use common::*;
 
 const STRATEGIES: [(&str, Option<&str>); 7] = [
     ("select", Some("1")),
@@ -229,8 +34,8 @@ fn a_peer_is_never_recommended() {
     let r = results(&rows, &levels, cells);
     let report = report::render(&r);
     let advice = report::advice(&r);
-    assert!(advice.starts_with("**Use `epoll-et`.**"), "{advice}");
-    assert!(!advice.contains("Use `c-epoll`"), "{advice}");
+    assert!(advice.contains("\n**Use `epoll-et`.**"), "{advice}");
+    assert!(!advice.contains("c-epoll`."), "{advice}");
     // The peer is in the tables and gets its one sentence, but no loss line and no
     // "either will do".
     assert!(report.contains("| c-epoll (peer) |"), "{report}");
@@ -251,7 +56,7 @@ fn a_peer_is_never_recommended() {
     );
     // Among the strategies only: epoll-et had the highest throughput.
     assert!(
-        advice.contains("Highest throughput at 10 and 1,000"),
+        advice.contains("throughput: `epoll-et` 150,000, ahead of `thread` 80,000"),
         "{advice}"
     );
 
@@ -266,7 +71,8 @@ fn a_peer_is_never_recommended() {
     );
     let advice = report::advice(&only_peer);
     assert!(!advice.contains("**Use"), "{advice}");
-    assert!(advice.starts_with("No c10k strategy ran"), "{advice}");
+    assert!(advice.contains("\nNo c10k strategy ran"), "{advice}");
+    assert!(!advice.contains("In one line"), "{advice}");
 }
 
 #[test]
@@ -321,7 +127,7 @@ fn negative_or_sub_resolution_memory_is_never_printed_as_a_number() {
 
     // The JSON says why the figure is missing.
     let json: serde_json::Value = serde_json::to_value(&r).unwrap();
-    let idle = &json["cells"][0]["metrics"]["idle"];
+    let idle = &json["cells"][0]["rounds"][0]["metrics"]["idle"];
     assert_eq!(json["cells"][0]["target"], "select");
     assert!(idle["pss_bytes_per_conn"].is_null(), "{idle}");
     assert_eq!(idle["pss_growth_bytes"], -5 * PAGE);
@@ -335,12 +141,15 @@ fn negative_or_sub_resolution_memory_is_never_printed_as_a_number() {
     // The chart draws only figures.
     let svg = c10k_lab::chart::render(&c10k_lab::chart::CHARTS[3], &r);
     let desc = &svg[svg.find("<desc>").unwrap()..svg.find("</desc>").unwrap()];
-    assert!(desc.contains("select 10000=199.98"), "{desc}");
+    assert!(desc.contains("none select 10000=199.98"), "{desc}");
     assert!(
         !desc.contains("select 10=") && !desc.contains("select 100="),
         "{desc}"
     );
-    assert!(desc.contains("\nthread 100=14336 10000=14336"), "{desc}");
+    assert!(
+        desc.contains("\nnone thread 100=14336 10000=14336"),
+        "{desc}"
+    );
     assert!(!desc.contains("=-"), "{desc}");
 
     // The advice uses the largest level with a figure: thread's 14 KiB against the
@@ -371,7 +180,10 @@ fn a_sub_resolution_cpu_reading_is_flagged() {
         cells.push(cell("fork", c, fork));
     }
     let r = results(&rows, &levels, cells);
-    let m = r.metrics("fork", 10).unwrap();
+    let m = r.cell("none", "fork", 10).unwrap().rounds[0]
+        .metrics
+        .as_ref()
+        .unwrap();
     assert_eq!(m.server_cpu_per_request_us, None);
     assert_eq!(m.server_busy_percent, None);
     assert!((m.server_cpu_resolution_s - 0.03).abs() < 1e-12);
@@ -397,11 +209,18 @@ fn a_sub_resolution_cpu_reading_is_flagged() {
     // The advice does not count the flagged reading: fork would have had the lowest
     // CPU per request at 10 connections.
     let advice = report::advice(&r);
-    assert!(advice.starts_with("**Use `epoll-et`.**"), "{advice}");
-    assert!(advice.contains("at every level it ran"), "{advice}");
+    assert!(advice.contains("\n**Use `epoll-et`.**"), "{advice}");
+    assert!(
+        advice.contains(
+            "- At 10 connections: throughput: `epoll-et` 150,000, ahead of `fork` 90,000 \
+             (over 15% apart; one round, no spread measured); least server CPU per request \
+             (us): only `epoll-et` 6.00 has a figure."
+        ),
+        "{advice}"
+    );
     // Nor does the chart.
     let svg = c10k_lab::chart::render(&c10k_lab::chart::CHARTS[2], &r);
-    assert!(svg.contains("fork 1000=11"), "{svg}");
+    assert!(svg.contains("none fork 1000=11"), "{svg}");
     assert!(!svg.contains("fork 10="), "{svg}");
 }
 
@@ -427,12 +246,16 @@ fn losses_use_the_stable_reference() {
         }
     }
     let r = results(&STRATEGIES, &levels, cells);
-    let reference = Reference::of(&r).unwrap();
+    let view = View::all(&r).next().unwrap();
+    let reference = Reference::of(&view).unwrap();
     assert_eq!(
         reference.members,
         ["select", "poll", "epoll-lt", "epoll-et", "uring"]
     );
-    assert_eq!(reference.at(&r, 100, report::cpu_shown), Some((6.0, false)));
+    assert_eq!(
+        reference.at(&view, 100, report::cpu_shown),
+        Some((6.0, false))
+    );
     let report = report::render(&r);
     assert!(
         report.contains(
@@ -475,10 +298,11 @@ fn losses_use_the_stable_reference() {
             .cloned()
             .collect(),
     );
-    let reference = Reference::of(&few).unwrap();
+    let view = View::all(&few).next().unwrap();
+    let reference = Reference::of(&view).unwrap();
     assert_eq!(reference.name, "the strategies' median");
     assert_eq!(
-        reference.at(&few, 10, report::cpu_shown),
+        reference.at(&view, 10, report::cpu_shown),
         Some((10.5, false))
     );
 }
@@ -495,6 +319,19 @@ fn a_strategy_that_runs_in_the_kernel_is_never_ranked_by_server_cpu() {
     }
     let r = results(&rows, &levels, cells);
     let advice = report::advice(&r);
-    assert!(advice.starts_with("**Use `epoll-et`.**"), "{advice}");
+    assert!(advice.contains("\n**Use `epoll-et`.**"), "{advice}");
     assert!(advice.contains("`kernel` is not ranked"), "{advice}");
+    assert!(
+        !advice.contains("least server CPU per request (us): `kernel`"),
+        "{advice}"
+    );
+    // Nor picked by throughput, where it serves the most.
+    let mut cells = Vec::new();
+    for &c in &levels {
+        cells.push(cell("epoll-et", c, spec(100_000.0, 6.0, 200, c)));
+        cells.push(cell("kernel", c, spec(180_000.0, 0.1, 200, c)));
+    }
+    let advice = report::advice(&results(&rows, &levels, cells));
+    assert!(advice.contains("\n**Use `epoll-et`.**"), "{advice}");
+    assert!(!advice.contains("throughput: `kernel`"), "{advice}");
 }
