@@ -18,9 +18,9 @@
 #   net.ipv4.tcp_max_syn_backlog  >= 65535
 #   vm.max_map_count              >= 262144  (green: each green thread maps a stack and
 #                                             its guard page, per server process)
-#   net.ipv4.ip_local_port_range  widened if one load process's share of connections
-#                                 does not fit one source address's ports (each load
-#                                 process binds its own 127.0.0.x addresses)
+#   net.ipv4.ip_local_port_range  widened only if 127.0.0.2-252 would not do: each load
+#                                 process binds its own 127.0.0.x addresses, at most
+#                                 half the range each (about 13,600 by default)
 #   fs.nr_open, fs.file-max       >= what every socket of both ends needs
 #   net.netfilter.nf_conntrack_max >= 2 x CONNS, if conntrack is loaded
 # It also raises its own soft open-files limit to the hard one. Every connection is on
@@ -41,6 +41,66 @@
 #        [SERVER_CPUS=0] [LOAD_CPUS=1] [OUT=dir] scripts/bench-c100k.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# The table, from a run's raw readings (also: scripts/bench-c100k.sh --table DIR).
+table() {
+    python3 - "$1" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+settings = json.load(open(os.path.join(out, "settings.json")))
+conns, size, procs = settings["conns"], settings["size"], settings["server_procs"]
+strategies = settings["strategies"].split()
+
+def load(path):
+    try:
+        return json.load(open(path))
+    except (OSError, ValueError):
+        return None
+
+print()
+print("| strategy | server processes | connected | connect p99 ms | latency p50 / p99 / p99.9 ms | errors | server CPU us/msg | user B/conn (PSS) | kernel B/conn |")
+print("|---|---|---|---|---|---|---|---|---|")
+details = []
+for s in strategies:
+    d = os.path.join(out, s)
+    rep, b, st, en = (load(os.path.join(d, f)) for f in ("load.json", "before.json", "start.json", "end.json"))
+    if not (rep and b and st and en):
+        print(f"| {s} | {procs} | run failed: see {d} | | | | | | |")
+        continue
+    msgs = (en["received_bytes"] - st["received_bytes"]) / size
+    cpu_s = (en["cpu_ticks"] - st["cpu_ticks"]) * st["tick_s"]
+    cpu_us = cpu_s / msgs * 1e6 if msgs > 0 else float("nan")
+    pss = (st["pss_kib"] - b["pss_kib"]) * 1024 / conns
+    rss = (st["rss_kib"] - b["rss_kib"]) * 1024 / conns
+    sock_mem = (st["sockstat"].get("mem", 0) - b["sockstat"].get("mem", 0)) * st["page"]
+    slab = {k: st["slab_bytes"].get(k, 0) - b["slab_bytes"].get(k, 0) for k in st["slab_bytes"]}
+    kernel = (sock_mem + sum(slab.values())) / conns
+    e = rep["errors"]
+    print(f"| {s} | {procs} | {rep['connected']} of {rep['conns']} | {rep['connect_p99_us'] / 1000:.2f} | "
+          f"{rep['p50_us'] / 1000:.2f} / {rep['p99_us'] / 1000:.2f} / {rep['p999_us'] / 1000:.2f} | "
+          f"{e['total']} | {cpu_us:.1f} | {pss:.0f} | {kernel:.0f} |")
+    kinds = ", ".join(f"{k} {v / conns:+.0f}" for k, v in sorted(slab.items(), key=lambda kv: -kv[1]) if v)
+    details.append(
+        f"- {s}: {rep['requests']} messages in a {rep['window_s']:.1f} s window "
+        f"({rep['throughput_rps']:.0f}/s, {rep['scheduled']} due), max {rep['max_us'] / 1000:.1f} ms; "
+        f"errors {', '.join(f'{k}={v}' for k, v in e.items() if v and k != 'total') or 'none'}; "
+        f"server CPU {cpu_s:.2f} s for {msgs:.0f} messages (open at the window: {st['open']:.0f}); "
+        f"RSS {rss:.0f} B/conn; sockstat TCP mem {sock_mem / conns:+.0f} B/conn "
+        f"(inuse {b['sockstat'].get('inuse')} -> {st['sockstat'].get('inuse')}); slabs B/conn: {kinds}; "
+        f"load CPU user {rep['cpu_user_s']:.1f} s sys {rep['cpu_sys_s']:.1f} s, busiest thread "
+        f"{rep['cpu_busiest_thread_percent']:.0f}%"
+        + ("".join(f"; warning: {w}" for w in rep["warnings"])))
+print()
+print("\n".join(details))
+PY
+}
+
+if [[ ${1:-} == --table ]]; then
+    table "${2:?usage: scripts/bench-c100k.sh --table DIR}"
+    exit
+fi
+
+{ # Parsed whole before it runs, so that editing this file cannot derail a run.
 
 CONNS=${CONNS:-100000}
 DURATION=${DURATION:-60}
@@ -114,15 +174,18 @@ if [[ -e /proc/sys/net/netfilter/nf_conntrack_max ]]; then
     raise net.netfilter.nf_conntrack_max $((2 * CONNS))
 fi
 read -r port_lo port_hi </proc/sys/net/ipv4/ip_local_port_range
-share=$(((CONNS + LOAD_PROCS - 1) / LOAD_PROCS))
-if ((port_hi - port_lo + 1 - 1024 < share)); then
-    new_lo=$((port_hi - share - 1024))
-    ((new_lo >= 1024)) || { echo "$share connections per load process cannot fit one address's ports: raise LOAD_PROCS" >&2; exit 1; }
+# Each load process binds its own 127.0.0.x addresses, at most half the range each (past
+# that, every bind scans the range: see crates/load/src/processes.rs).
+per_addr=$(((port_hi - port_lo + 1) / 2 - 512))
+addrs=$(((CONNS + per_addr - 1) / per_addr + LOAD_PROCS))
+if ((addrs > 240)); then
+    new_lo=$((port_hi - 2 * ((CONNS / 240) + 512)))
+    ((new_lo >= 1024)) || { echo "$CONNS connections do not fit 127.0.0.2-252: use fewer" >&2; exit 1; }
     echo "$new_lo $port_hi" >/proc/sys/net/ipv4/ip_local_port_range
     changed+=("net.ipv4.ip_local_port_range=$port_lo $port_hi")
     echo "sysctl: net.ipv4.ip_local_port_range widened from $port_lo $port_hi to $new_lo $port_hi"
 else
-    echo "sysctl: net.ipv4.ip_local_port_range = $port_lo $port_hi (enough for $share connections per load process, unchanged)"
+    echo "sysctl: net.ipv4.ip_local_port_range = $port_lo $port_hi (unchanged: about $addrs source addresses of $per_addr connections at most)"
 fi
 
 # --- readings -----------------------------------------------------------------------
@@ -220,19 +283,24 @@ print(json.dumps({
 PY
 snap() { python3 "$OUT/read.py" snap "$spid" "$maddr"; }
 metric() { python3 -c 'import json,sys; print(int(json.load(sys.stdin)[sys.argv[1]]))' "$1"; }
-tw_now() { awk '/^TCP:/ { for (i = 2; i < NF; i += 2) if ($i == "tw") print $(i + 1) }' /proc/net/sockstat; }
+our_tw() { ss -Htn state time-wait | awk '$3 !~ /^127\.0\.0\.1:/ && $3 ~ /^127\./' | wc -l; }
 
 # --- one strategy ---------------------------------------------------------------------
 run_strategy() {
     local s=$1 dir=$OUT/$1 addr="" t0 bound
     mkdir -p "$dir"
     # The previous run's client sockets sit in TIME_WAIT for 60 s on the same source
-    # addresses, holding their ports: wait until this run's share fits.
+    # addresses, holding their ports: wait (at most 75 s) until they are gone.
+    local tw
     t0=$SECONDS
-    while (($(tw_now) + share > port_hi - port_lo + 1 - 1024 && SECONDS - t0 < 75)); do
-        ((SECONDS - t0 == 0)) && echo "$s: waiting for $(tw_now) TIME_WAIT sockets to expire (at most 75 s)"
-        sleep 1
-    done
+    tw=$(our_tw)
+    if ((tw > 1000)); then
+        echo "$s: waiting for $tw TIME_WAIT sockets of 127.0.0.2+ to expire (at most 75 s)"
+        while (($(our_tw) > 1000 && SECONDS - t0 < 75)); do
+            sleep 1
+        done
+        echo "$s: waited $((SECONDS - t0)) s, $(our_tw) left"
+    fi
     taskset -c "$SERVER_CPUS" "$bin" serve --strategy "$s" --app echo --listen 127.0.0.1:0 \
         --processes "$SERVER_PROCS" --max-conns "$CONNS" --idle-timeout 300s \
         --metrics 127.0.0.1:0 --log-level info >"$dir/serve.out" 2>"$dir/serve.err" &
@@ -281,6 +349,8 @@ run_strategy() {
     spid=""
 }
 
+printf '{"conns": %d, "size": %d, "server_procs": %d, "strategies": "%s"}\n' \
+    "$CONNS" "$SIZE" "$SERVER_PROCS" "$STRATEGIES" >"$OUT/settings.json"
 echo "C100K: $CONNS connections, $RATE messages/s of $SIZE B (one per connection every $((CONNS / RATE)) s), ${DURATION} s window after a ${WARMUP} s warm-up"
 echo "server: --processes $SERVER_PROCS on CPU $SERVER_CPUS; load: --processes $LOAD_PROCS on CPU $LOAD_CPUS; open files limit $NOFILE; raw readings in $OUT"
 available=$("$bin" strategies)
@@ -293,49 +363,6 @@ for s in $STRATEGIES; do
     run_strategy "$s" || echo "$s: failed" >&2
 done
 
-python3 - "$OUT" "$CONNS" "$SIZE" "$SERVER_PROCS" $STRATEGIES <<'PY'
-import json, os, sys
-out, conns, size, procs, strategies = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
-
-def load(path):
-    try:
-        return json.load(open(path))
-    except (OSError, ValueError):
-        return None
-
-print()
-print("| strategy | server processes | connected | connect p99 ms | latency p50 / p99 / p99.9 ms | errors | server CPU us/msg | user B/conn (PSS) | kernel B/conn |")
-print("|---|---|---|---|---|---|---|---|---|")
-details = []
-for s in strategies:
-    d = os.path.join(out, s)
-    rep, b, st, en = (load(os.path.join(d, f)) for f in ("load.json", "before.json", "start.json", "end.json"))
-    if not (rep and b and st and en):
-        print(f"| {s} | {procs} | run failed: see {d} | | | | | | |")
-        continue
-    msgs = (en["received_bytes"] - st["received_bytes"]) / size
-    cpu_s = (en["cpu_ticks"] - st["cpu_ticks"]) * st["tick_s"]
-    cpu_us = cpu_s / msgs * 1e6 if msgs > 0 else float("nan")
-    pss = (st["pss_kib"] - b["pss_kib"]) * 1024 / conns
-    rss = (st["rss_kib"] - b["rss_kib"]) * 1024 / conns
-    sock_mem = (st["sockstat"].get("mem", 0) - b["sockstat"].get("mem", 0)) * st["page"]
-    slab = {k: st["slab_bytes"].get(k, 0) - b["slab_bytes"].get(k, 0) for k in st["slab_bytes"]}
-    kernel = (sock_mem + sum(slab.values())) / conns
-    e = rep["errors"]
-    print(f"| {s} | {procs} | {rep['connected']} of {rep['conns']} | {rep['connect_p99_us'] / 1000:.2f} | "
-          f"{rep['p50_us'] / 1000:.2f} / {rep['p99_us'] / 1000:.2f} / {rep['p999_us'] / 1000:.2f} | "
-          f"{e['total']} | {cpu_us:.1f} | {pss:.0f} | {kernel:.0f} |")
-    kinds = ", ".join(f"{k} {v / conns:+.0f}" for k, v in sorted(slab.items(), key=lambda kv: -kv[1]) if v)
-    details.append(
-        f"- {s}: {rep['requests']} messages in a {rep['window_s']:.1f} s window "
-        f"({rep['throughput_rps']:.0f}/s, {rep['scheduled']} due), max {rep['max_us'] / 1000:.1f} ms; "
-        f"errors {', '.join(f'{k}={v}' for k, v in e.items() if v and k != 'total') or 'none'}; "
-        f"server CPU {cpu_s:.2f} s for {msgs:.0f} messages (open at the window: {st['open']:.0f}); "
-        f"RSS {rss:.0f} B/conn; sockstat TCP mem {sock_mem / conns:+.0f} B/conn "
-        f"(inuse {b['sockstat'].get('inuse')} -> {st['sockstat'].get('inuse')}); slabs B/conn: {kinds}; "
-        f"load CPU user {rep['cpu_user_s']:.1f} s sys {rep['cpu_sys_s']:.1f} s, busiest thread "
-        f"{rep['cpu_busiest_thread_percent']:.0f}%"
-        + ("".join(f"; warning: {w}" for w in rep["warnings"])))
-print()
-print("\n".join(details))
-PY
+table "$OUT"
+exit
+}
