@@ -15,8 +15,8 @@ use crate::units;
 #[derive(clap::Args)]
 pub struct LoadArgs {
     /// The server's address.
-    #[arg(long)]
-    connect: SocketAddr,
+    #[arg(long, required_unless_present = "processes_child")]
+    connect: Option<SocketAddr>,
     /// The protocol: echo, http (GET /, or POST /echo with --size), resp (PING, or a
     /// SET/GET mix with --keys) or pubsub (Redis SUBSCRIBE/PUBLISH: --subscribers,
     /// --publishers, --channels, --rate).
@@ -81,10 +81,24 @@ pub struct LoadArgs {
     /// Write the report as JSON to this file (latencies in microseconds).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Spread the connections over N load processes (each with its own open-files
+    /// limit and source addresses 127.0.0.x, --threads each, started together), and
+    /// merge their histograms and counters into one report. Not with pubsub.
+    #[arg(long)]
+    processes: Option<usize>,
+    /// Internal: run as a child of --processes (the protocol is on stdin and stdout).
+    #[arg(long = "processes-child", hide = true)]
+    processes_child: bool,
 }
 
 /// Runs `c10k load`.
 pub fn run(args: LoadArgs) -> anyhow::Result<()> {
+    if args.processes_child {
+        return Ok(c10k_load::processes::child_main()?);
+    }
+    let Some(target) = args.connect else {
+        anyhow::bail!("--connect IP:PORT is required");
+    };
     let pubsub = args.app == AppKind::PubSub;
     let conns = match (pubsub, args.conns) {
         (true, Some(_)) => {
@@ -99,7 +113,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         Duration::from_secs(1)
     };
     let config = LoadConfig {
-        target: args.connect,
+        target,
         app: args.app,
         conns,
         duration: args.duration,
@@ -118,6 +132,9 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         grace: args.grace,
     };
     config.validate().map_err(anyhow::Error::msg)?;
+    if let Some(n) = args.processes {
+        c10k_load::processes::check(&config, n).map_err(anyhow::Error::msg)?;
+    }
     let progress = Arc::new(Progress::new());
     let terminal = std::io::stderr().is_terminal();
     let bar = terminal.then(|| spawn_bar(&config, Arc::clone(&progress)));
@@ -125,7 +142,10 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     // deliveries have settled (connections still open): bench/cpu_per_request.py reads
     // the server's CPU at these two lines.
     let marks = (pubsub && !terminal).then(|| spawn_marks(&config, Arc::clone(&progress)));
-    let result = c10k_load::run(&config, Arc::clone(&progress));
+    let result = match args.processes {
+        Some(n) => c10k_load::run_processes(&config, n, Arc::clone(&progress)),
+        None => c10k_load::run(&config, Arc::clone(&progress)),
+    };
     progress.set_phase(Phase::Done);
     if let Some(bar) = bar {
         let _ = bar.join();

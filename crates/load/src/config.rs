@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The protocol the load speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AppKind {
     /// Send `size` bytes, expect the same bytes back.
@@ -60,8 +60,8 @@ pub const DEFAULT_ECHO_SIZE: usize = 64;
 /// server's backlog would only be dropped and retried a second later).
 pub const MAX_CONNECTS_IN_FLIGHT: usize = 256;
 
-/// A load run.
-#[derive(Debug, Clone)]
+/// A load run (serialized: what a `--processes` parent hands each child).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LoadConfig {
     /// The server.
     pub target: SocketAddr,

@@ -81,6 +81,22 @@ pub(crate) struct Shared {
     pub(crate) progress: Arc<Progress>,
     pub(crate) barrier: Barrier,
     pub(crate) pubsub: Option<PubSubShared>,
+    /// `--processes` child: called by one thread once every thread is done connecting;
+    /// returns when the parent says go (so every process's window starts together).
+    pub(crate) go: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl Shared {
+    /// Every thread meets here after its connect phase (then waits for `go`, if any).
+    fn meet_connected(&self) {
+        let leader = self.barrier.wait().is_leader();
+        if let Some(go) = &self.go {
+            if leader {
+                go();
+            }
+            self.barrier.wait();
+        }
+    }
 }
 
 /// What the threads of a pub/sub run share.
@@ -256,7 +272,7 @@ pub(crate) fn run_thread(
     let mut worker = match Worker::new(shared, sources) {
         Ok(w) => w,
         Err(e) => {
-            shared.barrier.wait();
+            shared.meet_connected();
             if shared.pubsub.is_some() {
                 // The two barriers after the window.
                 shared.barrier.wait();
@@ -282,7 +298,8 @@ pub(crate) fn run_thread(
     }
     let connect_phase = t0.elapsed();
     let connected = worker.open;
-    shared.barrier.wait();
+    worker.report_progress();
+    shared.meet_connected();
     if let Some(e) = failure {
         if shared.pubsub.is_some() {
             shared.barrier.wait();

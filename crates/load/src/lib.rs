@@ -10,6 +10,9 @@
 //!   connects, source addresses 127.0.0.2 and up once one address runs out of ports.
 //! - **It measures itself**: its own CPU time from /proc, and a flag when a load thread
 //!   saturated its core (the figures then describe the load generator, not the server).
+//! - **More connections than one process may open** ([`processes`]): `--processes N`
+//!   children, each with its own descriptor limit and source addresses, started
+//!   together, their histograms and counters merged into one report.
 //! - **Redis pub/sub** ([`pubsub`]): subscribers on channels, publishers at a rate,
 //!   delivery latency from publish to receipt, lost, duplicate and out-of-order
 //!   deliveries, subscribers the server disconnected.
@@ -35,6 +38,7 @@ pub mod cpu;
 mod engine;
 pub mod http_reply;
 pub mod limits;
+pub mod processes;
 pub mod progress;
 pub mod pubsub;
 pub mod report;
@@ -46,6 +50,7 @@ use std::time::Duration;
 
 pub use config::{AppKind, LoadConfig};
 pub use engine::{HIST_MAX_NS, RETRY_DELAY, new_histogram};
+pub use processes::{Launcher, run_processes, run_processes_with};
 pub use progress::{Phase, Progress};
 pub use report::{ErrorCounts, ErrorKind, LoadReport, PubSubReport};
 
@@ -80,11 +85,29 @@ pub fn run(config: &LoadConfig, progress: Arc<Progress>) -> Result<LoadReport, L
     let (lo, hi) = port_range();
     let ports = usize::from(hi - lo) + 1;
     let plan = SourcePlan::new(config.conns, config.target, ports).map_err(LoadError)?;
+    let (results, pubsub_plan) = run_threads(config, &progress, &plan, None)?;
+    Ok(merge(
+        config,
+        &plan,
+        pubsub_plan.as_ref(),
+        results,
+        warnings,
+    ))
+}
+
+/// Runs the load threads of one process over `plan`'s sources; `go` (a `--processes`
+/// child) is called between the connect phase and the window.
+pub(crate) fn run_threads(
+    config: &LoadConfig,
+    progress: &Arc<Progress>,
+    plan: &SourcePlan,
+    go: Option<Box<dyn Fn() + Send + Sync>>,
+) -> Result<(Vec<ThreadResult>, Option<pubsub::Plan>), LoadError> {
     let threads = config.threads;
     let shared = Shared {
         config: config.clone(),
         workload: Workload::new(config),
-        progress: Arc::clone(&progress),
+        progress: Arc::clone(progress),
         barrier: Barrier::new(threads),
         pubsub: (config.app == AppKind::PubSub).then(|| {
             PubSubShared::new(pubsub::Plan::new(
@@ -94,6 +117,7 @@ pub fn run(config: &LoadConfig, progress: Arc<Progress>) -> Result<LoadReport, L
                 config.size.unwrap_or(pubsub::DEFAULT_MESSAGE_SIZE),
             ))
         }),
+        go,
     };
     // Connection i goes to thread i % threads.
     let per_thread: Vec<Vec<_>> = (0..threads)
@@ -132,11 +156,10 @@ pub fn run(config: &LoadConfig, progress: Arc<Progress>) -> Result<LoadReport, L
     for r in results {
         ok.push(r.map_err(LoadError)?);
     }
-    let pubsub_plan = shared.pubsub.as_ref().map(|p| &p.plan);
-    Ok(merge(config, &plan, pubsub_plan, ok, warnings))
+    Ok((ok, shared.pubsub.map(|p| p.plan)))
 }
 
-fn merge(
+pub(crate) fn merge(
     config: &LoadConfig,
     plan: &SourcePlan,
     pubsub_plan: Option<&pubsub::Plan>,
@@ -198,6 +221,7 @@ fn merge(
         conns: config.conns,
         connected,
         threads: config.threads,
+        processes: None,
         pipeline: config.pipeline,
         rate_rps: config.rate,
         size_bytes: config.size,

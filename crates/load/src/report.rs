@@ -32,7 +32,7 @@ pub enum ErrorKind {
 }
 
 /// Error counts by kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ErrorCounts {
     /// See [`ErrorKind::ConnectRefused`].
     pub connect_refused: u64,
@@ -133,8 +133,11 @@ pub struct LoadReport {
     pub conns: usize,
     /// Connections open when the connect phase ended.
     pub connected: usize,
-    /// Event-loop threads.
+    /// Event-loop threads (with `processes`: all processes' together).
     pub threads: usize,
+    /// `--processes`: the load processes the connections were spread over (absent: one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes: Option<usize>,
     /// Closed loop: requests outstanding per connection.
     pub pipeline: usize,
     /// Open loop: the requests per second asked for (null in a closed loop).
@@ -298,9 +301,12 @@ impl LoadReport {
         let rate = self
             .rate_rps
             .map_or_else(String::new, |r| format!(", open loop at {r:.0} req/s"));
+        let procs = self
+            .processes
+            .map_or_else(String::new, |n| format!(" in {n} processes"));
         let _ = writeln!(
             s,
-            "{} load on {}: {} connections ({} open), {} thread(s), pipeline {}{rate}, {:.1} s window",
+            "{} load on {}: {} connections ({} open), {} thread(s){procs}, pipeline {}{rate}, {:.1} s window",
             self.app,
             self.target,
             self.conns,
