@@ -1,7 +1,7 @@
 //! Running one cell: start the server pinned, measure idle memory, run the load while
 //! reading the server tree's CPU at the edges of the measured window, stop the server.
 
-use std::path::Path;
+use c10k_server::Work;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -32,10 +32,9 @@ pub const CELL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How one round of a cell runs beyond its row and level.
 #[derive(Debug, Clone, Copy)]
-pub struct CellPlan<'a> {
-    /// What to start for a strategy: `c10k`, or its launcher with `--work`
-    /// ([`crate::workload::WorkLaunchers`]).
-    pub program: &'a Path,
+pub struct CellPlan {
+    /// The work per request a strategy's server does (`--work`).
+    pub work: Work,
     /// `--workers` for a strategy.
     pub workers: Option<usize>,
     /// Measure memory per idle connection first.
@@ -70,7 +69,7 @@ fn load_config(
     cfg: &CompareConfig,
     server: &ServerProc,
     conns: usize,
-    plan: &CellPlan<'_>,
+    plan: &CellPlan,
 ) -> LoadConfig {
     let mut lc = LoadConfig::new(server.addr(), cfg.app, conns, cfg.duration);
     lc.warmup = plan.warmup;
@@ -86,7 +85,7 @@ fn measure_idle(
     cfg: &CompareConfig,
     server: &ServerProc,
     conns: usize,
-    plan: &CellPlan<'_>,
+    plan: &CellPlan,
 ) -> Result<IdleMemory, String> {
     let pid = server.pid();
     let before = tree_memory(pid);
@@ -126,7 +125,7 @@ fn measure_load(
     cfg: &CompareConfig,
     server: &ServerProc,
     conns: usize,
-    plan: &CellPlan<'_>,
+    plan: &CellPlan,
 ) -> Result<LoadPhase, String> {
     let pid = server.pid();
     let lc = load_config(cfg, server, conns, plan);
@@ -191,11 +190,12 @@ pub fn run_cell(
     cfg: &CompareConfig,
     target: &Target,
     conns: usize,
-    plan: &CellPlan<'_>,
+    plan: &CellPlan,
 ) -> Result<Metrics, String> {
     let launch = match &target.kind {
         TargetKind::Strategy => Launch::C10k {
-            bin: plan.program,
+            bin: &cfg.server_bin,
+            work: plan.work,
             strategy: &target.name,
             app: cfg.app.name(),
             workers: plan.workers,

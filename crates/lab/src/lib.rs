@@ -42,7 +42,7 @@ use plan::{Target, cannot_run, targets};
 use results::{
     Cell, Metrics, ResolutionSettings, Results, Round, Settings, TargetInfo, WorkloadSettings,
 };
-use workload::{WorkLaunchers, Workload};
+use workload::Workload;
 
 /// Rounds of the full run.
 pub const DEFAULT_ROUNDS: usize = 3;
@@ -288,8 +288,6 @@ pub fn compare(config: &CompareConfig) -> Result<Results, CompareError> {
             lim.current.unwrap_or(u64::MAX)
         }
     };
-    let works: Vec<Work> = config.workloads.iter().map(|w| w.work).collect();
-    let launchers = WorkLaunchers::new(&config.server_bin, &works).map_err(CompareError)?;
     // The servers' CPUs' worth of workers, as given (whether or not pinning works).
     let workers = config.workers.unwrap_or_else(|| {
         config.server_cpus.as_ref().map_or_else(
@@ -364,11 +362,9 @@ pub fn compare(config: &CompareConfig) -> Result<Results, CompareError> {
         rows: &rows,
         fd_limit,
         workers,
-        launchers: &launchers,
         idle_at,
     };
     let (cells, elapsed) = matrix.run();
-    drop(launchers);
     if let Some(before) = restore {
         pin::restore(&before);
     }
@@ -427,7 +423,6 @@ struct Matrix<'a> {
     rows: &'a [Target],
     fd_limit: u64,
     workers: usize,
-    launchers: &'a WorkLaunchers,
     idle_at: Option<usize>,
 }
 
@@ -496,7 +491,7 @@ impl Matrix<'_> {
                     ticker.starting(k, &what);
                     k += 1;
                     let plan = CellPlan {
-                        program: self.launchers.program(&cfg.server_bin, &w.work),
+                        work: w.work,
                         workers: slot.workers,
                         idle: round == 1 && self.idle_at == Some(slot.work),
                         timeout: workload::reply_timeout(

@@ -29,6 +29,8 @@ pub struct ServerProc {
     child: Child,
     addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
+    /// The stderr reader saw EOF.
+    stderr_done: Arc<std::sync::atomic::AtomicBool>,
     /// A preset's directory: dropped, so removed, once the server has stopped.
     _prefix: Option<Prefix>,
 }
@@ -46,6 +48,8 @@ pub enum Launch<'a> {
         /// `--workers`, when the strategy needs one sized to the cell (`prefork`
         /// serves one connection per process: its pool is sized to the concurrency).
         workers: Option<usize>,
+        /// `--work` (not passed when none).
+        work: c10k_server::Work,
     },
     /// `sh -c 'exec COMMAND'` with `{port}` replaced by a free port; a preset's
     /// marker ([`Preset::command`]) starts the preset, configured for the cell.
@@ -121,12 +125,16 @@ impl ServerProc {
                 strategy,
                 app,
                 workers,
+                work,
             } => {
                 let mut c = Command::new(bin);
                 c.args(["serve", "--strategy", strategy, "--app", app])
                     .args(["--listen", "127.0.0.1:0", "--log-level", "warn"]);
                 if let Some(n) = workers {
                     c.args(["--workers", &n.to_string()]);
+                }
+                if !work.is_none() {
+                    c.args(["--work", &work.to_string()]);
                 }
                 (c, Ready::Line, None)
             }
@@ -157,8 +165,10 @@ impl ServerProc {
         let mut child = pin::with_pinned(cpus, || cmd.spawn())?
             .map_err(|e| format!("cannot start the server: {e}"))?;
         let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if let Some(pipe) = child.stderr.take() {
             let buf = Arc::clone(&stderr);
+            let done = Arc::clone(&stderr_done);
             std::thread::spawn(move || {
                 let mut pipe = BufReader::new(pipe);
                 let mut line = Vec::new();
@@ -167,6 +177,7 @@ impl ServerProc {
                     keep_tail(&buf, &String::from_utf8_lossy(&line));
                     line.clear();
                 }
+                done.store(true, std::sync::atomic::Ordering::Release);
             });
         }
         let (tx, rx) = mpsc::channel::<String>();
@@ -199,6 +210,7 @@ impl ServerProc {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             stderr,
+            stderr_done,
             _prefix: prefix,
         };
         let found = match ready {
@@ -220,10 +232,17 @@ impl ServerProc {
 
     fn exited(&mut self) -> Option<String> {
         match self.child.try_wait() {
-            Ok(Some(status)) => Some(format!(
-                "the server exited ({status}): {}",
-                self.stderr_tail()
-            )),
+            Ok(Some(status)) => Some({
+                // Its last words may still be in the pipe: read them (briefly: a
+                // grandchild could hold the pipe open).
+                let until = Instant::now() + Duration::from_millis(500);
+                while !self.stderr_done.load(std::sync::atomic::Ordering::Acquire)
+                    && Instant::now() < until
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                format!("the server exited ({status}): {}", self.stderr_tail())
+            }),
             _ => None,
         }
     }

@@ -6,8 +6,6 @@
 //! bound by cores, a blocking call stalls an event loop's every connection, an
 //! asynchronous wait does not. So the matrix runs once per workload.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use c10k_server::Work;
@@ -202,78 +200,6 @@ pub fn situation(work: &Work) -> String {
     }
 }
 
-/// How the servers of a comparison are told the work: `c10k serve` through a small
-/// script in a private directory that adds `--work SPEC` to its arguments (the cell's
-/// launcher passes the rest). Removed when dropped.
-pub struct WorkLaunchers {
-    dir: Option<PathBuf>,
-    scripts: Vec<(Work, PathBuf)>,
-}
-
-/// `s` quoted for `sh`.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-impl WorkLaunchers {
-    /// One script per workload with work, all written before any server starts (a
-    /// script written while another thread forks could not be executed: ETXTBSY).
-    pub fn new(bin: &Path, works: &[Work]) -> Result<WorkLaunchers, String> {
-        use std::os::unix::fs::PermissionsExt;
-        let mut launchers = WorkLaunchers {
-            dir: None,
-            scripts: Vec::new(),
-        };
-        let with_work: Vec<&Work> = works.iter().filter(|w| !w.is_none()).collect();
-        if with_work.is_empty() {
-            return Ok(launchers);
-        }
-        static SERIAL: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "c10k-compare-{}-{}",
-            std::process::id(),
-            SERIAL.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        launchers.dir = Some(dir.clone());
-        let bin = bin
-            .to_str()
-            .ok_or_else(|| format!("the path {} is not UTF-8", bin.display()))?;
-        for (i, work) in with_work.into_iter().enumerate() {
-            let path = dir.join(format!("serve-{i}.sh"));
-            let text = format!(
-                "#!/bin/sh\n# c10k compare: c10k serve with --work {work}\nexec {} \"$@\" --work {}\n",
-                sh_quote(bin),
-                sh_quote(&work.to_string())
-            );
-            std::fs::write(&path, text)
-                .and_then(|()| {
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
-                })
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            launchers.scripts.push((*work, path));
-        }
-        Ok(launchers)
-    }
-
-    /// The program to start for `work`: `bin` itself without work.
-    pub fn program<'a>(&'a self, bin: &'a Path, work: &Work) -> &'a Path {
-        self.scripts
-            .iter()
-            .find(|(w, _)| w == work)
-            .map_or(bin, |(_, p)| p.as_path())
-    }
-}
-
-impl Drop for WorkLaunchers {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,24 +298,5 @@ mod tests {
         assert_eq!(warmup(half, &w("wait=2ms,blocking"), 100, 1), half);
         assert_eq!(warmup(half, &w("wait=2ms,blocking"), 1_000, 4), half);
         assert_eq!(warmup(half, &w("cpu=200us"), 1_000, 1), half);
-    }
-
-    #[test]
-    fn a_launcher_adds_the_work() {
-        let works = [w("none"), w("wait=2ms,blocking")];
-        let bin = Path::new("/bin/echo");
-        let l = WorkLaunchers::new(bin, &works).unwrap();
-        assert_eq!(l.program(bin, &works[0]), bin);
-        let script = l.program(bin, &works[1]).to_path_buf();
-        let out = std::process::Command::new(&script)
-            .args(["serve", "it's"])
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "serve it's --work wait=2ms,blocking\n"
-        );
-        drop(l);
-        assert!(!script.exists());
     }
 }

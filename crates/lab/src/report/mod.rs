@@ -107,6 +107,19 @@ fn settings_lines(results: &Results) -> String {
         );
     }
     let _ = writeln!(s, "{workers}");
+    let peers: Vec<String> = results
+        .targets
+        .iter()
+        .filter(|t| !t.is_strategy())
+        .map(|t| format!("`{}` ({})", t.name, t.summary))
+        .collect();
+    if !peers.is_empty() {
+        let _ = writeln!(
+            s,
+            "- Peers (external servers, measured on the same axes, never recommended): {}",
+            peers.join("; ")
+        );
+    }
     let idle = st.workloads.iter().find(|w| w.idle_phase).map_or_else(
         || "not measured (`--no-idle`)".to_string(),
         |w| format!("measured in round 1 of `{}` only", w.work),
