@@ -2,6 +2,8 @@
 //! reading the server tree's CPU at the edges of the measured window, stop the server.
 
 use c10k_server::Work;
+
+use crate::kernel_memory::{KernelMemory, KernelMemoryGrowth};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -89,6 +91,7 @@ fn measure_idle(
 ) -> Result<IdleMemory, String> {
     let pid = server.pid();
     let before = tree_memory(pid);
+    let kernel_before = KernelMemory::read();
     let mut lc = load_config(cfg, server, conns, plan);
     lc.idle = true;
     lc.warmup = Duration::ZERO;
@@ -104,12 +107,15 @@ fn measure_idle(
     std::thread::sleep(IDLE_SETTLE);
     let open = progress.open.load(Ordering::Relaxed);
     let after = tree_memory(pid);
+    let kernel_after = KernelMemory::read();
     progress.stop();
     join_load(handle)?;
     if open == 0 {
         return Err("no idle connection could be opened".into());
     }
-    Ok(IdleMemory::new(open, before, after, idle_noise_bytes()))
+    let mut idle = IdleMemory::new(open, before, after, idle_noise_bytes());
+    idle.kernel = Some(KernelMemoryGrowth::new(kernel_before, kernel_after, open));
+    Ok(idle)
 }
 
 /// What the load phase measured.

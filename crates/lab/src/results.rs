@@ -164,6 +164,9 @@ pub struct IdleMemory {
     pub pss_bytes_per_conn_note: Option<String>,
     /// `rss_growth_bytes / open`, bytes, by the same rule.
     pub rss_bytes_per_conn: Option<f64>,
+    /// The kernel's socket memory before and after, per connection (machine-wide: both
+    /// ends of each loopback connection; see [`crate::kernel_memory`]).
+    pub kernel: Option<crate::kernel_memory::KernelMemoryGrowth>,
 }
 
 impl IdleMemory {
@@ -184,6 +187,7 @@ impl IdleMemory {
             pss_bytes_per_conn: pss.bytes,
             pss_bytes_per_conn_note: pss.note,
             rss_bytes_per_conn: rss.bytes,
+            kernel: None,
         }
     }
 }

@@ -46,6 +46,19 @@ pub fn idle_shown(m: &Metrics) -> Shown {
     }
 }
 
+/// The kernel's socket memory per idle connection (both ends of loopback).
+pub fn kernel_idle_shown(m: &Metrics) -> Shown {
+    match m
+        .idle
+        .as_ref()
+        .and_then(|i| i.kernel.as_ref())
+        .and_then(|k| k.bytes_per_conn)
+    {
+        Some(v) => Shown::Value(v),
+        None => Shown::Missing,
+    }
+}
+
 /// Server CPU per request: a measurement, or (a reading of a few clock ticks) at most
 /// what the reading plus its resolution allows.
 pub fn cpu_shown(m: &Metrics) -> Shown {
@@ -216,7 +229,7 @@ fn cpu_below_note(r: &ResolutionSettings) -> String {
 }
 
 /// The figures with a table each, in order.
-pub const FIGURES: [Figure; 6] = [
+pub const FIGURES: [Figure; 7] = [
     Figure {
         title: "Throughput (requests/s, higher is better)",
         note: "Replies received in the measured window, divided by its length.",
@@ -292,6 +305,24 @@ pub const FIGURES: [Figure; 6] = [
         read: idle_shown,
         show: fmt_bytes,
         show_bound: fmt_bytes_bound,
+        spread: false,
+        idle_only: true,
+    },
+    Figure {
+        title: "Kernel memory per idle connection (both ends on loopback, lower is better)",
+        note: "The kernel's part, which user-space PSS does not show: TCP socket buffers \
+               (`/proc/net/sockstat` mem) and the slab objects of a connection (the TCP \
+               socket, its inode, file, dentry and epoll registration: `/proc/slabinfo`), \
+               read machine-wide before and after the idle connections opened, divided \
+               by them. Both ends of each connection live in this kernel, so the server's \
+               share is about half. It hardly depends on the strategy; the whole cost of a \
+               connection is this plus the row above. Machine-wide readings: other \
+               processes opening files move them.",
+        below_note: None,
+        chart: None,
+        read: kernel_idle_shown,
+        show: fmt_bytes,
+        show_bound: fmt_bytes,
         spread: false,
         idle_only: true,
     },
