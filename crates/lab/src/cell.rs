@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use c10k_load::processes::Launcher;
 use c10k_load::{LoadConfig, LoadError, LoadReport, Phase, Progress};
 
 use crate::CompareConfig;
@@ -39,6 +40,10 @@ pub struct CellPlan {
     pub work: Work,
     /// `--workers` for a strategy.
     pub workers: Option<usize>,
+    /// `--processes` for a strategy whose connections need more descriptors than one
+    /// process has ([`crate::plan::processes_for`]); the load then runs as that many
+    /// processes too.
+    pub processes: Option<usize>,
     /// Measure memory per idle connection first.
     pub idle: bool,
     /// A reply or connect slower than this is an error.
@@ -48,14 +53,20 @@ pub struct CellPlan {
 }
 
 fn spawn_load(
+    cfg: &CompareConfig,
+    plan: &CellPlan,
     config: LoadConfig,
     progress: Arc<Progress>,
 ) -> Result<JoinHandle<Result<LoadReport, LoadError>>, String> {
     // The calling thread is pinned to the load CPUs: this thread and the load's own
-    // threads inherit that.
+    // threads (or processes) inherit that.
+    let split = plan.processes.map(|n| (n, Launcher::c10k(&cfg.server_bin)));
     std::thread::Builder::new()
         .name("c10k-lab-load".into())
-        .spawn(move || c10k_load::run(&config, progress))
+        .spawn(move || match split {
+            Some((n, launcher)) => c10k_load::run_processes_with(&config, n, &launcher, progress),
+            None => c10k_load::run(&config, progress),
+        })
         .map_err(|e| format!("cannot start the load thread: {e}"))
 }
 
@@ -99,7 +110,7 @@ fn measure_idle(
     lc.duration = Duration::from_secs(60);
     let budget = lc.connect_budget() + LOAD_SLACK;
     let progress = Arc::new(Progress::new());
-    let handle = spawn_load(lc, Arc::clone(&progress))?;
+    let handle = spawn_load(cfg, plan, lc, Arc::clone(&progress))?;
     let start = Instant::now();
     while progress.phase() == Phase::Connecting && start.elapsed() < budget {
         std::thread::sleep(Duration::from_millis(10));
@@ -138,7 +149,7 @@ fn measure_load(
     let bound = lc.connect_budget() + lc.warmup + lc.duration + LOAD_SLACK;
     let half = lc.duration / 2;
     let progress = Arc::new(Progress::new());
-    let handle = spawn_load(lc, Arc::clone(&progress))?;
+    let handle = spawn_load(cfg, plan, lc, Arc::clone(&progress))?;
     let start = Instant::now();
     let mut opened: Option<(Instant, crate::proctree::CpuReading, u64)> = None;
     let mut memory = None;
@@ -205,6 +216,7 @@ pub fn run_cell(
             strategy: &target.name,
             app: cfg.app.name(),
             workers: plan.workers,
+            processes: plan.processes,
         },
         TargetKind::Peer { command } => Launch::Peer { command },
     };

@@ -282,10 +282,15 @@ pub fn compare(config: &CompareConfig) -> Result<Results, CompareError> {
     let max_conns = config.all_conns().into_iter().max().unwrap_or(1);
     let fd_limit = match c10k_load::limits::check_fd_limit(max_conns) {
         Ok(n) => n,
-        Err(warning) => {
-            eprintln!("c10k compare: warning: {warning}");
+        Err(_) => {
             let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-            lim.current.unwrap_or(u64::MAX)
+            let n = lim.current.unwrap_or(u64::MAX);
+            eprintln!(
+                "c10k compare: the open files limit ({n}) is below the largest level: there \
+                 the servers that run in threads serve from several processes (--processes) \
+                 and the load runs as several processes; the others are n/a"
+            );
+            n
         }
     };
     // The servers' CPUs' worth of workers, as given (whether or not pinning works).
@@ -433,6 +438,7 @@ struct Slot {
     row: usize,
     na: Option<String>,
     workers: Option<usize>,
+    processes: Option<usize>,
     rounds: Vec<Round>,
 }
 
@@ -455,6 +461,7 @@ impl Matrix<'_> {
                         level: li,
                         row: ti,
                         workers: workload::workers_for(t, &w.work, conns, self.workers),
+                        processes: plan::processes_for(t, conns, self.fd_limit),
                         na,
                         rounds: Vec::new(),
                     });
@@ -493,6 +500,7 @@ impl Matrix<'_> {
                     let plan = CellPlan {
                         work: w.work,
                         workers: slot.workers,
+                        processes: slot.processes,
                         idle: round == 1 && self.idle_at == Some(slot.work),
                         timeout: workload::reply_timeout(
                             CELL_TIMEOUT,
@@ -523,7 +531,11 @@ impl Matrix<'_> {
                 let name = &self.rows[s.row].name;
                 match s.na {
                     Some(why) => Cell::na(&work, name, conns, why),
-                    None => Cell::from_rounds(&work, name, conns, s.workers, s.rounds),
+                    None => {
+                        let mut cell = Cell::from_rounds(&work, name, conns, s.workers, s.rounds);
+                        cell.processes = s.processes;
+                        cell
+                    }
                 }
             })
             .collect();

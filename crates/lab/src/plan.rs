@@ -166,13 +166,39 @@ pub fn cannot_run(target: &Target, conns: usize, fd_limit: u64) -> Option<String
         }
     }
     let need = conns as u64 + c10k_load::limits::FD_MARGIN;
-    if need > fd_limit {
+    if need > fd_limit && processes_for(target, conns, fd_limit).is_none() {
         return Some(format!(
-            "the open files limit ({fd_limit}) is below the {need} descriptors needed: raise \
-             ulimit -n"
+            "the open files limit ({fd_limit}) is below the {need} descriptors needed, and \
+             it cannot serve from several processes: raise ulimit -n"
         ));
     }
     None
+}
+
+/// Processes that hold `conns` connections when each may open `fd_limit` descriptors:
+/// `None` when one suffices or `target` cannot be split (a peer; `fork`, `prefork` and
+/// `kernel`, which refuse `--processes`).
+pub fn processes_for(target: &Target, conns: usize, fd_limit: u64) -> Option<usize> {
+    let margin = c10k_load::limits::FD_MARGIN;
+    let need = conns as u64 + margin;
+    if need <= fd_limit || fd_limit <= 2 * margin {
+        return None;
+    }
+    let splits = match (&target.kind, target.name.parse::<Strategy>()) {
+        (TargetKind::Strategy, Ok(s)) => {
+            s.process_model() == c10k_server::ProcessModel::Threads && s != Strategy::Kernel
+        }
+        _ => false,
+    };
+    splits.then(|| load_processes_for(conns, fd_limit))
+}
+
+/// Load processes that open `conns` connections under `fd_limit` each (1: one does).
+pub fn load_processes_for(conns: usize, fd_limit: u64) -> usize {
+    let per = fd_limit
+        .saturating_sub(2 * c10k_load::limits::FD_MARGIN)
+        .max(1);
+    (conns as u64).div_ceil(per).max(1) as usize
 }
 
 #[cfg(test)]
@@ -315,11 +341,32 @@ mod tests {
     }
 
     #[test]
+    fn levels_beyond_one_process_split_where_the_strategy_can() {
+        let et = strategy_target(Strategy::EpollEt);
+        assert_eq!(processes_for(&et, 10_000, 20_000), None);
+        assert_eq!(processes_for(&et, 100_000, 20_000), Some(6));
+        assert_eq!(load_processes_for(100_000, 20_000), 6);
+        assert_eq!(load_processes_for(10, 20_000), 1);
+        assert_eq!(cannot_run(&et, 100_000, 20_000), None);
+        for s in [Strategy::Fork, Strategy::Prefork, Strategy::Kernel] {
+            let t = strategy_target(s);
+            assert_eq!(processes_for(&t, 100_000, 20_000), None, "{}", t.name);
+        }
+        let fork = strategy_target(Strategy::Fork);
+        let why = cannot_run(&fork, 100_000, 20_000).unwrap();
+        assert!(why.contains("ulimit -n") || why.contains("limit"), "{why}");
+    }
+
+    #[test]
     fn cells_a_target_cannot_run_say_why() {
         let mut t = strategy_target(Strategy::EpollEt);
         assert_eq!(cannot_run(&t, 10_000, 20_000), None);
+        // Beyond one process's descriptors it runs as several processes.
+        assert_eq!(cannot_run(&t, 30_000, 20_000), None);
+        let peer = &targets(None, &[("p".into(), "x {port}".into())]).unwrap();
+        let peer = peer.last().unwrap();
         assert!(
-            cannot_run(&t, 30_000, 20_000)
+            cannot_run(peer, 30_000, 20_000)
                 .unwrap()
                 .contains("ulimit -n")
         );

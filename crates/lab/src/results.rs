@@ -312,6 +312,9 @@ pub struct Cell {
     pub conns: usize,
     /// `--workers` the server got (null for a peer, or a cell that never started).
     pub workers: Option<usize>,
+    /// `--processes` the server got, and the load's processes, when one process's open
+    /// files limit could not hold the level (null: one process each).
+    pub processes: Option<usize>,
     /// "ok" (at least one round ran) or "n/a".
     pub status: String,
     /// Why it did not run (for "n/a": the first round's reason, or why no round was
@@ -335,6 +338,7 @@ impl Cell {
             target: target.to_string(),
             conns,
             workers: None,
+            processes: None,
             status: "n/a".into(),
             reason: Some(reason),
             errors: 0,
@@ -379,6 +383,7 @@ impl Cell {
             target: target.to_string(),
             conns,
             workers,
+            processes: None,
             status: if ok { "ok" } else { "n/a" }.into(),
             reason: if ok {
                 None

@@ -50,6 +50,8 @@ pub enum Launch<'a> {
         workers: Option<usize>,
         /// `--work` (not passed when none).
         work: c10k_server::Work,
+        /// `--processes`, when one process's descriptors cannot hold the level.
+        processes: Option<usize>,
     },
     /// `sh -c 'exec COMMAND'` with `{port}` replaced by a free port; a preset's
     /// marker ([`Preset::command`]) starts the preset, configured for the cell.
@@ -126,6 +128,7 @@ impl ServerProc {
                 app,
                 workers,
                 work,
+                processes,
             } => {
                 let mut c = Command::new(bin);
                 c.args(["serve", "--strategy", strategy, "--app", app])
@@ -135,6 +138,9 @@ impl ServerProc {
                 }
                 if !work.is_none() {
                     c.args(["--work", &work.to_string()]);
+                }
+                if let Some(n) = processes {
+                    c.args(["--processes", &n.to_string()]);
                 }
                 (c, Ready::Line, None)
             }

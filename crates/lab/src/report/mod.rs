@@ -107,6 +107,27 @@ fn settings_lines(results: &Results) -> String {
         );
     }
     let _ = writeln!(s, "{workers}");
+    let mut split: Vec<(usize, usize)> = results
+        .cells
+        .iter()
+        .filter_map(|c| c.processes.map(|p| (c.conns, p)))
+        .collect();
+    split.sort_unstable();
+    split.dedup();
+    if !split.is_empty() {
+        let levels: Vec<String> = split
+            .iter()
+            .map(|(conns, p)| format!("`--processes {p}` at {}", format::group(*conns as f64)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "- One process's open files limit cannot hold every level: the strategies that \
+             run in threads served {} (one `SO_REUSEPORT` listener per process), and the \
+             load ran as as many processes; `fork`, `prefork`, `kernel` and the peers are \
+             n/a there",
+            levels.join(", ")
+        );
+    }
     let peers: Vec<String> = results
         .targets
         .iter()
