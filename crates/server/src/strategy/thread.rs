@@ -11,6 +11,10 @@
 //! once, counted in `refused_backend`, and logged at most once a second; the server
 //! keeps running and serves the next connection as soon as a thread can be made.
 //!
+//! A connection thread runs at a lower priority than the accept loop (see
+//! [`accept_priority`]): with every connection busy on one CPU, the accept loop
+//! would otherwise get 1/N of the CPU and leave new connections waiting for seconds.
+//!
 //! Drain: stop accepting and close the listener; every connection thread notices the
 //! shutdown pipe in its own `poll` and drains its connection (bounded by
 //! `--drain-timeout`); the accept loop waits for them, with the same bound plus a
@@ -23,6 +27,7 @@ use std::time::{Duration, Instant};
 use c10k_proto::Peer;
 
 use super::WorkerCtx;
+use super::accept_priority;
 use super::parent_poll::ParentPoll;
 use crate::accept::{AcceptBatch, AcceptGuard, Admission};
 use crate::blocking::{BlockingEnv, serve_blocking};
@@ -129,6 +134,7 @@ pub(crate) fn run<A: ServeConn>(ctx: WorkerCtx<A>) -> io::Result<()> {
             let spawned = std::thread::Builder::new()
                 .stack_size(config.stack_size)
                 .spawn(move || {
+                    accept_priority::yield_to_accept_loop();
                     let wake = [shutdown.wake_fd()];
                     let env = BlockingEnv {
                         stats: &slot.stats,
