@@ -7,10 +7,11 @@
 //! `mmap_lock` for the stack, glibc's stack cache, malloc arenas). Connection threads
 //! run below the accept loop ([`accept_priority`](super::super::accept_priority)), so a
 //! preempted one holding such a lock stalls the accept loop until the scheduler gets
-//! back to it: priority inversion. Measured with 1,000 busy connections on one CPU,
-//! while the 1,000 threads of the connections just closed exited: the accept loop
-//! waited 2.3 s in the `mmap` of a new stack, then on a malloc arena lock, and 400
-//! connections went unserved for 5 s. A reused thread neither exits nor is created.
+//! back to it: priority inversion. Measured (debug build) with 1,000 busy
+//! connections on one CPU, while the 1,000 threads of the connections just closed
+//! exited: the accept loop waited 2.3 s in the `mmap` of a new stack, then on a malloc
+//! arena lock, and 400 connections went unserved for 5 s. A reused thread neither
+//! exits nor is created.
 //!
 //! **The hand-off never waits for a connection thread.** The accept loop only
 //! `try_lock`s the list and `try_send`s into the waiting thread's own channel: if the
