@@ -26,6 +26,7 @@ mod idle;
 
 use std::io;
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,36 +50,44 @@ const ACCEPT_BATCH: usize = 64;
 /// (each thread bounds its own drain; this covers scheduling).
 const JOIN_MARGIN: Duration = Duration::from_secs(1);
 
-/// The number of live connection threads of one worker.
+/// The number of live connection threads of one worker. Counting is lock-free: the
+/// accept loop must not wait on a lock a low-priority connection thread could hold
+/// (see `thread/idle.rs`); the lock is only taken to signal the last exit.
 #[derive(Default)]
 struct Live {
-    count: Mutex<usize>,
+    count: AtomicUsize,
+    lock: Mutex<()>,
     zero: Condvar,
 }
 
 impl Live {
-    fn add(&self, n: isize) {
-        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        *count = count.saturating_add_signed(n);
-        if *count == 0 {
+    fn started(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn ended(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The waiter checks the count holding the lock: taking it here means it
+            // is either before its check or waiting, and is woken.
+            let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
             self.zero.notify_all();
         }
     }
 
     /// Wait until no thread is live or `deadline` passes; returns how many are left.
     fn wait_zero(&self, deadline: Instant) -> usize {
-        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        while *count > 0 {
+        let mut held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let count = self.count.load(Ordering::Acquire);
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
+            if count == 0 || left.is_zero() {
+                return count;
             }
-            count = match self.zero.wait_timeout(count, left) {
-                Ok((c, _)) => c,
+            held = match self.zero.wait_timeout(held, left) {
+                Ok((h, _)) => h,
                 Err(p) => p.into_inner().0,
             };
         }
-        *count
     }
 }
 
@@ -110,7 +119,7 @@ struct ThreadSlot {
 
 impl Drop for ThreadSlot {
     fn drop(&mut self) {
-        self.live.add(-1);
+        self.live.ended();
     }
 }
 
@@ -192,7 +201,7 @@ pub(crate) fn run<A: ServeConn>(ctx: WorkerCtx<A>) -> io::Result<()> {
             let Err(job) = shared.idle.hand_off(job) else {
                 continue;
             };
-            live.add(1);
+            live.started();
             let slot = ThreadSlot {
                 live: Arc::clone(&live),
             };
@@ -225,4 +234,29 @@ pub(crate) fn run<A: ServeConn>(ctx: WorkerCtx<A>) -> io::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_wait_ends_at_the_last_exit_or_the_deadline() {
+        let live = Arc::new(Live::default());
+        live.started();
+        live.started();
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert_eq!(live.wait_zero(soon), 2, "the deadline passes");
+        let ender = std::thread::spawn({
+            let live = Arc::clone(&live);
+            move || {
+                live.ended();
+                std::thread::sleep(Duration::from_millis(20));
+                live.ended();
+            }
+        });
+        let later = Instant::now() + Duration::from_secs(20);
+        assert_eq!(live.wait_zero(later), 0);
+        ender.join().unwrap();
+    }
 }
