@@ -72,7 +72,9 @@ pub struct LoadArgs {
     /// per thread).
     #[arg(long)]
     connect_rate: Option<f64>,
-    /// A connect or a reply slower than this is an error.
+    /// A connect or a reply slower than this is an error: connect_timeout,
+    /// first_reply_timeout (the connection never had a reply: the server has not
+    /// served it) or reply_timeout.
     #[arg(long, default_value = "5s", value_parser = units::parse_duration)]
     timeout: Duration,
     /// Hold the connections open without sending (for memory measurements).

@@ -59,6 +59,11 @@ const MAX_WAIT: Duration = Duration::from_millis(50);
 /// How often outstanding requests and connects are checked against the timeout.
 const SCAN_EVERY: Duration = Duration::from_millis(100);
 
+/// A connection still waiting at the end of the run for its first reply, its first
+/// request sent at least this long before, counts as unanswered (reported apart from
+/// the errors: it had not reached the timeout).
+pub const UNANSWERED_AFTER: Duration = Duration::from_secs(1);
+
 /// The read buffer of a thread.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -155,6 +160,9 @@ pub(crate) struct ThreadResult {
     pub(crate) cpu: CpuTimes,
     pub(crate) first_error: Option<String>,
     pub(crate) pubsub: Option<PubSubResult>,
+    /// Connections open at the end that never had a reply, the oldest request sent
+    /// over [`UNANSWERED_AFTER`] before.
+    pub(crate) unanswered: u64,
 }
 
 struct Pending {
@@ -200,6 +208,9 @@ struct Conn {
     out_pos: usize,
     inbuf: Vec<u8>,
     pending: VecDeque<Pending>,
+    /// The current connection received a reply (or push): a timeout on it is a
+    /// [`ErrorKind::ReplyTimeout`], not a [`ErrorKind::FirstReplyTimeout`].
+    answered: bool,
     seq: u64,
 }
 
@@ -342,6 +353,7 @@ pub(crate) fn run_thread(
     }
     worker.finished = true;
     worker.report_progress();
+    let unanswered = worker.unanswered(Instant::now());
     let cpu_end = (thread_cpu(), Instant::now());
     let mut grace = (Duration::ZERO, false);
     if let Some(ps) = &shared.pubsub {
@@ -382,6 +394,7 @@ pub(crate) fn run_thread(
         window: measured,
         cpu,
         first_error: worker.first_error.take(),
+        unanswered,
     })
 }
 
@@ -400,8 +413,8 @@ fn io_kind(e: &io::Error) -> ErrorKind {
     match e.kind() {
         io::ErrorKind::ConnectionReset
         | io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::BrokenPipe => ErrorKind::Reset,
-        io::ErrorKind::TimedOut => ErrorKind::Timeout,
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::TimedOut => ErrorKind::Reset,
         _ => ErrorKind::Other,
     }
 }
@@ -449,6 +462,7 @@ impl<'a> Worker<'a> {
                 out_pos: 0,
                 inbuf: Vec::new(),
                 pending: VecDeque::new(),
+                answered: false,
                 seq: 0,
             })
             .collect();
@@ -829,6 +843,7 @@ impl<'a> Worker<'a> {
         c.out_pos = 0;
         c.inbuf.clear();
         c.pending.clear();
+        c.answered = false;
     }
 
     fn on_open(&mut self, i: usize, now: Instant) {
@@ -974,6 +989,7 @@ impl<'a> Worker<'a> {
                             }
                         }
                         c.pending.pop_front();
+                        c.answered = true;
                         if close_after {
                             break;
                         }
@@ -1022,6 +1038,7 @@ impl<'a> Worker<'a> {
             return true;
         };
         let pending = &mut c.pending;
+        let answered = &mut c.answered;
         let name = shared.plan.channels[tally.channel as usize].as_bytes();
         let epoch = shared.epoch;
         let delivery = &mut ps.delivery;
@@ -1035,6 +1052,7 @@ impl<'a> Worker<'a> {
                         return Err("a subscribe confirmation nobody asked for".into());
                     }
                     *subscribed = true;
+                    *answered = true;
                     confirmed += 1;
                     Ok(())
                 }
@@ -1215,6 +1233,20 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// Connections open at `now` that never had a reply, their oldest request sent
+    /// over [`UNANSWERED_AFTER`] before.
+    fn unanswered(&self, now: Instant) -> u64 {
+        self.conns
+            .iter()
+            .filter(|c| c.state == State::Open && !c.answered)
+            .filter(|c| {
+                c.pending
+                    .front()
+                    .is_some_and(|p| now.saturating_duration_since(p.start) >= UNANSWERED_AFTER)
+            })
+            .count() as u64
+    }
+
     fn scan_timeouts(&mut self, now: Instant) {
         let timeout = self.shared.config.timeout;
         for i in 0..self.conns.len() {
@@ -1223,12 +1255,25 @@ impl<'a> Worker<'a> {
                     self.fail(i, now, ErrorKind::ConnectTimeout, "connect timed out");
                 }
                 State::Open => {
-                    let late = self.conns[i]
+                    let c = &self.conns[i];
+                    let late = c
                         .pending
                         .front()
                         .is_some_and(|p| now.saturating_duration_since(p.start) > timeout);
-                    if late {
-                        self.fail(i, now, ErrorKind::Timeout, "no reply within the timeout");
+                    if late && c.answered {
+                        self.fail(
+                            i,
+                            now,
+                            ErrorKind::ReplyTimeout,
+                            "no reply within the timeout",
+                        );
+                    } else if late {
+                        self.fail(
+                            i,
+                            now,
+                            ErrorKind::FirstReplyTimeout,
+                            "no reply within the timeout on a connection never answered",
+                        );
                     }
                 }
                 _ => {}

@@ -176,6 +176,7 @@ pub(crate) fn merge(
     let mut cpu = cpu::CpuTimes::default();
     let mut busiest: f64 = 0.0;
     let mut first_error = None;
+    let mut unanswered = 0;
     for r in results {
         // Both histograms have the same bounds, so adding cannot fail.
         let _ = latency.add(&r.latency);
@@ -193,6 +194,7 @@ pub(crate) fn merge(
         if first_error.is_none() {
             first_error = r.first_error;
         }
+        unanswered += r.unanswered;
     }
     let load_bound = busiest >= SATURATED;
     if load_bound {
@@ -210,6 +212,15 @@ pub(crate) fn merge(
     }
     if let Some(e) = first_error {
         warnings.push(format!("first error: {e}"));
+    }
+    let never_served = errors.first_reply_timeout + unanswered;
+    if never_served > 0 {
+        warnings.push(format!(
+            "the server left connections unserved: {} timed out waiting for their first \
+             reply and {unanswered} more had none at the end (the connect had succeeded: \
+             the server had not accepted them, or not run their thread or process)",
+            errors.first_reply_timeout
+        ));
     }
     let window_s = window.as_secs_f64();
     let [p50, p90, p99, p999, max, mean] = report::percentiles(&latency);
@@ -248,6 +259,7 @@ pub(crate) fn merge(
         connect_p99_us: c99,
         connect_max_us: cmax,
         errors,
+        unanswered_conns: unanswered,
         cpu_user_s: cpu.user,
         cpu_sys_s: cpu.sys,
         cpu_busiest_thread_percent: busiest * 100.0,

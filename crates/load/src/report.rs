@@ -5,22 +5,32 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-/// The kinds of error a run counts.
+/// The kinds of error a run counts. Each says where the exchange stopped: at the
+/// connect (nothing was served), on a connection that had never been answered (the
+/// server had not served it yet), or on one it had been serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The server refused the connection (RST to the SYN: nothing listening, or a full
     /// accept queue with `tcp_abort_on_overflow`).
     ConnectRefused,
-    /// A connect took longer than the timeout.
+    /// A connect took longer than the timeout (SYNs dropped: a full SYN or accept
+    /// queue, retransmitted after 1 s, 3 s...).
     ConnectTimeout,
     /// Any other connect failure.
     ConnectOther,
-    /// The server reset an open connection.
+    /// An open connection was lost: reset by the server (ECONNRESET, ECONNABORTED,
+    /// EPIPE) or given up by TCP (ETIMEDOUT).
     Reset,
     /// The server closed an open connection (EOF) it was expected to keep.
     Closed,
-    /// A reply took longer than the timeout.
-    Timeout,
+    /// No reply within the timeout on a connection that had received no reply yet: the
+    /// handshake was done (by the kernel), but the server never served the connection
+    /// (still in its accept queue, or accepted and its thread, process or task never
+    /// got to run).
+    FirstReplyTimeout,
+    /// A reply took longer than the timeout on a connection the server had already
+    /// answered.
+    ReplyTimeout,
     /// A reply that is not what the request expects.
     BadReply,
     /// The load generator ran out of file descriptors.
@@ -44,8 +54,10 @@ pub struct ErrorCounts {
     pub reset: u64,
     /// See [`ErrorKind::Closed`].
     pub closed: u64,
-    /// See [`ErrorKind::Timeout`].
-    pub timeout: u64,
+    /// See [`ErrorKind::FirstReplyTimeout`].
+    pub first_reply_timeout: u64,
+    /// See [`ErrorKind::ReplyTimeout`].
+    pub reply_timeout: u64,
     /// See [`ErrorKind::BadReply`].
     pub bad_reply: u64,
     /// See [`ErrorKind::FdLimit`].
@@ -58,58 +70,94 @@ pub struct ErrorCounts {
     pub total: u64,
 }
 
+impl ErrorKind {
+    /// Every kind, in the order reports list them.
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::ConnectRefused,
+        ErrorKind::ConnectTimeout,
+        ErrorKind::ConnectOther,
+        ErrorKind::Reset,
+        ErrorKind::Closed,
+        ErrorKind::FirstReplyTimeout,
+        ErrorKind::ReplyTimeout,
+        ErrorKind::BadReply,
+        ErrorKind::FdLimit,
+        ErrorKind::NoConnection,
+        ErrorKind::Other,
+    ];
+
+    /// The kind's name: its key in the JSON and its word in the summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::ConnectRefused => "connect_refused",
+            ErrorKind::ConnectTimeout => "connect_timeout",
+            ErrorKind::ConnectOther => "connect_other",
+            ErrorKind::Reset => "reset",
+            ErrorKind::Closed => "closed",
+            ErrorKind::FirstReplyTimeout => "first_reply_timeout",
+            ErrorKind::ReplyTimeout => "reply_timeout",
+            ErrorKind::BadReply => "bad_reply",
+            ErrorKind::FdLimit => "fd_limit",
+            ErrorKind::NoConnection => "no_connection",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
 impl ErrorCounts {
-    /// Counts one error.
-    pub fn add(&mut self, kind: ErrorKind) {
-        let slot = match kind {
+    /// The count of one kind.
+    pub fn get(&self, kind: ErrorKind) -> u64 {
+        match kind {
+            ErrorKind::ConnectRefused => self.connect_refused,
+            ErrorKind::ConnectTimeout => self.connect_timeout,
+            ErrorKind::ConnectOther => self.connect_other,
+            ErrorKind::Reset => self.reset,
+            ErrorKind::Closed => self.closed,
+            ErrorKind::FirstReplyTimeout => self.first_reply_timeout,
+            ErrorKind::ReplyTimeout => self.reply_timeout,
+            ErrorKind::BadReply => self.bad_reply,
+            ErrorKind::FdLimit => self.fd_limit,
+            ErrorKind::NoConnection => self.no_connection,
+            ErrorKind::Other => self.other,
+        }
+    }
+
+    fn slot(&mut self, kind: ErrorKind) -> &mut u64 {
+        match kind {
             ErrorKind::ConnectRefused => &mut self.connect_refused,
             ErrorKind::ConnectTimeout => &mut self.connect_timeout,
             ErrorKind::ConnectOther => &mut self.connect_other,
             ErrorKind::Reset => &mut self.reset,
             ErrorKind::Closed => &mut self.closed,
-            ErrorKind::Timeout => &mut self.timeout,
+            ErrorKind::FirstReplyTimeout => &mut self.first_reply_timeout,
+            ErrorKind::ReplyTimeout => &mut self.reply_timeout,
             ErrorKind::BadReply => &mut self.bad_reply,
             ErrorKind::FdLimit => &mut self.fd_limit,
             ErrorKind::NoConnection => &mut self.no_connection,
             ErrorKind::Other => &mut self.other,
-        };
-        *slot += 1;
+        }
+    }
+
+    /// Counts one error.
+    pub fn add(&mut self, kind: ErrorKind) {
+        *self.slot(kind) += 1;
         self.total += 1;
     }
 
     /// Adds another set of counts.
     pub fn merge(&mut self, o: &ErrorCounts) {
-        self.connect_refused += o.connect_refused;
-        self.connect_timeout += o.connect_timeout;
-        self.connect_other += o.connect_other;
-        self.reset += o.reset;
-        self.closed += o.closed;
-        self.timeout += o.timeout;
-        self.bad_reply += o.bad_reply;
-        self.fd_limit += o.fd_limit;
-        self.no_connection += o.no_connection;
-        self.other += o.other;
+        for kind in ErrorKind::ALL {
+            *self.slot(kind) += o.get(kind);
+        }
         self.total += o.total;
     }
 
     /// The non-zero counts as `kind=n` words.
     pub fn describe(&self) -> String {
-        let all = [
-            ("connect_refused", self.connect_refused),
-            ("connect_timeout", self.connect_timeout),
-            ("connect_other", self.connect_other),
-            ("reset", self.reset),
-            ("closed", self.closed),
-            ("timeout", self.timeout),
-            ("bad_reply", self.bad_reply),
-            ("fd_limit", self.fd_limit),
-            ("no_connection", self.no_connection),
-            ("other", self.other),
-        ];
-        let parts: Vec<String> = all
+        let parts: Vec<String> = ErrorKind::ALL
             .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(k, n)| format!("{k}={n}"))
+            .filter(|&&k| self.get(k) > 0)
+            .map(|&k| format!("{}={}", k.name(), self.get(k)))
             .collect();
         if parts.is_empty() {
             "none".into()
@@ -182,6 +230,11 @@ pub struct LoadReport {
     pub connect_max_us: f64,
     /// Errors by kind, over the whole run (connect phase included).
     pub errors: ErrorCounts,
+    /// Connections open at the end that had never been answered, their first request
+    /// sent over a second before (`UNANSWERED_AFTER`). Not errors (they had not reached
+    /// the timeout), but a server that leaves connections unserved shows here even when
+    /// the run is shorter than the timeout.
+    pub unanswered_conns: u64,
     /// The load generator's own user CPU over the window, all its threads.
     pub cpu_user_s: f64,
     /// The load generator's own system CPU over the window.
@@ -401,6 +454,14 @@ impl LoadReport {
             self.connect_p50_us, self.connect_p99_us, self.connect_max_us, self.connects
         );
         let _ = writeln!(s, "  errors       {}", self.errors.describe());
+        if self.unanswered_conns > 0 {
+            let _ = writeln!(
+                s,
+                "  unanswered   {} connections had no reply yet at the end (first request \
+                 over 1 s old)",
+                self.unanswered_conns
+            );
+        }
         let _ = writeln!(
             s,
             "  load CPU     user {:.2} s  sys {:.2} s  busiest thread {:.0}%{}",
@@ -435,6 +496,25 @@ mod tests {
         all.merge(&e);
         assert_eq!(all.total, 6);
         assert_eq!(all.describe(), "reset=4 bad_reply=2");
+    }
+
+    #[test]
+    fn every_kind_has_its_own_key_in_the_json_and_the_summary() {
+        for kind in ErrorKind::ALL {
+            let mut e = ErrorCounts::default();
+            e.add(kind);
+            let json: serde_json::Value = serde_json::to_value(e).unwrap();
+            let obj = json.as_object().unwrap();
+            // One key per kind, plus the total.
+            assert_eq!(obj.len(), ErrorKind::ALL.len() + 1);
+            for other in ErrorKind::ALL {
+                let want = u64::from(other == kind);
+                assert_eq!(obj[other.name()], want, "{kind:?}: key {}", other.name());
+                assert_eq!(e.get(other), want);
+            }
+            assert_eq!(obj["total"], 1);
+            assert_eq!(e.describe(), format!("{}=1", kind.name()));
+        }
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //!   every child (its own pipe, which the children also watch, is readable already);
 //!   each child finishes its request and exits. The parent exits once they are gone,
 //!   or kills the rest with SIGKILL after `--drain-timeout`.
+//! - **Accept priority.** A connection process runs at a lower priority than the
+//!   parent (see [`accept_priority`]): with every connection busy on one CPU, the
+//!   parent would otherwise get 1/N of the CPU and fork too slowly to keep up.
 //! - **The RESP store is per process**: each child starts with a copy of the parent's
 //!   (empty) store and its writes die with it.
 
@@ -29,6 +32,7 @@ use c10k_proto::Peer;
 use rustix::process::Pid;
 
 use super::WorkerCtx;
+use super::accept_priority;
 use super::parent_poll::ParentPoll;
 use super::procs::{Children, Forked, child_env, describe, enter_child, require_single_thread};
 use crate::accept::{AcceptBatch, AcceptGuard, Admission};
@@ -147,6 +151,7 @@ fn child_main<A: ServeConn>(
     config: &Config,
     shared_stats: Option<&SharedStats>,
 ) -> i32 {
+    accept_priority::yield_to_accept_loop();
     let own = match enter_child(parent_shutdown, parent) {
         Ok(own) => own,
         Err(e) => {

@@ -17,6 +17,7 @@ use c10k_proto::App;
 use crate::config::Config;
 use crate::handler::ServeConn;
 
+mod accept_priority;
 pub(crate) mod epoll;
 mod fd_table;
 pub(crate) mod fork;
