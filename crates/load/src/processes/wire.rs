@@ -104,6 +104,9 @@ pub(crate) struct WireThread {
     cpu_user_s: f64,
     cpu_sys_s: f64,
     first_error: Option<String>,
+    /// Connections never answered at the end (see `ThreadResult::unanswered`).
+    #[serde(default)]
+    unanswered: u64,
 }
 
 impl From<&ThreadResult> for WireThread {
@@ -120,6 +123,7 @@ impl From<&ThreadResult> for WireThread {
             cpu_user_s: r.cpu.user,
             cpu_sys_s: r.cpu.sys,
             first_error: r.first_error.clone(),
+            unanswered: r.unanswered,
         }
     }
 }
@@ -141,6 +145,7 @@ impl From<WireThread> for ThreadResult {
             },
             first_error: w.first_error,
             pubsub: None,
+            unanswered: w.unanswered,
         }
     }
 }
@@ -197,6 +202,7 @@ mod tests {
             },
             first_error: Some("x".into()),
             pubsub: None,
+            unanswered: 2,
         };
         let msg = ToParent::Done(ChildResult {
             threads: vec![WireThread::from(&r)],
@@ -211,6 +217,7 @@ mod tests {
         assert_eq!(t.latency, r.latency);
         assert_eq!((t.requests, t.scheduled, t.connected), (7, 9, 3));
         assert_eq!(t.errors, r.errors);
+        assert_eq!(t.unanswered, 2);
         assert_eq!(t.window, r.window);
         assert_eq!(t.cpu, r.cpu);
     }
