@@ -38,11 +38,11 @@
 #
 # Usage: [CONNS=100000] [DURATION=60] [STRATEGIES="epoll-et uring green"]
 #        [RATE=CONNS/10] [CONNECT_RATE=10000] [SERVER_PROCS=P] [LOAD_PROCS=Q]
-#        [SERVER_CPUS=0] [LOAD_CPUS=1] [OUT=dir] scripts/bench-c100k.sh
+#        [SERVER_CPUS=0] [LOAD_CPUS=1] [OUT=dir] bench/c100k.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# The table, from a run's raw readings (also: scripts/bench-c100k.sh --table DIR).
+# The table, from a run's raw readings (also: bench/c100k.sh --table DIR).
 table() {
     python3 - "$1" <<'PY'
 import json, os, sys
@@ -96,7 +96,7 @@ PY
 }
 
 if [[ ${1:-} == --table ]]; then
-    table "${2:?usage: scripts/bench-c100k.sh --table DIR}"
+    table "${2:?usage: bench/c100k.sh --table DIR}"
     exit
 fi
 
