@@ -491,6 +491,13 @@ impl<A: Service> Server<A> {
     /// Strategies that fork ([`ProcessModel::Processes`]) cannot: a fork is sound only
     /// while the process has one thread; use [`run`](Server::run) from the main thread.
     pub fn spawn(self) -> Result<ServerHandle, ServerError> {
+        if self.config.processes.is_some() {
+            return Err(ServerError::Config(
+                "--processes forks its children and can only run in the foreground \
+                 (Server::run, from the main thread, before any thread is spawned)"
+                    .into(),
+            ));
+        }
         if self.strategy.process_model() == ProcessModel::Processes {
             return Err(ServerError::Config(format!(
                 "strategy {} forks processes and can only run in the foreground \
