@@ -111,13 +111,9 @@ pub fn check(config: &LoadConfig, processes: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Connections per explicitly bound source address: half the ephemeral range, less half
-/// the margin. `bind(addr, 0)` takes ports of one parity first and, once that half of the
-/// range is used up on an address, scans all of it before every further bind (measured
-/// here: 10 to 50 us a bind up to 12,000 ports, 7 to 9 ms from 14,000 on, which made
-/// 100,000 connects take minutes of system time).
+/// Connections per explicitly bound source address (see [`SourcePlan::new`]).
 fn bind_per_source(ports: usize) -> usize {
-    (ports / 2).saturating_sub(PORT_MARGIN / 2).max(1)
+    crate::limits::bound_per_source(ports)
 }
 
 /// Each child's share: `conns` split evenly, the rates in proportion, and source
