@@ -21,11 +21,16 @@
 //!   (`LISTEN_FDS`, systemd's socket activation).
 //! - [`bpf`]: the `kernel` strategy's in-kernel echo (an `sk_skb` verdict program on a
 //!   `SOCKHASH`, assembled here and loaded through bpf(2)) and `TCP_INFO` counters;
+//! - [`epoll`]: an epoll wait whose buffer is `Send` (waited on with an interpreter's
+//!   lock released), with nanosecond timeouts;
+//! - [`fd`]: a descriptor of Rust's own for a socket an interpreter names by number;
 //! - [`stack_guard`]: a green thread's stack overflow (a hit on its guard page) is
 //!   reported on stderr before the process aborts, instead of a bare SIGSEGV.
 
 pub mod activation;
 pub mod bpf;
+pub mod epoll;
+pub mod fd;
 pub mod poll;
 pub mod process;
 pub mod select;

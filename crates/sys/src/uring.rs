@@ -547,27 +547,31 @@ impl Ring {
     ///
     /// A signal makes it return an `ErrorKind::Interrupted` error: call it again.
     pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.waiter().submit_and_wait(timeout)
+    }
+
+    /// The waiting half of the ring, which is `Send`: the wait may run where the ring
+    /// itself may not go, e.g. in a closure that an embedding interpreter runs with
+    /// its global lock released.
+    pub fn waiter(&mut self) -> Waiter<'_> {
         self.stats.enters += 1;
-        let result = if !self.ring.completion().is_empty() {
-            // With DEFER_TASKRUN this runs no task work (no GETEVENTS): completions
-            // the kernel has not posted yet wait for the next call, which finds the
-            // queue empty and waits, and so runs them first.
-            self.ring.submit()
-        } else if let Some(t) = timeout {
+        let ready = !self.ring.completion().is_empty();
+        if !ready {
             self.stats.waits += 1;
-            let ts = types::Timespec::from(t);
-            let args = types::SubmitArgs::new().timespec(&ts);
-            self.ring.submitter().submit_with_args(1, &args)
-        } else {
-            self.stats.waits += 1;
-            self.ring.submit_and_wait(1)
-        };
-        match result {
-            Ok(_) => Ok(()),
-            // The timeout expired, or the completion queue needs reaping first.
-            Err(e) if e.raw_os_error() == Some(libc::ETIME) || is_transient(&e) => Ok(()),
-            Err(e) => Err(e),
         }
+        Waiter {
+            ring: &mut self.ring,
+            ready,
+        }
+    }
+
+    /// Wait (once) for `fd` to become writable; an [`Event::Polled`] with `tag`. The
+    /// operation keeps `fd` open.
+    pub fn poll_writable<F: AsFd + 'static>(&mut self, fd: F, tag: u64) -> io::Result<OpId> {
+        let raw = types::Fd(fd.as_fd().as_raw_fd());
+        let entry = opcode::PollAdd::new(raw, libc::POLLOUT as u32).build();
+        self.start(tag, Kind::Poll(Box::new(fd)), entry, None, None)
+            .map_err(|(e, _)| e)
     }
 
     /// Move every waiting completion into `out` (appending). Completions of internal
@@ -741,6 +745,35 @@ fn accepted(tag: u64, more: bool, res: i32) -> Completion {
 }
 
 /// Errors after which the ring is fine: reap completions and go on.
+/// The waiting half of a [`Ring`] ([`Ring::waiter`]): submits what is queued and waits
+/// for a completion. It borrows the ring, so nothing can be queued meanwhile.
+pub struct Waiter<'a> {
+    ring: &'a mut IoUring,
+    /// Completions were already waiting when it was made: only submit.
+    ready: bool,
+}
+
+impl Waiter<'_> {
+    /// Submit everything queued and wait for at least one completion, at most
+    /// `timeout` (`None`: no limit); only submit when completions are waiting.
+    pub fn submit_and_wait(self, timeout: Option<Duration>) -> io::Result<()> {
+        let result = if self.ready {
+            self.ring.submit()
+        } else if let Some(t) = timeout {
+            let ts = types::Timespec::from(t);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            self.ring.submitter().submit_with_args(1, &args)
+        } else {
+            self.ring.submit_and_wait(1)
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) || is_transient(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 fn is_transient(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN))
 }
