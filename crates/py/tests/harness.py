@@ -215,3 +215,18 @@ def connect(addr, rcvbuf=None, timeout=TIMEOUT):
 
 
 PY311 = sys.version_info[:2] == (3, 11)
+
+
+def differential_fn(kind, fn, *args):
+    """Like differential, for a synchronous ``fn(kind, *args)`` that manages its own loop."""
+    rec = fn(kind, *args)
+    if not kind.is_stock:
+        key = ("fn", fn.__module__, fn.__qualname__, args)
+        if key not in _stock_cache:
+            _stock_cache[key] = fn(STOCK_KIND, *args)
+        ref = _stock_cache[key]
+        assert rec == ref, (
+            f"{kind.id} differs from stock asyncio in {fn.__name__}:\n"
+            f"  {kind.id}: {rec!r}\n  asyncio: {ref!r}"
+        )
+    return rec
