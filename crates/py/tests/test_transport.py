@@ -41,6 +41,14 @@ def echo_client(addr, payload):
     return got, end
 
 
+async def _first(registry, env):
+    """The first server-side protocol, once connection_made has run."""
+    while not registry:
+        await asyncio.sleep(0.001)
+    await registry[0].made
+    return registry[0]
+
+
 # ---------------------------------------------------------------------- echo
 
 
@@ -230,8 +238,7 @@ async def sc_pause_reading(env):
 
     client_done = env.thread(client)
     await first_sent
-    p = protos[0]
-    await p.made
+    p = await _first(protos, env)
     await env.idle()
     delivered_while_paused = len(p.data)
     p.transport.resume_reading()
@@ -321,7 +328,7 @@ async def sc_write_limits_slow_reader(env):
             return recv_all(s)  # to the EOF the server sends after resume_writing
 
     client_done = env.thread(client)
-    p = (await _first(protos, env))
+    p = await _first(protos, env)
     await p.paused
     await env.idle()
     events_before_reading = list(p.events)
@@ -339,13 +346,6 @@ async def sc_write_limits_slow_reader(env):
         "client_end": end,
         "handler": env.handler_calls,
     }
-
-
-async def _first(registry, env):
-    while not registry:
-        await asyncio.sleep(0.001)
-    await registry[0].made
-    return registry[0]
 
 
 def test_write_buffer_limits_slow_reader(loop_kind):
