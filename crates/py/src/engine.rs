@@ -83,6 +83,8 @@ pub(crate) struct Core {
     /// after `resume_reading`, an edge-triggered socket to drain, a ring receive to
     /// re-arm.
     pending: RefCell<Vec<(usize, u32)>>,
+    /// io_uring: connections with bytes to submit before the loop waits.
+    dirty: RefCell<Vec<(usize, u32)>>,
     pending_error: RefCell<Option<PyErr>>,
     listeners: RefCell<Slab<Listener>>,
     watches: RefCell<HashMap<i32, Watch>>,
@@ -337,25 +339,17 @@ impl Core {
                 }
                 Io::Buffered
             }
-            Backend::Uring(u) => {
+            Backend::Uring(_) => {
                 let mut st = t.st.borrow_mut();
-                if st.inflight.is_some() {
-                    st.wbuf.extend_from_slice(bytes);
-                    return Io::Buffered;
-                }
-                let mut buf = self.free_bufs.borrow_mut().pop().unwrap_or_default();
-                buf.extend_from_slice(bytes);
-                let Sock::Ring(s) = &st.sock else {
+                if matches!(st.sock, Sock::Closed) {
                     return Io::Failed(closed_err());
-                };
-                match u.ring.send(s, buf, 0, t.tag().encode()) {
-                    Ok(_) => {
-                        st.inflight = Some(bytes.len());
-                        st.inflight_counted = false;
-                        Io::Done
-                    }
-                    Err((e, _)) => Io::Failed(e),
                 }
+                st.wbuf.extend_from_slice(bytes);
+                if st.inflight.is_none() && !st.queued {
+                    st.queued = true;
+                    self.dirty.borrow_mut().push((t.slot, t.serial));
+                }
+                Io::Buffered
             }
             Backend::Closed => Io::Failed(closed_err()),
         }
@@ -688,46 +682,69 @@ impl Core {
         }
         let mut spare = buf;
         spare.clear();
-        if st.wbuf.len() > st.wpos {
-            let mut next = std::mem::replace(&mut st.wbuf, spare);
-            let wpos = std::mem::take(&mut st.wpos);
-            let len = next.len() - wpos;
-            if wpos > 0 {
-                next.drain(..wpos);
-            }
-            let Sock::Ring(s) = &st.sock else {
+        let mut free = self.free_bufs.borrow_mut();
+        if free.len() < 256 && spare.capacity() <= READ_SIZE {
+            free.push(spare);
+        }
+        drop(free);
+        let more = st.wbuf.len() > st.wpos;
+        drop(st);
+        drop(backend);
+        drop(tr);
+        if more {
+            if let Err(e) = self.submit(&t.borrow()) {
+                Transport::fatal_error(t, PyErr::from(e), "Fatal write error on socket transport");
                 return;
-            };
-            match u.ring.send(s, next, 0, tr.tag().encode()) {
-                Ok(_) => {
-                    st.inflight = Some(len);
-                    st.inflight_counted = false;
-                    drop(st);
-                    drop(backend);
-                    drop(tr);
-                    Transport::maybe_resume_protocol(t);
-                }
-                Err((e, _)) => {
-                    drop(st);
-                    drop(backend);
-                    drop(tr);
-                    Transport::fatal_error(
-                        t,
-                        PyErr::from(e),
-                        "Fatal write error on socket transport",
-                    );
-                }
             }
+            Transport::maybe_resume_protocol(t);
         } else {
-            let mut free = self.free_bufs.borrow_mut();
-            if free.len() < 256 && spare.capacity() <= READ_SIZE {
-                free.push(spare);
-            }
-            drop(free);
-            drop(st);
-            drop(backend);
-            drop(tr);
             Transport::drained(t);
+        }
+    }
+
+    /// io_uring: send what the transport has buffered (one operation), unless a send
+    /// is in flight already.
+    fn submit(&self, t: &Transport) -> io::Result<()> {
+        let mut backend = self.backend.borrow_mut();
+        let Backend::Uring(u) = &mut *backend else {
+            return Ok(());
+        };
+        let mut st = t.st.borrow_mut();
+        st.queued = false;
+        if st.inflight.is_some() || st.wbuf.len() == st.wpos || st.conn_lost > 0 {
+            return Ok(());
+        }
+        let spare = self.free_bufs.borrow_mut().pop().unwrap_or_default();
+        let mut next = std::mem::replace(&mut st.wbuf, spare);
+        let wpos = std::mem::take(&mut st.wpos);
+        if wpos > 0 {
+            next.drain(..wpos);
+        }
+        let len = next.len();
+        let Sock::Ring(s) = &st.sock else {
+            return Err(closed_err());
+        };
+        match u.ring.send(s, next, 0, t.tag().encode()) {
+            Ok(_) => {
+                st.inflight = Some(len);
+                st.inflight_counted = false;
+                Ok(())
+            }
+            Err((e, _)) => Err(e),
+        }
+    }
+
+    /// io_uring: submit the sends of every connection written to during this turn.
+    fn submit_dirty(&self, py: Python<'_>) {
+        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        for (slot, serial) in dirty {
+            let Some(t) = self.conn(py, slot, serial) else {
+                continue;
+            };
+            let t = t.bind(py);
+            if let Err(e) = self.submit(&t.borrow()) {
+                Transport::fatal_error(t, PyErr::from(e), "Fatal write error on socket transport");
+            }
         }
     }
 
@@ -817,7 +834,10 @@ impl Core {
         py: Python<'_>,
         timeout: Option<Duration>,
     ) -> PyResult<Vec<Py<PyAny>>> {
-        let timeout = if self.pending.borrow().is_empty() {
+        if self.kind == Kind::Uring {
+            self.submit_dirty(py);
+        }
+        let timeout = if self.pending.borrow().is_empty() && self.dirty.borrow().is_empty() {
             timeout
         } else {
             Some(Duration::ZERO)
@@ -1133,6 +1153,7 @@ impl Engine {
                 conns: RefCell::new(Slab::with_capacity(1024)),
                 serial: Cell::new(0),
                 pending: RefCell::new(Vec::new()),
+                dirty: RefCell::new(Vec::new()),
                 pending_error: RefCell::new(None),
                 listeners: RefCell::new(Slab::new()),
                 watches: RefCell::new(HashMap::new()),

@@ -25,6 +25,9 @@ use crate::engine::{Core, Io};
 
 /// asyncio's default high-water mark (64 KiB); the low one is a quarter of it.
 pub(crate) const DEFAULT_HIGH: usize = 64 * 1024;
+/// io_uring: bytes written in one loop turn, with no send in flight, that count as
+/// handed to the kernel (see [`Transport::buffered_bytes`]).
+pub(crate) const RING_ALLOWANCE: usize = 256 * 1024;
 /// Writes after the connection was lost that go unlogged (asyncio's
 /// `LOG_THRESHOLD_FOR_CONNLOST_WRITES`).
 const CONNLOST_WRITES_LOGGED_AFTER: u32 = 5;
@@ -85,6 +88,10 @@ pub(crate) struct State {
     pub registered: Interest,
     /// epoll: the descriptor is in the epoll set.
     pub added: bool,
+    /// io_uring: the socket's sends go through the ring.
+    pub ring: bool,
+    /// io_uring: queued to have its buffer submitted before the loop waits.
+    pub queued: bool,
 }
 
 /// asyncio transport over a TCP socket.
@@ -129,6 +136,8 @@ impl Transport {
             slot,
             serial,
             st: RefCell::new(State {
+                ring: matches!(sock, Sock::Ring(_)),
+                queued: false,
                 sock,
                 wbuf: Vec::new(),
                 wpos: 0,
@@ -187,8 +196,19 @@ impl Transport {
     }
 
     /// Bytes buffered in user space (asyncio's `get_write_buffer_size`).
+    ///
+    /// io_uring: what is written during a loop turn is submitted at its end, in one
+    /// send per connection. While no send is in flight, the first [`RING_ALLOWANCE`]
+    /// bytes of it count as handed to the kernel (stock asyncio would have sent them
+    /// directly); behind a send in flight all of it counts as buffered, and so does
+    /// the remainder of a send the kernel took only part of.
     pub(crate) fn buffered_bytes(st: &State) -> usize {
         let pending = st.wbuf.len() - st.wpos;
+        let pending = if st.ring && st.inflight.is_none() {
+            pending.saturating_sub(RING_ALLOWANCE)
+        } else {
+            pending
+        };
         match st.inflight {
             Some(n) if st.inflight_counted => pending + n,
             _ => pending,

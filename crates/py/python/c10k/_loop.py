@@ -97,6 +97,39 @@ class _Helpers:
         loop.call_later(ACCEPT_RETRY_DELAY, loop._engine.resume_listener, slot)
 
 
+class _ClosedEngine:
+    """Stands in for the engine once the loop is closed, so that the native object
+    is freed on the loop's own thread (it may not be dropped from another)."""
+
+    strategy = "closed"
+
+    @staticmethod
+    def connections():
+        return 0
+
+    @staticmethod
+    def unserve(fd):
+        return False
+
+    @staticmethod
+    def watcher(fd, reading):
+        return None
+
+    @staticmethod
+    def remove_reader(fd):
+        return False
+
+    @staticmethod
+    def remove_writer(fd):
+        return False
+
+    def __getattr__(self, name):
+        def closed(*args, **kwargs):
+            raise RuntimeError("Event loop is closed")
+
+        return closed
+
+
 class Loop(base_events.BaseEventLoop):
     """An asyncio event loop whose I/O runs on c10k's engine.
 
@@ -192,6 +225,7 @@ class Loop(base_events.BaseEventLoop):
         super().close()
         self._close_self_pipe()
         self._engine.close()
+        self._engine = self._selector = _ClosedEngine()
 
     # --- file descriptor watching ----------------------------------------------------
 
