@@ -3,15 +3,18 @@
 the same behaviour on gevent or Twisted, for bench/python.sh and `c10k compare --peer
 asyncio|uvloop|rloop|c10k-py|c10k-py-uring`.
 
-  python serve.py --loop asyncio|uvloop|rloop|c10k-epoll-et|c10k-epoll-lt|c10k-uring|gevent|twisted \
-                  --listen 127.0.0.1:PORT
+  python serve.py --loop LOOP --listen 127.0.0.1:PORT
   python serve.py --loop LOOP --version
 
 Prints exactly `listening on IP:PORT` on stdout once it accepts (port 0: the kernel's
 choice, printed), the loop's package and version on stderr; SIGTERM closes the server
-and its connections and exits 0. --version prints `LOOP PACKAGE VERSION` and exits 0,
-or exits 3 with `missing: PACKAGE: pip install SPEC` on stderr when the package is not
-importable. Loopback or any address given; nothing else is contacted.
+and its connections and exits 0. --version prints `LOOP: PACKAGE VERSION (python
+VERSION PATH)` and exits 0, or exits 3 with `missing: MODULE (why): pip install SPEC`
+on stderr when the package is not importable.
+
+LOOP: asyncio, uvloop, rloop, c10k-epoll-et, c10k-epoll-lt, c10k-uring (c10k's loop,
+`pip install ./crates/py`), gevent (StreamServer), twisted (a Protocol, the default
+reactor: epoll on Linux).
 """
 import argparse
 import importlib
@@ -37,21 +40,23 @@ MISSING = 3
 
 
 def version(name):
-    """`LOOP PACKAGE VERSION` of the loop, or exits MISSING saying what to install."""
+    """`LOOP: PACKAGE VERSION (python VERSION PATH)`, or exits MISSING saying what to
+    install."""
     module, dist, spec = LOOPS[name]
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
         sys.stderr.write(f"missing: {module} ({e}): pip install {spec}\n")
         sys.exit(MISSING)
+    python = f"python {sys.version.split()[0]} {sys.executable}"
     if dist is None:
-        return f"{name} python {sys.version.split()[0]}"
+        return f"{name}: stdlib ({python})"
     try:
         from importlib import metadata
         v = metadata.version(dist)
     except Exception:
         v = getattr(mod, "__version__", "unknown")
-    return f"{name} {dist} {v} (python {sys.version.split()[0]})"
+    return f"{name}: {dist} {v} ({python})"
 
 
 def parse_listen(s):
@@ -154,7 +159,8 @@ def serve_twisted(host, port):
     factory = protocol.Factory.forProtocol(Echo)
     listening = reactor.listenTCP(port, factory, backlog=BACKLOG, interface=host)
     reactor.callWhenRunning(announce, host, listening.getHost().port)
-    sys.stderr.write(f"serve.py: reactor {type(reactor).__module__}.{type(reactor).__name__}\n")
+    kind = type(reactor)
+    sys.stderr.write(f"serve.py: reactor {kind.__module__}.{kind.__name__}\n")
     # The reactor's own SIGTERM handler stops it; run() then returns.
     reactor.run()
 
@@ -163,7 +169,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--loop", required=True, choices=sorted(LOOPS))
     ap.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 0))
-    ap.add_argument("--version", action="store_true", help="print the loop's package version")
+    ap.add_argument("--version", action="store_true",
+                    help="print the loop's package version")
     a = ap.parse_args()
     v = version(a.loop)
     if a.version:
