@@ -71,9 +71,15 @@ pub struct CompareArgs {
     #[arg(long)]
     no_idle: bool,
     /// A server to add to the matrix (repeatable): the preset nginx (--app http) or redis
-    /// (--app resp), configured by c10k, or NAME=COMMAND with {port} in COMMAND.
+    /// (--app resp), configured by c10k; a Python event loop serving an echo Protocol
+    /// (--app echo): asyncio, uvloop, rloop, c10k-py (c10k's loop, epoll-et) or
+    /// c10k-py-uring; or NAME=COMMAND with {port} in COMMAND.
     #[arg(long, value_parser = parse_peer)]
     peer: Vec<(String, String)>,
+    /// The Python interpreter of the Python peers (--peer asyncio...); a peer whose
+    /// package it cannot import is n/a with the pip install that installs it.
+    #[arg(long, default_value = c10k_lab::plan::python::DEFAULT_PYTHON)]
+    python_bin: PathBuf,
 }
 
 fn parse_work(s: &str) -> Result<Work, String> {
@@ -137,6 +143,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     cfg.load_threads = args.load_threads;
     cfg.idle_phase = !args.no_idle;
     cfg.peers = args.peer;
+    cfg.python_bin = args.python_bin;
     let results = c10k_lab::compare(&cfg)?;
     let ran = results.cells.iter().filter(|c| c.is_ok()).count();
     println!(

@@ -56,6 +56,8 @@ pub struct CompareConfig {
     pub strategies: Option<Vec<String>>,
     /// External servers: `(name, command with {port})`.
     pub peers: Vec<(String, String)>,
+    /// The interpreter of the Python peers (`--peer asyncio`...).
+    pub python_bin: PathBuf,
     /// The workloads, each with its concurrency levels.
     pub workloads: Vec<Workload>,
     /// Rounds of the whole matrix.
@@ -96,6 +98,7 @@ impl CompareConfig {
             server_bin,
             strategies: None,
             peers: Vec::new(),
+            python_bin: PathBuf::from(plan::python::DEFAULT_PYTHON),
             workloads: Vec::new(),
             rounds: DEFAULT_ROUNDS,
             workers: None,
@@ -273,7 +276,8 @@ fn check(config: &CompareConfig) -> Result<(), CompareError> {
 /// Runs the comparison and writes `report.md`, `results.json` and the charts into
 /// `config.out`.
 pub fn compare(config: &CompareConfig) -> Result<Results, CompareError> {
-    let mut rows = targets(config.strategies.as_deref(), &config.peers).map_err(CompareError)?;
+    let peers = plan::python::with_interpreter(&config.peers, &config.python_bin);
+    let mut rows = targets(config.strategies.as_deref(), &peers).map_err(CompareError)?;
     plan::only_serving_load(&mut rows, config.app.name(), config.size);
     check(config)?;
     std::fs::create_dir_all(&config.out)

@@ -1,10 +1,12 @@
 //! Which servers and which cells a comparison has, and which cells cannot run (and why).
 
 pub mod peers;
+pub mod python;
 
 use c10k_server::{Availability, Strategy};
 
 use peers::Preset;
+use python::PyPeer;
 
 /// What a row of the matrix runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,7 +14,7 @@ pub enum TargetKind {
     /// `c10k serve --strategy NAME`.
     Strategy,
     /// An external server: a shell command with `{port}`, or a preset's marker
-    /// ([`Preset::command`]).
+    /// ([`Preset::command`], [`PyPeer::command`]).
     Peer {
         /// The command.
         command: String,
@@ -46,19 +48,24 @@ impl Target {
     }
 }
 
-/// Parses a preset's name (`nginx`, `redis`: its marker command) or `NAME=COMMAND`.
+/// Parses a preset's name (`nginx`, `redis`, `asyncio`, `uvloop`...: its marker
+/// command) or `NAME=COMMAND`.
 pub fn parse_peer(s: &str) -> Result<(String, String), String> {
     if let Some(preset) = Preset::from_name(s.trim()) {
         return Ok((preset.name().to_string(), preset.command(None)));
+    }
+    if let Some(peer) = PyPeer::from_name(s.trim()) {
+        return Ok((peer.name().to_string(), peer.command(None)));
     }
     match s.split_once('=') {
         Some((name, command)) if !name.trim().is_empty() && !command.trim().is_empty() => {
             Ok((name.trim().to_string(), command.trim().to_string()))
         }
         _ => Err(format!(
-            "'{s}' is neither a preset ({}) nor NAME=COMMAND: use e.g. --peer nginx or --peer \
-             'redis=redis-server --port {{port}}'",
-            Preset::names()
+            "'{s}' is neither a preset ({}, {}) nor NAME=COMMAND: use e.g. --peer nginx or \
+             --peer 'redis=redis-server --port {{port}}'",
+            Preset::names(),
+            PyPeer::names()
         )),
     }
 }
@@ -109,6 +116,11 @@ pub fn targets(
             rows.push(preset.target(name));
             continue;
         }
+        if let Some((peer, python)) = PyPeer::parse_command(command) {
+            let python = python.unwrap_or_else(|| python::DEFAULT_PYTHON.into());
+            rows.push(peer.target(name, &python));
+            continue;
+        }
         rows.push(Target {
             name: name.clone(),
             kind: TargetKind::Peer {
@@ -128,7 +140,7 @@ pub fn targets(
 
 /// Marks the rows that do not serve `app` as unavailable, with the reason: a strategy
 /// the registry says cannot (`kernel` serves echo only), a preset made for another app
-/// (nginx serves http only). Their cells show n/a and why.
+/// (nginx serves http only, the Python peers echo). Their cells show n/a and why.
 pub fn only_serving(rows: &mut [Target], app: &str) {
     only_serving_load(rows, app, None);
 }
@@ -143,9 +155,10 @@ pub fn only_serving_load(rows: &mut [Target], app: &str, size: Option<usize>) {
                 Ok(s) => s.serves_app(app).err(),
                 Err(_) => None,
             },
-            TargetKind::Peer { command } => {
-                Preset::parse_command(command).and_then(|(p, _)| p.serves(app, size).err())
-            }
+            TargetKind::Peer { command } => match PyPeer::parse_command(command) {
+                Some((p, _)) => p.serves(app).err(),
+                None => Preset::parse_command(command).and_then(|(p, _)| p.serves(app, size).err()),
+            },
         };
         if refused.is_some() {
             row.unavailable = refused;
@@ -264,6 +277,31 @@ mod tests {
         // NAME=COMMAND is a command even when NAME is a preset's.
         let (_, command) = parse_peer("nginx=nginx -c my.conf").unwrap();
         assert_eq!(Preset::parse_command(&command), None);
+    }
+
+    #[test]
+    fn a_python_peer_name_is_a_peer_that_echoes_only() {
+        for p in PyPeer::ALL {
+            let (name, command) = parse_peer(p.name()).unwrap();
+            assert_eq!(name, p.name());
+            assert_eq!(PyPeer::parse_command(&command), Some((p, None)));
+        }
+        assert!(parse_peer("trio").unwrap_err().contains("asyncio, uvloop"));
+        let python = |p: PyPeer| Target {
+            unavailable: None,
+            ..p.target(p.name(), std::path::Path::new("/nonexistent-c10k/python3"))
+        };
+        let mut rows = vec![python(PyPeer::Asyncio), python(PyPeer::C10kPyUring)];
+        only_serving_load(&mut rows, "echo", Some(1024));
+        assert!(rows.iter().all(|r| r.unavailable.is_none()), "{rows:?}");
+        only_serving(&mut rows, "resp");
+        assert!(
+            rows[1]
+                .unavailable
+                .as_deref()
+                .unwrap()
+                .starts_with("c10k-py-uring serves --app echo only")
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The server of one cell: `c10k serve`, a peer command or a peer preset (nginx,
-//! redis), started pinned, found by its address, stopped with SIGTERM.
+//! The server of one cell: `c10k serve`, a peer command, a peer preset (nginx,
+//! redis) or a Python peer (asyncio, uvloop...), started pinned, found by its address,
+//! stopped with SIGTERM.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -13,6 +14,7 @@ use rustix::process::{Pid, Signal, kill_process};
 
 use crate::pin;
 use crate::plan::peers::{self, Prefix, Preset, Sizing};
+use crate::plan::python::{self, PyPeer, Runner};
 use crate::proctree::{self, Proc};
 
 /// How long a server may take to start listening.
@@ -54,7 +56,8 @@ pub enum Launch<'a> {
         processes: Option<usize>,
     },
     /// `sh -c 'exec COMMAND'` with `{port}` replaced by a free port; a preset's
-    /// marker ([`Preset::command`]) starts the preset, configured for the cell.
+    /// marker ([`Preset::command`]) starts the preset, configured for the cell; a
+    /// Python peer's ([`PyPeer::command`]) the runner, written to the cell's directory.
     Peer {
         /// The command.
         command: &'a str,
@@ -121,15 +124,22 @@ impl ServerProc {
     /// Starts the server with the spawning thread pinned to `cpus`, and waits until it
     /// listens. `Err` says why it did not start, in words.
     pub fn start(launch: &Launch<'_>, cpus: Option<&[usize]>) -> Result<ServerProc, String> {
-        let (mut cmd, ready, prefix) = match launch {
-            Launch::C10k {
-                bin,
-                strategy,
-                app,
-                workers,
-                work,
-                processes,
-            } => {
+        let python_peer = match launch {
+            Launch::Peer { command } => PyPeer::parse_command(command),
+            Launch::C10k { .. } => None,
+        };
+        let (mut cmd, ready, prefix) = match (launch, python_peer) {
+            (
+                Launch::C10k {
+                    bin,
+                    strategy,
+                    app,
+                    workers,
+                    work,
+                    processes,
+                },
+                _,
+            ) => {
                 let mut c = Command::new(bin);
                 c.args(["serve", "--strategy", strategy, "--app", app])
                     .args(["--listen", "127.0.0.1:0", "--log-level", "warn"]);
@@ -144,7 +154,14 @@ impl ServerProc {
                 }
                 (c, Ready::Line, None)
             }
-            Launch::Peer { command } => {
+            (Launch::Peer { .. }, Some((peer, python))) => {
+                let python = python.unwrap_or_else(|| python::DEFAULT_PYTHON.into());
+                let runner = Runner::write(peer.name())?;
+                // The runner prints `listening on IP:PORT`, as `c10k serve` does.
+                let c = runner.command(peer, &python);
+                (c, Ready::Line, Some(runner.into_prefix()))
+            }
+            (Launch::Peer { command }, None) => {
                 let port = free_port().map_err(|e| format!("no free port: {e}"))?;
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
                 match Preset::parse_command(command) {
@@ -444,6 +461,29 @@ mod tests {
     #[test]
     fn the_redis_preset_answers_ping() {
         preset_round_trip(Preset::Redis);
+    }
+
+    #[test]
+    fn the_asyncio_peer_echoes_from_its_own_directory() {
+        use std::io::Write;
+        let command = PyPeer::Asyncio.command(None);
+        let mut server = ServerProc::start(&Launch::Peer { command: &command }, None)
+            .unwrap_or_else(|why| panic!("python3 asyncio did not start: {why}"));
+        let mut s = TcpStream::connect(server.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        let dir = server
+            ._prefix
+            .as_ref()
+            .map(|p| p.path().to_path_buf())
+            .unwrap();
+        assert!(dir.join("serve.py").is_file() && dir.join("echo_protocol.py").is_file());
+        assert!(server.stop(), "the runner exits 0 on SIGTERM");
+        drop(server);
+        assert!(!dir.exists(), "{} is removed", dir.display());
     }
 
     #[test]

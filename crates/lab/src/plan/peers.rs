@@ -366,15 +366,16 @@ pub struct Prefix(PathBuf);
 impl Prefix {
     /// Creates a fresh one under the temporary directory.
     pub fn create(preset: Preset) -> Result<Prefix, String> {
+        Prefix::create_named(preset.name())
+    }
+
+    /// Creates a fresh one under the temporary directory for the peer `name`.
+    pub fn create_named(name: &str) -> Result<Prefix, String> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let base = std::env::temp_dir();
         for _ in 0..100 {
             let k = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir = base.join(format!(
-                "c10k-peer-{}-{}-{k}",
-                preset.name(),
-                std::process::id()
-            ));
+            let dir = base.join(format!("c10k-peer-{name}-{}-{k}", std::process::id()));
             match std::fs::create_dir(&dir) {
                 Ok(()) => return Ok(Prefix(dir)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
