@@ -8,8 +8,9 @@
 # the pub/sub commands against it),
 # promtool (Debian package prometheus), which validates the /metrics output,
 # haproxy, and nginx (crates/cli/tests/compare_peers.rs runs `c10k compare --peer
-# nginx`); then the Python virtualenv target/py-venv with redis-py, from PyPI
-# (scripts/py-venv.sh; crates/cli/tests/python_redis.rs runs it), when it is missing.
+# nginx`); then the Python virtualenv target/py-venv with redis-py, pytest and
+# maturin from PyPI and c10k's Python package from ./crates/py (scripts/py-venv.sh;
+# crates/cli/tests/python_redis.rs and the pytest corpus crates/py/tests use it).
 # The tests never skip a missing client: they fail and point here.
 #
 # Usage: scripts/test.sh [extra arguments for `cargo test`, e.g. -- --nocapture]
@@ -96,4 +97,6 @@ say "cargo test --workspace --all-targets${*:+ $*}"
 cargo test --workspace --all-targets "$@"
 say "cargo test --workspace --doc"
 cargo test --workspace --doc
+say "pytest crates/py/tests (c10k's asyncio loop against the stock one)"
+target/py-venv/bin/python -m pytest -q -p no:cacheprovider crates/py/tests
 say "all tests passed"
