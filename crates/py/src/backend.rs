@@ -220,9 +220,16 @@ impl Uring {
         if let Err(why) = c10k_sys::uring::probe() {
             return Err(io::Error::other(why.to_string()));
         }
-        Ok(Uring {
-            ring: Ring::new(URING_CONFIG)?,
-        })
+        let mut ring = Ring::new(URING_CONFIG)?;
+        // A registered file table: a connection's operations name its slot, which
+        // spares the kernel a descriptor lookup per operation. As large as the
+        // open-files limit allows (at most 65,536); none if the kernel refuses.
+        let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(65_536)
+            .min(65_536) as u32;
+        let _ = ring.register_files(nofile);
+        Ok(Uring { ring })
     }
 
     /// Submit what is queued and wait (lock released by `detach`), then reap.

@@ -77,7 +77,8 @@ pub(crate) struct Refs {
 pub(crate) struct Core {
     pub kind: Kind,
     backend: RefCell<Backend>,
-    conns: RefCell<Slab<Py<Transport>>>,
+    /// Open connections, with their serials (checked without borrowing them).
+    conns: RefCell<Slab<(u32, Py<Transport>)>>,
     serial: Cell<u32>,
     /// Connections to look at again without a kernel event: held data to deliver
     /// after `resume_reading`, an edge-triggered socket to drain, a ring receive to
@@ -190,12 +191,9 @@ impl Core {
     }
 
     fn conn(&self, py: Python<'_>, slot: usize, serial: u32) -> Option<Py<Transport>> {
-        let conns = self.conns.borrow();
-        let t = conns.get(slot)?;
-        if t.borrow(py).serial == serial {
-            Some(t.clone_ref(py))
-        } else {
-            None
+        match self.conns.borrow().get(slot) {
+            Some((s, t)) if *s == serial => Some(t.clone_ref(py)),
+            _ => None,
         }
     }
 
@@ -360,7 +358,7 @@ impl Core {
         let sock = std::mem::replace(&mut t.st.borrow_mut().sock, Sock::Closed);
         {
             let mut conns = self.conns.borrow_mut();
-            if conns.contains(t.slot) {
+            if conns.get(t.slot).is_some_and(|(s, _)| *s == t.serial) {
                 conns.remove(t.slot);
             }
         }
@@ -393,7 +391,7 @@ impl Core {
         let t = Transport::new(self.clone(), slot, serial, sock);
         t.st.borrow_mut().peer = peer;
         let t = Bound::new(py, t)?;
-        self.conns.borrow_mut().insert(t.clone().unbind());
+        self.conns.borrow_mut().insert((serial, t.clone().unbind()));
         let protocol = match factory.bind(py).call0() {
             Ok(p) => p,
             Err(e) => {
@@ -755,29 +753,33 @@ impl Core {
         more: bool,
         got: io::Result<Option<c10k_sys::uring::RecvBuf>>,
     ) {
+        let tr = t.borrow();
         if !more {
-            t.borrow().st.borrow_mut().recv_op = None;
+            tr.st.borrow_mut().recv_op = None;
         }
+        let now = tr.reading_now() && tr.st.borrow().held.is_empty();
         match got {
             Ok(Some(buf)) => {
-                if t.borrow().reading_now() && t.borrow().st.borrow().held.is_empty() {
+                if now {
                     Transport::deliver(t, &buf);
                 } else {
-                    self.hold(&t.borrow(), buf.to_vec());
+                    self.hold(&tr, buf.to_vec());
                 }
             }
             Ok(None) => {
-                if t.borrow().reading_now() && t.borrow().st.borrow().held.is_empty() {
+                if now {
+                    drop(tr);
                     Transport::on_eof(t);
                 } else {
-                    t.borrow().st.borrow_mut().held_eof = true;
+                    tr.st.borrow_mut().held_eof = true;
                 }
                 return;
             }
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
             Err(e) => {
-                let lost = t.borrow().st.borrow().conn_lost > 0;
+                let lost = tr.st.borrow().conn_lost > 0;
+                drop(tr);
                 if !lost {
                     Transport::fatal_error(
                         t,
@@ -789,7 +791,7 @@ impl Core {
             }
         }
         if !more {
-            self.arm_recv(&t.borrow());
+            self.arm_recv(&tr);
         }
     }
 
@@ -964,6 +966,10 @@ impl Core {
                             .ok()
                             .flatten()
                             .and_then(|a| SocketAddr::try_from(a).ok());
+                        let mut sock = sock;
+                        if let Backend::Uring(u) = &mut *self.backend.borrow_mut() {
+                            u.ring.fix(&mut sock);
+                        }
                         self.new_conn(py, Sock::Ring(sock), peer, &factory, server.as_ref())?;
                     }
                     Err(e)
@@ -1072,7 +1078,7 @@ impl Core {
     }
 
     fn close(&self, py: Python<'_>) {
-        let conns: Vec<Py<Transport>> = self.conns.borrow_mut().drain().collect();
+        let conns: Vec<Py<Transport>> = self.conns.borrow_mut().drain().map(|(_, t)| t).collect();
         for t in conns {
             let t = t.bind(py).borrow();
             let sock = std::mem::replace(&mut t.st.borrow_mut().sock, Sock::Closed);
@@ -1273,7 +1279,10 @@ impl Engine {
         *t.extra.borrow_mut() = extra;
         t.bind_protocol(protocol)?;
         let t = Bound::new(py, t)?;
-        self.core.conns.borrow_mut().insert(t.clone().unbind());
+        self.core
+            .conns
+            .borrow_mut()
+            .insert((serial, t.clone().unbind()));
         if let Some(server) = server {
             self.core.attach_server(py, server.bind(py), &t)?;
             *t.borrow().server.borrow_mut() = Some(server);

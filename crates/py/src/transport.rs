@@ -262,12 +262,13 @@ impl Transport {
         let py = slf.py();
         let t = slf.borrow();
         if !t.buffered.get() {
-            let Some(cb) = t.on_data.borrow().as_ref().map(|c| c.clone_ref(py)) else {
-                return;
+            let cb = match t.on_data.borrow().as_ref() {
+                Some(c) => c.clone_ref(py),
+                None => return,
             };
-            drop(t);
             let bytes = PyBytes::new(py, data);
             if let Err(e) = cb.bind(py).call1((bytes,)) {
+                drop(t);
                 Self::fatal_error(slf, e, "Fatal error: protocol.data_received() call failed.");
             }
             return;
@@ -621,9 +622,8 @@ impl Transport {
                 return Ok(());
             }
         }
-        let core = t.core.clone();
+        let outcome = with_bytes(data, |bytes| t.core.send(&t, bytes))?;
         drop(t);
-        let outcome = with_bytes(data, |bytes| core.send(&slf.borrow(), bytes))?;
         match outcome {
             Io::Done => Ok(()),
             Io::Buffered => {
