@@ -169,3 +169,52 @@ fn a_python_peer_is_na_for_an_app_other_than_echo() {
     );
     assert!(report.contains(reason), "the report shows why:\n{report}");
 }
+
+/// The venv scripts/test.sh makes, with c10k's package installed (`pip install
+/// ./crates/py`); a loud failure when it is not there.
+fn test_venv_python() -> PathBuf {
+    let venv = std::env::var_os("C10K_PY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/py-venv"));
+    let python = venv.join("bin/python");
+    let ok = Command::new(&python)
+        .args(["-c", "import c10k"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{} cannot import c10k: run scripts/py-venv.sh (scripts/test.sh does), which \
+         installs ./crates/py into it",
+        python.display()
+    );
+    python
+}
+
+#[test]
+fn c10ks_own_loop_is_measured_as_a_peer_on_epoll_et_and_uring() {
+    let python = test_venv_python();
+    let (results, report) = compare(
+        "c10k-py",
+        "echo",
+        &["c10k-py", "c10k-py-uring"],
+        Some(&python),
+    );
+    for peer in ["c10k-py", "c10k-py-uring"] {
+        let (target, cell) = row(&results, peer);
+        assert_eq!(cell["status"], "ok", "{peer}: {cell}");
+        let m = &cell["rounds"][0]["metrics"];
+        assert_eq!(m["errors"], 0, "{peer}: {cell}");
+        assert_eq!(m["connected"], 10, "{peer}: {cell}");
+        assert!(
+            m["throughput_rps"].as_f64().unwrap() > 0.0,
+            "{peer}: {cell}"
+        );
+        assert!(m["clean_exit"].as_bool().unwrap(), "{peer}: {cell}");
+        let summary = target["summary"].as_str().unwrap();
+        assert!(summary.contains("c10k"), "{peer}: {summary}");
+        assert!(
+            report.contains(&format!("| {peer} (peer) |")),
+            "report lacks {peer}:\n{report}"
+        );
+    }
+}

@@ -261,7 +261,12 @@ impl Core {
             return;
         }
         if let Sock::Ring(s) = &st.sock {
-            if let Ok(op) = u.ring.recv_multi(s, t.tag().encode()) {
+            let armed = if st.throttled {
+                u.ring.recv_once(s, t.tag().encode())
+            } else {
+                u.ring.recv_multi(s, t.tag().encode())
+            };
+            if let Ok(op) = armed {
                 st.recv_op = Some(op);
             }
         }

@@ -92,6 +92,9 @@ pub(crate) struct State {
     pub ring: bool,
     /// io_uring: queued to have its buffer submitted before the loop waits.
     pub queued: bool,
+    /// io_uring: the protocol has paused reading at least once, so receive one buffer
+    /// at a time (a multishot receive could pull in everything the kernel holds).
+    pub throttled: bool,
 }
 
 /// asyncio transport over a TCP socket.
@@ -138,6 +141,7 @@ impl Transport {
             st: RefCell::new(State {
                 ring: matches!(sock, Sock::Ring(_)),
                 queued: false,
+                throttled: false,
                 sock,
                 wbuf: Vec::new(),
                 wpos: 0,
@@ -699,6 +703,7 @@ impl Transport {
                 return;
             }
             st.paused = true;
+            st.throttled = true;
         }
         self.core.stop_reading(self);
     }

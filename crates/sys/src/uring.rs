@@ -366,6 +366,24 @@ impl Ring {
             .map_err(|(e, _)| e)
     }
 
+    /// Receive once on `socket` into a buffer of the buffer ring: one
+    /// [`Event::Received`] (at most one buffer's worth), then the operation is over.
+    /// For a reader under flow control: after it stops asking, at most one more piece
+    /// arrives, where a multishot receive could deliver everything queued.
+    pub fn recv_once(&mut self, socket: &Socket, tag: u64) -> io::Result<OpId> {
+        let len = self.pool.as_ref().map_or(0, |p| p.size());
+        let entry = target!(socket, |fd| opcode::Recv::new(
+            fd,
+            std::ptr::null_mut(),
+            len
+        )
+        .buf_group(BUF_GROUP)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT));
+        self.start(tag, Kind::Recv, entry, None, None)
+            .map_err(|(e, _)| e)
+    }
+
     /// Send `buf[pos..]` on `socket`. The buffer belongs to the operation until its
     /// [`Event::Sent`] completion hands it back; on error it is returned at once.
     pub fn send(

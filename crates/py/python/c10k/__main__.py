@@ -40,8 +40,10 @@ def _load(spec: str):
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise SystemExit(f"c10k: cannot import {module_name!r}: {e}") from None
+    except Exception as e:  # ImportError, SyntaxError, whatever the module raises
+        raise SystemExit(
+            f"c10k: cannot import {module_name!r}: {type(e).__name__}: {e}"
+        ) from None
     obj = module
     for part in attr.split("."):
         try:

@@ -47,32 +47,39 @@ def _check(strategy: str, processes: int) -> None:
 
 
 def _run_one(main, strategy: str, reuse_port: bool, drain_timeout: float):
-    """Run ``main`` on a new c10k loop; SIGTERM drains the loop's servers and ends it."""
+    """Run ``main`` on a new c10k loop; SIGTERM drains the loop's servers and ends it.
+
+    The drain closes the servers (which also ends a ``serve_forever()``), waits up to
+    ``drain_timeout`` for their connections, and only then cancels ``main`` if it is
+    still running.
+    """
     loop = Loop(strategy, reuse_port=reuse_port)
     try:
         asyncio.set_event_loop(loop)
         coro = main() if callable(main) else main
         task = loop.create_task(coro)
-        draining = []
+        drain_task = []
+
+        async def drain():
+            await loop.drain(drain_timeout)
+            task.cancel()
 
         def on_term():
-            if draining:
-                return
-            draining.append(True)
-
-            async def drain():
-                await loop.drain(drain_timeout)
-                task.cancel()
-
-            loop.create_task(drain())
+            if not drain_task:
+                drain_task.append(loop.create_task(drain()))
 
         loop.add_signal_handler(signal.SIGTERM, on_term)
         try:
-            return loop.run_until_complete(task)
+            result = loop.run_until_complete(task)
         except asyncio.CancelledError:
-            if draining:
-                return None
-            raise
+            if not drain_task:
+                raise
+            result = None
+        if drain_task:
+            # main may end as soon as its servers close (serve_forever does): the
+            # connections still get their drain time.
+            loop.run_until_complete(drain_task[0])
+        return result
     finally:
         try:
             _cancel_all(loop)
@@ -107,12 +114,21 @@ class _Supervisor:
         self.on_stop = on_stop
 
     def spawn(self, i: int) -> None:
-        pid = os.fork()
+        # SIGTERM/SIGINT stay blocked across the fork, so that the supervisor's handler
+        # never runs in a child that has not reset it yet.
+        signals = {signal.SIGTERM, signal.SIGINT}
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            raise
         if pid == 0:
             code = 1
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 code = self.child(i)
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
@@ -127,6 +143,26 @@ class _Supervisor:
                 os._exit(code if isinstance(code, int) else 0)
         self.pids[pid] = i
         self.started[i] = time.monotonic()
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+    def reap(self) -> list:
+        """Children that exited since the last call: (pid, index, status, lifetime)."""
+        dead = []
+        while self.pids:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.pids.clear()
+                break
+            except InterruptedError:
+                continue
+            if pid == 0:
+                break
+            i = self.pids.pop(pid, None)
+            if i is None:
+                continue
+            dead.append((pid, i, status, time.monotonic() - self.started.get(i, 0.0)))
+        return dead
 
     def run(self) -> int:
         def term(signum, frame):
@@ -141,51 +177,48 @@ class _Supervisor:
 
         old_term = signal.signal(signal.SIGTERM, term)
         old_int = signal.signal(signal.SIGINT, term)
+        restarts = []  # (when, index): children to start again
         try:
             for i in range(self.n):
                 self.spawn(i)
             if self.on_start is not None:
                 self.on_start()
-            while self.pids:
-                try:
-                    pid, status = os.wait()
-                except ChildProcessError:
-                    break
-                except InterruptedError:
-                    continue
-                i = self.pids.pop(pid, None)
-                if i is None or self.stopping:
-                    continue
-                code = os.waitstatus_to_exitcode(status)
-                lived = time.monotonic() - self.started.get(i, 0)
-                print(
-                    f"c10k: process {i} (pid {pid}) exited with {_describe(code)}"
-                    f" after {lived:.1f} s; restarting",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                if lived < CRASH_WINDOW:
-                    self.quick_deaths += 1
-                    if self.quick_deaths >= CRASH_LIMIT:
-                        self.stopping = True
+            while self.pids or (restarts and not self.stopping):
+                for pid, i, status, lived in self.reap():
+                    if self.stopping:
+                        continue
+                    code = os.waitstatus_to_exitcode(status)
+                    quick = lived < CRASH_WINDOW
+                    self.quick_deaths = self.quick_deaths + 1 if quick else 0
+                    giving_up = self.quick_deaths >= CRASH_LIMIT
+                    print(
+                        f"c10k: process {i} (pid {pid}) exited with {_describe(code)}"
+                        f" after {lived:.1f} s"
+                        + ("" if giving_up else "; restarting"),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    if giving_up:
                         term(signal.SIGTERM, None)
                         while self.pids:
-                            try:
-                                pid, _ = os.wait()
-                                self.pids.pop(pid, None)
-                            except ChildProcessError:
-                                break
+                            self.reap()
+                            time.sleep(0.02)
                         raise ChildrenCrashing(
                             f"{CRASH_LIMIT} children died within {CRASH_WINDOW} s of starting"
                         )
-                    time.sleep(self.backoff)
-                    self.backoff = min(self.backoff * 2, MAX_BACKOFF)
-                else:
-                    self.quick_deaths = 0
-                    self.backoff = 0.1
-                self.restarts += 1
-                if not self.stopping:
-                    self.spawn(i)
+                    delay = self.backoff if quick else 0.0
+                    self.backoff = min(self.backoff * 2, MAX_BACKOFF) if quick else 0.1
+                    restarts.append((time.monotonic() + delay, i))
+                now = time.monotonic()
+                due = [r for r in restarts if r[0] <= now]
+                restarts = [r for r in restarts if r[0] > now]
+                for _, i in due:
+                    if not self.stopping:
+                        self.restarts += 1
+                        self.spawn(i)
+                # Children are few and this is their parent only: a 20 ms poll costs
+                # nothing and keeps the lifetimes and back-off exact.
+                time.sleep(0.02)
             return 0
         finally:
             signal.signal(signal.SIGTERM, old_term)

@@ -111,6 +111,11 @@ impl Pool {
         self.count
     }
 
+    /// Bytes per buffer.
+    pub(super) fn size(&self) -> u32 {
+        self.size
+    }
+
     /// Buffers handed out by completions, and buffers given back.
     pub(super) fn counts(&self) -> (u64, u64) {
         (self.out.get(), self.back.get())

@@ -320,3 +320,33 @@ fn fixed_socket_round_trip_close_and_slot_reuse() {
     assert_eq!((s.fixed, s.unfixed), (2, 1));
     assert_eq!((s.bufs_out, s.bufs_in), (1, 1));
 }
+
+#[test]
+fn a_single_receive_takes_one_buffer_and_ends() {
+    let mut ring = ring(8, 256);
+    let (_l, mut client, socket) = accepted_pair(&mut ring);
+    // 1,000 bytes queued: a single receive hands out one 256-byte buffer of it.
+    client.write_all(&[7u8; 1000]).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    ring.recv_once(&socket, 4).unwrap();
+    let mut got = Vec::new();
+    reap_until(&mut ring, &mut got, |g| !g.is_empty());
+    assert_eq!(got.len(), 1, "{got:?}");
+    let c = got.pop().unwrap();
+    assert_eq!((c.tag, c.more), (4, false));
+    let Event::Received(Ok(Some(buf))) = c.event else {
+        panic!("want bytes: {:?}", c.event)
+    };
+    assert_eq!(buf.len(), 256);
+    drop(buf);
+    // Nothing else arrives until it is asked again.
+    ring.submit_and_wait(Some(Duration::from_millis(20)))
+        .unwrap();
+    ring.reap(&mut got);
+    assert!(got.is_empty(), "{got:?}");
+    ring.recv_once(&socket, 4).unwrap();
+    reap_until(&mut ring, &mut got, |g| !g.is_empty());
+    assert!(matches!(&got[0].event, Event::Received(Ok(Some(b))) if b.len() == 256));
+    got.clear();
+    ring.close(socket).unwrap();
+}
