@@ -3,7 +3,7 @@
 //! [`engine::Engine`] is the I/O engine under `c10k`'s asyncio event loop (the loop
 //! itself, asyncio's scheduling, is Python: `python/c10k/_loop.py`), and
 //! [`transport::Transport`] is asyncio's socket transport with its I/O in Rust. See
-//! ARCHITECTURE.md ("Python") for how they fit. [`blocking`] runs blocking-style
+//! ARCHITECTURE.md ("Python") for how they fit. `blocking` runs blocking-style
 //! handlers (`c10k.serve_blocking`) on threads or processes.
 
 use pyo3::prelude::*;
