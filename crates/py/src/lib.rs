@@ -1,8 +1,8 @@
 //! c10k for Python: the native half of the `c10k` package.
 //!
-//! [`engine::Engine`] is the I/O engine under `c10k`'s asyncio event loop (the loop
+//! `engine::Engine` is the I/O engine under `c10k`'s asyncio event loop (the loop
 //! itself, asyncio's scheduling, is Python: `python/c10k/_loop.py`), and
-//! [`transport::Transport`] is asyncio's socket transport with its I/O in Rust. See
+//! `transport::Transport` is asyncio's socket transport with its I/O in Rust. See
 //! ARCHITECTURE.md ("Python") for how they fit. `blocking` runs blocking-style
 //! handlers (`c10k.serve_blocking`) on threads or processes.
 
