@@ -23,16 +23,24 @@ unchanged. Stock ``asyncio.Protocol``/``BufferedProtocol`` servers and
 
 Python 3.12+: ``asyncio.run(main(), loop_factory=c10k.new_event_loop)``; 3.9-3.11:
 ``asyncio.set_event_loop_policy(c10k.EventLoopPolicy())`` or ``c10k.run``.
+
+Blocking-style handlers (``handler(conn)`` with ``recv``/``sendall``/``makefile``, as
+``socketserver`` handlers are written) run on threads or processes with every wait in
+Rust, the interpreter's lock released: ``c10k.serve_blocking(handler, ("127.0.0.1",
+8000), strategy="thread")`` (or ``"fork"``, ``"prefork"``).
 """
 
-from ._engine import Transport
+from ._blocking import BLOCKING_STRATEGIES, serve_blocking
+from ._engine import Connection, Transport
 from ._loop import STRATEGIES, EventLoopPolicy, Loop, new_event_loop, probe
 from ._run import DEFAULT_DRAIN_TIMEOUT, ChildrenCrashing, run, serve
 
 __all__ = [
+    "BLOCKING_STRATEGIES",
     "STRATEGIES",
     "DEFAULT_DRAIN_TIMEOUT",
     "ChildrenCrashing",
+    "Connection",
     "EventLoopPolicy",
     "Loop",
     "Transport",
@@ -40,4 +48,5 @@ __all__ = [
     "probe",
     "run",
     "serve",
+    "serve_blocking",
 ]

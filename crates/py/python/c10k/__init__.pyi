@@ -7,8 +7,10 @@ from typing import Any, Awaitable, Callable, Coroutine, Literal, Mapping, Option
 _T = TypeVar("_T")
 
 Strategy = Literal["epoll-et", "epoll-lt", "uring"]
+BlockingStrategy = Literal["thread", "fork", "prefork"]
 
 STRATEGIES: Tuple[str, ...]
+BLOCKING_STRATEGIES: Tuple[str, ...]
 DEFAULT_DRAIN_TIMEOUT: float
 
 class ChildrenCrashing(RuntimeError):
@@ -77,3 +79,48 @@ def serve(
     on_listening: Optional[Callable[[str], None]] = ...,
 ) -> int:
     """Serve ``protocol_factory`` on ``host:port`` until SIGTERM."""
+
+class Connection:
+    """What a blocking handler gets: a socket-like connection whose waits release the GIL."""
+
+    def recv(self, bufsize: int, flags: int = ...) -> bytes:
+        """Up to ``bufsize`` bytes; ``b""`` at end of stream, once the server drains and
+        nothing waits, or after the idle timeout."""
+    def recv_into(self, buffer: Any, nbytes: int = ..., flags: int = ...) -> int: ...
+    def send(self, data: Any, flags: int = ...) -> int: ...
+    def sendall(self, data: Any, flags: int = ...) -> None: ...
+    def makefile(
+        self,
+        mode: str = ...,
+        buffering: Optional[int] = ...,
+        *,
+        encoding: Optional[str] = ...,
+        errors: Optional[str] = ...,
+        newline: Optional[str] = ...,
+    ) -> Any: ...
+    def settimeout(self, value: Optional[float]) -> None: ...
+    def gettimeout(self) -> Optional[float]: ...
+    def setblocking(self, flag: bool) -> None: ...
+    def getblocking(self) -> bool: ...
+    def getpeername(self) -> Tuple[Any, ...]: ...
+    def getsockname(self) -> Tuple[Any, ...]: ...
+    def fileno(self) -> int: ...
+    def shutdown(self, how: int) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> "Connection": ...
+    def __exit__(self, *args: Any) -> None: ...
+
+def serve_blocking(
+    handler: Callable[[Connection], object],
+    address: Union[Tuple[str, int], str],
+    *,
+    strategy: BlockingStrategy = ...,
+    workers: Optional[int] = ...,
+    processes: int = ...,
+    drain_timeout: float = ...,
+    idle_timeout: float = ...,
+    max_conns: int = ...,
+    backlog: int = ...,
+    on_listening: Optional[Callable[[str], None]] = ...,
+) -> int:
+    """Serve ``handler(conn)`` on threads or processes until SIGTERM; returns 0 after the drain."""

@@ -1,0 +1,1 @@
+"""Blocking handlers for test_blocking.py (served by ``python -m c10k serve``)."""
