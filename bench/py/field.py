@@ -442,7 +442,11 @@ def serve_gevent(sock, work):
             except OSError:
                 return
 
-    server = StreamServer(sock, handle)
+    from gevent import socket as gsocket
+
+    # The hub's own socket over the listener (a stdlib one would block the hub).
+    server = StreamServer(gsocket.socket(sock.family, sock.type, fileno=sock.detach()),
+                          handle)
     server.start()
     gevent.signal_handler(signal.SIGTERM, lambda: os._exit(0))
     gevent.signal_handler(signal.SIGINT, lambda: os._exit(0))
@@ -486,6 +490,7 @@ def serve_twisted(sock, work):
                 self.next()
 
     factory = protocol.Factory.forProtocol(Echo)
+    sock.setblocking(False)
     reactor.adoptStreamPort(sock.fileno(), socket.AF_INET, factory)
     sock.close()
     kind = type(reactor)
