@@ -93,27 +93,34 @@ fn rank(
     ranked
 }
 
-/// Judges every level of a workload.
+/// Judges every level of a workload among c10k's strategies.
 pub fn judge(view: &View<'_>) -> Vec<Level> {
-    let strategies: Vec<&crate::results::TargetInfo> = view
+    let strategies: Vec<&str> = view
         .results
         .targets
         .iter()
         .filter(|t| t.is_strategy())
+        .map(|t| t.name.as_str())
         .collect();
+    judge_among(view, &strategies)
+}
+
+/// Judges every level of a workload among the rows `names` (the CPython field's, for
+/// "What to use in CPython"), by the same rules.
+pub fn judge_among(view: &View<'_>, names: &[&str]) -> Vec<Level> {
     view.levels()
         .iter()
         .map(|&conns| {
             let mut clean = Vec::new();
             let mut errored = Vec::new();
-            for t in &strategies {
-                let Some(cell) = view.cell(&t.name, conns).filter(|c| c.is_ok()) else {
+            for &name in names {
+                let Some(cell) = view.cell(name, conns).filter(|c| c.is_ok()) else {
                     continue;
                 };
                 if cell.errors > 0 {
-                    errored.push((t.name.clone(), cell.errors));
+                    errored.push((name.to_string(), cell.errors));
                 } else {
-                    clean.push(t.name.as_str());
+                    clean.push(name);
                 }
             }
             let comparable: Vec<&str> = clean
@@ -210,7 +217,7 @@ fn standing(view: &View<'_>, s: &Standing, show: fn(f64) -> String) -> String {
 }
 
 /// "most throughput: `a` 31,000 (30,100-31,900), ahead of `b` ..." or the tie.
-fn ranking_clause(
+pub(super) fn ranking_clause(
     view: &View<'_>,
     ranked: &[Standing],
     top: &[String],
@@ -272,7 +279,7 @@ fn ranking_clause(
     Some(clause)
 }
 
-fn per_second(v: f64) -> String {
+pub(super) fn per_second(v: f64) -> String {
     group(v)
 }
 
