@@ -335,12 +335,9 @@ pub fn compare(config: &CompareConfig) -> Result<Results, CompareError> {
     });
 
     if config.python {
-        let field = plan::pyfield::targets(
-            config.python_peers.as_deref(),
-            &config.python_bin,
-            workers,
-        )
-        .map_err(CompareError)?;
+        let field =
+            plan::pyfield::targets(config.python_peers.as_deref(), &config.python_bin, workers)
+                .map_err(CompareError)?;
         for row in field {
             if rows.iter().any(|r| r.name == row.name) {
                 return Err(CompareError(format!(

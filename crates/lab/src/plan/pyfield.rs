@@ -220,11 +220,7 @@ impl FieldPeer {
 
     /// The marker command of the row with `procs` processes (1 for a single one).
     pub fn command(self, python: &Path, procs: usize) -> String {
-        format!(
-            "{{pyfield:{}:{procs}}} {}",
-            self.name(),
-            python.display()
-        )
+        format!("{{pyfield:{}:{procs}}} {}", self.name(), python.display())
     }
 
     /// The peer, its processes and interpreter of a marker command.
@@ -329,7 +325,11 @@ pub fn interpreter_version(python: &Path) -> String {
 
 /// The rows of `--python` (`names`: a subset; unknown ones are an error), `procs`
 /// processes for the `-procs` rows.
-pub fn targets(names: Option<&[String]>, python: &Path, procs: usize) -> Result<Vec<Target>, String> {
+pub fn targets(
+    names: Option<&[String]>,
+    python: &Path,
+    procs: usize,
+) -> Result<Vec<Target>, String> {
     let peers: Vec<FieldPeer> = match names {
         None => FieldPeer::all(),
         Some(names) => names
@@ -442,7 +442,10 @@ impl FieldRunner {
 }
 
 /// The payloads of the check: distinct, so that a reply to the wrong request shows.
-const CHECK: [&[u8]; 2] = [b"c10k field check: one\n", b"c10k field check: two, longer\n"];
+const CHECK: [&[u8]; 2] = [
+    b"c10k field check: one\n",
+    b"c10k field check: two, longer\n",
+];
 
 /// Checks a field server before it is measured: on one connection, each request of
 /// [`CHECK`] comes back byte for byte, and not before its wait (blocking or async)
@@ -457,7 +460,8 @@ pub fn check(addr: SocketAddr, work: &Work) -> Result<(), String> {
     let wait = work.blocking_wait() + work.async_wait();
     for request in CHECK {
         let sent = Instant::now();
-        s.write_all(request).map_err(|e| format!("cannot send: {e}"))?;
+        s.write_all(request)
+            .map_err(|e| format!("cannot send: {e}"))?;
         let mut reply = vec![0u8; request.len()];
         s.read_exact(&mut reply).map_err(|e| {
             format!(
@@ -552,7 +556,11 @@ mod tests {
     #[test]
     fn a_subset_of_the_field_and_unknown_names() {
         let python = Path::new("/nonexistent-c10k/python3");
-        let names = vec!["asyncio".to_string(), "asyncio".into(), "gevent-procs".into()];
+        let names = vec![
+            "asyncio".to_string(),
+            "asyncio".into(),
+            "gevent-procs".into(),
+        ];
         let rows = targets(Some(&names), python, 2).unwrap();
         let got: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(got, ["asyncio", "gevent-procs"]);

@@ -127,7 +127,11 @@ fn workload_section(view: &View<'_>, rows: &[&str]) -> String {
             let judged_levels: Vec<&Level> = judged.iter().filter(|l| !l.cpu.is_empty()).collect();
             let least: Vec<String> = rows
                 .iter()
-                .filter(|n| judged_levels.iter().all(|l| l.cpu_top.iter().any(|t| t == *n)))
+                .filter(|n| {
+                    judged_levels
+                        .iter()
+                        .all(|l| l.cpu_top.iter().any(|t| t == *n))
+                })
                 .map(|n| format!("`{n}`"))
                 .collect();
             let overhead = match least.len() {
@@ -235,8 +239,16 @@ fn caveats(view: &View<'_>, rows: &[&str], judged: &[Level]) -> Vec<String> {
     });
     if w.blocking_wait_us > 0.0 {
         let holds = w.blocking_wait_us + w.cpu_us;
-        let loops: Vec<&str> = rows.iter().copied().filter(|n| !owns_its_thread(n)).collect();
-        let threads: Vec<&str> = rows.iter().copied().filter(|n| owns_its_thread(n)).collect();
+        let loops: Vec<&str> = rows
+            .iter()
+            .copied()
+            .filter(|n| !owns_its_thread(n))
+            .collect();
+        let threads: Vec<&str> = rows
+            .iter()
+            .copied()
+            .filter(|n| owns_its_thread(n))
+            .collect();
         let mut line = format!(
             "A blocking call holds an event loop: in `selectors`, `asyncio`, `uvloop`, \
              `gevent` (not monkey-patched), `twisted` and c10k's loop the {} call stalls \
@@ -296,7 +308,11 @@ fn caveats(view: &View<'_>, rows: &[&str], judged: &[Level]) -> Vec<String> {
         out.push(gil_caveat(view, rows, largest));
     }
     if w.async_wait_us > 0.0 {
-        let owned: Vec<&str> = rows.iter().copied().filter(|n| owns_its_thread(n)).collect();
+        let owned: Vec<&str> = rows
+            .iter()
+            .copied()
+            .filter(|n| owns_its_thread(n))
+            .collect();
         if !owned.is_empty() {
             out.push(format!(
                 "Where the handler owns its thread or process ({}), the asynchronous wait is \
@@ -405,8 +421,10 @@ fn gil_caveat(view: &View<'_>, rows: &[&str], largest: Option<usize>) -> String 
 fn memory_line(results: &Results, rows: &[&str]) -> Option<String> {
     let view = View::all(results).find(|v| v.workload.idle_phase)?;
     let c = view.levels().iter().rev().copied().find(|&c| {
-        rows.iter()
-            .any(|n| view.agg(n, c, idle_shown).is_some_and(|a| a.value().is_some()))
+        rows.iter().any(|n| {
+            view.agg(n, c, idle_shown)
+                .is_some_and(|a| a.value().is_some())
+        })
     })?;
     let mut measured: Vec<(&str, f64)> = rows
         .iter()
@@ -435,7 +453,11 @@ fn memory_line(results: &Results, rows: &[&str]) -> Option<String> {
 /// The versions of the field, from the rows' summaries.
 fn versions(results: &Results, rows: &[&str]) -> String {
     let mut seen: Vec<String> = Vec::new();
-    for t in results.targets.iter().filter(|t| rows.contains(&t.name.as_str())) {
+    for t in results
+        .targets
+        .iter()
+        .filter(|t| rows.contains(&t.name.as_str()))
+    {
         let v = t
             .summary
             .strip_prefix("CPython field: ")
@@ -450,7 +472,9 @@ fn versions(results: &Results, rows: &[&str]) -> String {
         .settings
         .python
         .as_ref()
-        .map_or_else(String::new, |p| format!("{} ({}); ", p.version, p.interpreter));
+        .map_or_else(String::new, |p| {
+            format!("{} ({}); ", p.version, p.interpreter)
+        });
     format!("Versions: {python}{}.", seen.join("; "))
 }
 

@@ -21,11 +21,11 @@ mod verdict;
 use std::fmt::Write as _;
 
 pub use crate::aggregate::{TIE, median};
+pub use cpython::{DOMINATES, field_rows};
 pub use figures::{
     Agg, FIGURES, Figure, Shown, View, busy_shown, cpu_shown, idle_shown, tput_shown,
 };
 pub use format::{fmt_conns, group, list};
-pub use cpython::{DOMINATES, field_rows};
 pub use losses::Reference;
 pub use verdict::{Level, Standing, judge, one_line, pick_words, recommended, section};
 
