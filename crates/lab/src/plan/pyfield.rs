@@ -447,8 +447,8 @@ const CHECK: [&[u8]; 2] = [
     b"c10k field check: two, longer\n",
 ];
 
-/// Checks a field server before it is measured: on one connection, each request of
-/// [`CHECK`] comes back byte for byte, and not before its wait (blocking or async)
+/// Checks a field server before it is measured: on one connection, each of two
+/// distinct requests comes back byte for byte, and not before its wait (blocking or async)
 /// has passed. `Err` says what was wrong.
 pub fn check(addr: SocketAddr, work: &Work) -> Result<(), String> {
     let mut s = TcpStream::connect_timeout(&addr, CHECK_TIMEOUT)

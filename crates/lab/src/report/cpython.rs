@@ -103,9 +103,14 @@ fn work_dominates(view: &View<'_>, judged: &[Level]) -> Option<f64> {
     if cpu_us <= 0.0 {
         return None;
     }
+    // The median option's CPU per request: one reading cannot move it far.
     let shares: Vec<f64> = judged
         .iter()
-        .filter_map(|l| l.cpu.first().map(|s| cpu_us / s.agg.median))
+        .filter_map(|l| {
+            let m =
+                crate::aggregate::median(l.cpu.iter().map(|s| (s.agg.median, false)).collect())?;
+            Some(cpu_us / m.0)
+        })
         .collect();
     let least = shares.iter().copied().fold(f64::INFINITY, f64::min);
     (!shares.is_empty() && least >= DOMINATES).then_some(least)
@@ -114,7 +119,7 @@ fn work_dominates(view: &View<'_>, judged: &[Level]) -> Option<f64> {
 /// The section of one workload.
 fn workload_section(view: &View<'_>, rows: &[&str]) -> String {
     let mut s = String::new();
-    let judged = judge_among(view, rows);
+    let judged = judge_among(view, rows, view.workload.cpu_us);
     let w = view.workload;
     let dominated = work_dominates(view, &judged);
     match (dominated, pick_words(view, &judged)) {
@@ -145,8 +150,8 @@ fn workload_section(view: &View<'_>, rows: &[&str]) -> String {
             let _ = writeln!(
                 s,
                 "**Python's own work dominates here: no option wins.** The handler's {} of \
-                 CPU is at least {:.0}% of the server CPU per request of the least costly \
-                 options at every level, so the way of serving changes little ({overhead}). \
+                 CPU is at least {:.0}% of the median option's server CPU per request at \
+                 every level, so the way of serving changes little ({overhead}). \
                  Make the handler cheaper, or run it on more cores (one process per core).",
                 fmt_duration(std::time::Duration::from_secs_f64(w.cpu_us / 1e6)),
                 share * 100.0
@@ -307,11 +312,37 @@ fn caveats(view: &View<'_>, rows: &[&str], judged: &[Level]) -> Vec<String> {
         out.push(line);
         out.push(gil_caveat(view, rows, largest));
     }
+    if w.cpu_us > 0.0 {
+        // Less CPU per request than the handler burns: the reading missed CPU.
+        let low: Vec<String> = rows
+            .iter()
+            .filter_map(|&n| {
+                let at: Vec<String> = view
+                    .levels()
+                    .iter()
+                    .filter_map(|&c| {
+                        let a = view.agg(n, c, cpu_shown)?;
+                        (a.value()? < w.cpu_us)
+                            .then(|| format!("{} at {}", fmt_cpu(a.median), fmt_conns(c)))
+                    })
+                    .collect();
+                (!at.is_empty()).then(|| format!("`{n}` ({})", list(&at)))
+            })
+            .collect();
+        if !low.is_empty() {
+            out.push(format!(
+                "Left out of the CPU ranking: {} read less server CPU per request than the \
+                 handler itself burns, so the reading missed CPU (a process tree's many or \
+                 short-lived children are read in whole clock ticks).",
+                list(&low)
+            ));
+        }
+    }
     if w.async_wait_us > 0.0 {
         let owned: Vec<&str> = rows
             .iter()
             .copied()
-            .filter(|n| owns_its_thread(n))
+            .filter(|n| owns_its_thread(n) && view.ran(n))
             .collect();
         if !owned.is_empty() {
             out.push(format!(
@@ -461,6 +492,7 @@ fn versions(results: &Results, rows: &[&str]) -> String {
         let v = t
             .summary
             .strip_prefix("CPython field: ")
+            .and_then(|r| r.split("; bench/py").next())
             .and_then(|r| r.split(" (python ").next())
             .unwrap_or(&t.summary)
             .to_string();
@@ -515,7 +547,7 @@ pub fn advice(results: &Results) -> Option<String> {
             view.work()
         );
         s.push_str(&workload_section(&view, &rows));
-        let judged = judge_among(&view, &rows);
+        let judged = judge_among(&view, &rows, view.workload.cpu_us);
         let Ok(work) = view.work().parse::<c10k_server::Work>() else {
             continue;
         };

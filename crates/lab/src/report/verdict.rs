@@ -102,12 +102,14 @@ pub fn judge(view: &View<'_>) -> Vec<Level> {
         .filter(|t| t.is_strategy())
         .map(|t| t.name.as_str())
         .collect();
-    judge_among(view, &strategies)
+    judge_among(view, &strategies, 0.0)
 }
 
 /// Judges every level of a workload among the rows `names` (the CPython field's, for
-/// "What to use in CPython"), by the same rules.
-pub fn judge_among(view: &View<'_>, names: &[&str]) -> Vec<Level> {
+/// "What to use in CPython"), by the same rules; a server CPU per request below
+/// `min_cpu_us` (less than the work itself burns: a reading that missed CPU) is left
+/// out of the CPU ranking.
+pub fn judge_among(view: &View<'_>, names: &[&str], min_cpu_us: f64) -> Vec<Level> {
     view.levels()
         .iter()
         .map(|&conns| {
@@ -132,7 +134,8 @@ pub fn judge_among(view: &View<'_>, names: &[&str]) -> Vec<Level> {
             // is not comparable, so the tie-break could not hold it).
             let tput = rank(view, conns, &comparable, tput_shown, false);
             let tput_top = top(&tput);
-            let cpu = rank(view, conns, &comparable, cpu_shown, true);
+            let mut cpu = rank(view, conns, &comparable, cpu_shown, true);
+            cpu.retain(|s| s.agg.median >= min_cpu_us);
             let cpu_top = top(&cpu);
             let load_bound = tput
                 .iter()
@@ -146,7 +149,9 @@ pub fn judge_among(view: &View<'_>, names: &[&str]) -> Vec<Level> {
                     .copied()
                     .filter(|n| tput_top.iter().any(|t| t == n))
                     .collect();
-                let narrowed = top(&rank(view, conns, &among, cpu_shown, true));
+                let mut by_cpu = rank(view, conns, &among, cpu_shown, true);
+                by_cpu.retain(|s| s.agg.median >= min_cpu_us);
+                let narrowed = top(&by_cpu);
                 if narrowed.is_empty() {
                     tput_top.clone()
                 } else {
