@@ -24,8 +24,12 @@ use super::verdict::{Level, judge_among, per_second, pick_words, ranking_clause,
 /// cells for the section to say that Python's own work dominates.
 pub const DOMINATES: f64 = 0.5;
 
-/// The field's rows that are in `results` (peers named as a row of the field).
+/// The field's rows that are in `results` (peers named as a row of the field, in a
+/// `--python` comparison only: `--peer asyncio` alone is a peer of its own).
 pub fn field_rows(results: &Results) -> Vec<&str> {
+    if results.settings.python.is_none() {
+        return Vec::new();
+    }
     results
         .targets
         .iter()
