@@ -14,7 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 venv=${C10K_PY_VENV:-target/py-venv}
 [[ $venv = /* ]] || venv=$PWD/$venv
 # redis-py 5 and later (the RESP2 pub/sub API the test uses is older than that).
-requirements=('redis>=5,<9' 'pytest>=8' 'maturin>=1.9,<2')
+requirements=('redis>=5,<9' 'pytest>=8' 'maturin>=1.9,<2' 'uvloop>=0.19' 'gevent>=24' 'twisted>=24' 'rloop>=0.1')
 
 command -v python3 >/dev/null 2>&1 || {
     echo "error: python3 not found: install it (Debian: apt-get install python3 python3-venv)" >&2

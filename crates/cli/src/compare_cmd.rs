@@ -80,6 +80,17 @@ pub struct CompareArgs {
     /// package it cannot import is n/a with the pip install that installs it.
     #[arg(long, default_value = c10k_lab::plan::python::DEFAULT_PYTHON)]
     python_bin: PathBuf,
+    /// Answer "which strategy should I use in CPython?": the CPython field (socketserver
+    /// thread and fork, a select() loop, asyncio, uvloop, gevent, Twisted, each also as
+    /// NAME-procs, one process per server CPU behind SO_REUSEPORT; c10k's loop and
+    /// blocking handlers) in --python-bin under the four workloads at 10, 100, 1000 and
+    /// 10000 connections (--quick: 100), and a "What to use in CPython" section. No
+    /// c10k strategy runs unless --strategies names some.
+    #[arg(long)]
+    python: bool,
+    /// With --python: the rows of the field to run, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',', requires = "python")]
+    python_peers: Option<Vec<String>>,
 }
 
 fn parse_work(s: &str) -> Result<Work, String> {
@@ -113,6 +124,10 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let mut cfg = CompareConfig::new(bin);
     if args.quick {
         cfg = cfg.quick();
+    }
+    if args.python {
+        cfg = cfg.python_field();
+        cfg.python_peers = args.python_peers;
     }
     cfg.strategies = args.strategies;
     if !args.work.is_empty() {

@@ -13,6 +13,7 @@ use c10k_load::processes::Launcher;
 use c10k_load::{LoadConfig, LoadError, LoadReport, Phase, Progress};
 
 use crate::CompareConfig;
+use crate::plan::pyfield::{self, FieldPeer};
 use crate::plan::{Target, TargetKind};
 use crate::proctree::{tree_cpu_reading, tree_memory};
 use crate::resolution::{CpuWindow, cpu_resolution_s, idle_noise_bytes};
@@ -209,8 +210,19 @@ pub fn run_cell(
     conns: usize,
     plan: &CellPlan,
 ) -> Result<Metrics, String> {
-    let launch = match &target.kind {
-        TargetKind::Strategy => Launch::C10k {
+    let field = match &target.kind {
+        TargetKind::Peer { command } => FieldPeer::parse_command(command),
+        TargetKind::Strategy => None,
+    };
+    let launch = match (&target.kind, &field) {
+        (_, Some((peer, procs, python))) => Launch::Field {
+            peer: *peer,
+            python,
+            procs: *procs,
+            conns,
+            work: plan.work,
+        },
+        (TargetKind::Strategy, None) => Launch::C10k {
             bin: &cfg.server_bin,
             work: plan.work,
             strategy: &target.name,
@@ -218,10 +230,18 @@ pub fn run_cell(
             workers: plan.workers,
             processes: plan.processes,
         },
-        TargetKind::Peer { command } => Launch::Peer { command },
+        (TargetKind::Peer { command }, None) => Launch::Peer { command },
     };
     let mut server = ServerProc::start(&launch, cfg.server_cpus.as_deref())
         .map_err(|why| format!("did not start: {why}"))?;
+    if field.is_some() {
+        // Before it is measured: it echoes, and does its wait.
+        if let Err(why) = pyfield::check(server.addr(), &plan.work) {
+            let tail = server.stderr_tail();
+            server.stop();
+            return Err(format!("the peer check failed: {why}; server: {tail}"));
+        }
+    }
     let idle = if plan.idle {
         measure_idle(cfg, &server, conns, plan).ok()
     } else {

@@ -40,7 +40,8 @@ use cell::{CELL_TIMEOUT, CellPlan};
 use machine::Machine;
 use plan::{Target, cannot_run, targets};
 use results::{
-    Cell, Metrics, ResolutionSettings, Results, Round, Settings, TargetInfo, WorkloadSettings,
+    Cell, Metrics, PythonSettings, ResolutionSettings, Results, Round, Settings, TargetInfo,
+    WorkloadSettings,
 };
 use workload::Workload;
 
@@ -86,6 +87,11 @@ pub struct CompareConfig {
     pub idle_phase: bool,
     /// `--quick` (recorded in the report).
     pub quick: bool,
+    /// `--python`: the CPython field ([`plan::pyfield`]) as rows, answering "what to
+    /// use in CPython".
+    pub python: bool,
+    /// The rows of the field to run (`None`: all of it).
+    pub python_peers: Option<Vec<String>>,
 }
 
 impl CompareConfig {
@@ -113,6 +119,8 @@ impl CompareConfig {
             load_threads: 1,
             idle_phase: true,
             quick: false,
+            python: false,
+            python_peers: None,
         };
         cfg.set_works(&workload::default_works());
         cfg
@@ -129,16 +137,27 @@ impl CompareConfig {
         self
     }
 
+    /// `--python`: the CPython field under the four workloads of the full run, at
+    /// [`plan::pyfield::LEVELS`] (with `--quick`, [`plan::pyfield::QUICK_LEVELS`]);
+    /// no c10k strategy unless `--strategies` names some.
+    pub fn python_field(mut self) -> Self {
+        self.python = true;
+        self.set_works(&workload::default_works());
+        self
+    }
+
     /// The workloads, each at its default levels (`--quick`'s when set), duplicates
     /// left out.
     pub fn set_works(&mut self, works: &[Work]) {
         self.workloads.clear();
         for w in works {
             if !self.workloads.iter().any(|x| x.work == *w) {
-                self.workloads.push(Workload {
-                    work: *w,
-                    conns: workload::default_levels(w, self.quick),
-                });
+                let conns = match (self.python, self.quick) {
+                    (true, false) => plan::pyfield::LEVELS.to_vec(),
+                    (true, true) => plan::pyfield::QUICK_LEVELS.to_vec(),
+                    (false, _) => workload::default_levels(w, self.quick),
+                };
+                self.workloads.push(Workload { work: *w, conns });
             }
         }
     }
@@ -267,6 +286,11 @@ fn check(config: &CompareConfig) -> Result<(), CompareError> {
     if config.rounds == 0 {
         return Err(CompareError("--rounds must be at least 1".into()));
     }
+    if config.python && config.app != AppKind::Echo {
+        return Err(CompareError(
+            "--python serves --app echo only (bench/py/field.py is an echo server)".into(),
+        ));
+    }
     if config.workers.is_some_and(|n| n == 0 || n > 1024) {
         return Err(CompareError("--workers must be 1..=1024".into()));
     }
@@ -277,7 +301,12 @@ fn check(config: &CompareConfig) -> Result<(), CompareError> {
 /// `config.out`.
 pub fn compare(config: &CompareConfig) -> Result<Results, CompareError> {
     let peers = plan::python::with_interpreter(&config.peers, &config.python_bin);
-    let mut rows = targets(config.strategies.as_deref(), &peers).map_err(CompareError)?;
+    // With --python alone, the field is the matrix.
+    let mut rows = if config.python && config.strategies.is_none() && peers.is_empty() {
+        Vec::new()
+    } else {
+        targets(config.strategies.as_deref(), &peers).map_err(CompareError)?
+    };
     plan::only_serving_load(&mut rows, config.app.name(), config.size);
     check(config)?;
     std::fs::create_dir_all(&config.out)
@@ -304,6 +333,21 @@ pub fn compare(config: &CompareConfig) -> Result<Results, CompareError> {
             Vec::len,
         )
     });
+
+    if config.python {
+        let field =
+            plan::pyfield::targets(config.python_peers.as_deref(), &config.python_bin, workers)
+                .map_err(CompareError)?;
+        for row in field {
+            if rows.iter().any(|r| r.name == row.name) {
+                return Err(CompareError(format!(
+                    "the peer name '{}' is taken by the CPython field: choose another",
+                    row.name
+                )));
+            }
+            rows.push(row);
+        }
+    }
 
     // Pin this thread to the load CPUs for the whole run (the load threads inherit it);
     // each server is spawned with the thread briefly pinned to the server CPUs.
@@ -397,6 +441,11 @@ pub fn compare(config: &CompareConfig) -> Result<Results, CompareError> {
             pinning,
             quick: cfg.quick,
             resolution: ResolutionSettings::detect(),
+            python: cfg.python.then(|| PythonSettings {
+                interpreter: cfg.python_bin.display().to_string(),
+                version: plan::pyfield::interpreter_version(&cfg.python_bin),
+                procs: workers,
+            }),
         },
         targets: rows
             .iter()
@@ -459,6 +508,7 @@ impl Matrix<'_> {
             for (li, &conns) in w.conns.iter().enumerate() {
                 for (ti, t) in self.rows.iter().enumerate() {
                     let na = workload::cannot_work(t, &w.work)
+                        .or_else(|| plan::pyfield::cannot_serve(t, conns))
                         .or_else(|| cannot_run(t, conns, self.fd_limit));
                     slots.push(Slot {
                         work: wi,

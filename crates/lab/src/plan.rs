@@ -1,6 +1,7 @@
 //! Which servers and which cells a comparison has, and which cells cannot run (and why).
 
 pub mod peers;
+pub mod pyfield;
 pub mod python;
 
 use c10k_server::{Availability, Strategy};

@@ -44,6 +44,19 @@ pub struct Settings {
     pub quick: bool,
     /// What the readings behind the figures can resolve.
     pub resolution: ResolutionSettings,
+    /// `--python`: the interpreter of the CPython field (null without it).
+    pub python: Option<PythonSettings>,
+}
+
+/// The CPython field of a `--python` comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct PythonSettings {
+    /// `--python-bin`.
+    pub interpreter: String,
+    /// What it says to `--version`.
+    pub version: String,
+    /// The processes of a `-procs` row (the server CPUs).
+    pub procs: usize,
 }
 
 /// One workload of a comparison.

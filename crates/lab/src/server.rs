@@ -14,6 +14,7 @@ use rustix::process::{Pid, Signal, kill_process};
 
 use crate::pin;
 use crate::plan::peers::{self, Prefix, Preset, Sizing};
+use crate::plan::pyfield::{FieldPeer, FieldRunner};
 use crate::plan::python::{self, PyPeer, Runner};
 use crate::proctree::{self, Proc};
 
@@ -61,6 +62,20 @@ pub enum Launch<'a> {
     Peer {
         /// The command.
         command: &'a str,
+    },
+    /// A row of the CPython field ([`crate::plan::pyfield`]): the runner, written to
+    /// the cell's directory, serving with the cell's work.
+    Field {
+        /// The row.
+        peer: FieldPeer,
+        /// The interpreter.
+        python: &'a Path,
+        /// Its processes (1 but for a `-procs` row).
+        procs: usize,
+        /// The cell's concurrency, which some size themselves to.
+        conns: usize,
+        /// The work per request.
+        work: c10k_server::Work,
     },
 }
 
@@ -126,7 +141,7 @@ impl ServerProc {
     pub fn start(launch: &Launch<'_>, cpus: Option<&[usize]>) -> Result<ServerProc, String> {
         let python_peer = match launch {
             Launch::Peer { command } => PyPeer::parse_command(command),
-            Launch::C10k { .. } => None,
+            Launch::C10k { .. } | Launch::Field { .. } => None,
         };
         let (mut cmd, ready, prefix) = match (launch, python_peer) {
             (
@@ -153,6 +168,21 @@ impl ServerProc {
                     c.args(["--processes", &n.to_string()]);
                 }
                 (c, Ready::Line, None)
+            }
+            (
+                Launch::Field {
+                    peer,
+                    python,
+                    procs,
+                    conns,
+                    work,
+                },
+                _,
+            ) => {
+                let runner = FieldRunner::write(&peer.name())?;
+                // The runner prints `listening on IP:PORT`, as `c10k serve` does.
+                let c = runner.command(*peer, python, *procs, *conns, work);
+                (c, Ready::Line, Some(runner.into_prefix()))
             }
             (Launch::Peer { .. }, Some((peer, python))) => {
                 let python = python.unwrap_or_else(|| python::DEFAULT_PYTHON.into());

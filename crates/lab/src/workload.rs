@@ -99,6 +99,12 @@ pub fn cannot_work(target: &Target, work: &Work) -> Option<String> {
         return None;
     }
     match &target.kind {
+        // The CPython field does the work itself (bench/py/field.py --work).
+        TargetKind::Peer { command }
+            if crate::plan::pyfield::FieldPeer::parse_command(command).is_some() =>
+        {
+            None
+        }
         TargetKind::Peer { .. } => Some(
             "a peer (an external server) does no per-request work: --work applies to c10k's \
              strategies"

@@ -425,6 +425,8 @@ pub fn table(view: &View<'_>, fig: &Figure, notes: &mut Notes) -> (String, bool)
     for t in &view.results.targets {
         let name = if t.is_strategy() {
             view.label(&t.name)
+        } else if super::cpython::field_rows(view.results).contains(&t.name.as_str()) {
+            format!("{} (CPython)", t.name)
         } else {
             format!("{} (peer)", t.name)
         };

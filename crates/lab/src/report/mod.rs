@@ -12,6 +12,7 @@
 //! a [`Reference`], the median of the event-loop family at each level, rather than
 //! against whichever cell happened to be best.
 
+mod cpython;
 mod figures;
 mod format;
 mod losses;
@@ -20,6 +21,7 @@ mod verdict;
 use std::fmt::Write as _;
 
 pub use crate::aggregate::{TIE, median};
+pub use cpython::{DOMINATES, field_rows};
 pub use figures::{
     Agg, FIGURES, Figure, Shown, View, busy_shown, cpu_shown, idle_shown, tput_shown,
 };
@@ -128,10 +130,28 @@ fn settings_lines(results: &Results) -> String {
             levels.join(", ")
         );
     }
+    let field = cpython::field_rows(results);
+    if let Some(py) = &st.python {
+        let rows: Vec<String> = results
+            .targets
+            .iter()
+            .filter(|t| field.contains(&t.name.as_str()))
+            .map(|t| format!("`{}` ({})", t.name, t.summary))
+            .collect();
+        let _ = writeln!(
+            s,
+            "- The CPython field (`--python`, {} at {}; `NAME-procs` rows run {} \
+             process(es), one per server CPU): {}",
+            py.version,
+            py.interpreter,
+            py.procs,
+            rows.join("; ")
+        );
+    }
     let peers: Vec<String> = results
         .targets
         .iter()
-        .filter(|t| !t.is_strategy())
+        .filter(|t| !t.is_strategy() && !field.contains(&t.name.as_str()))
         .map(|t| format!("`{}` ({})", t.name, t.summary))
         .collect();
     if !peers.is_empty() {
@@ -239,8 +259,16 @@ pub fn render(results: &Results) -> String {
         "- The whole comparison took {:.0} s\n",
         results.elapsed_s
     );
-    s.push_str("## What to use\n\n");
-    s.push_str(&advice(results));
+    if let Some(text) = cpython::advice(results) {
+        s.push_str("## What to use in CPython\n\n");
+        s.push_str(&text);
+        s.push('\n');
+    }
+    // With --python alone there is no c10k strategy to advise on.
+    if st.python.is_none() || results.targets.iter().any(|t| t.is_strategy()) {
+        s.push_str("## What to use\n\n");
+        s.push_str(&advice(results));
+    }
     let mut notes = Notes::default();
     for fig in &FIGURES {
         let views: Vec<View<'_>> = View::all(results)

@@ -93,27 +93,36 @@ fn rank(
     ranked
 }
 
-/// Judges every level of a workload.
+/// Judges every level of a workload among c10k's strategies.
 pub fn judge(view: &View<'_>) -> Vec<Level> {
-    let strategies: Vec<&crate::results::TargetInfo> = view
+    let strategies: Vec<&str> = view
         .results
         .targets
         .iter()
         .filter(|t| t.is_strategy())
+        .map(|t| t.name.as_str())
         .collect();
+    judge_among(view, &strategies, 0.0)
+}
+
+/// Judges every level of a workload among the rows `names` (the CPython field's, for
+/// "What to use in CPython"), by the same rules; a server CPU per request below
+/// `min_cpu_us` (less than the work itself burns: a reading that missed CPU) is left
+/// out of the CPU ranking.
+pub fn judge_among(view: &View<'_>, names: &[&str], min_cpu_us: f64) -> Vec<Level> {
     view.levels()
         .iter()
         .map(|&conns| {
             let mut clean = Vec::new();
             let mut errored = Vec::new();
-            for t in &strategies {
-                let Some(cell) = view.cell(&t.name, conns).filter(|c| c.is_ok()) else {
+            for &name in names {
+                let Some(cell) = view.cell(name, conns).filter(|c| c.is_ok()) else {
                     continue;
                 };
                 if cell.errors > 0 {
-                    errored.push((t.name.clone(), cell.errors));
+                    errored.push((name.to_string(), cell.errors));
                 } else {
-                    clean.push(t.name.as_str());
+                    clean.push(name);
                 }
             }
             let comparable: Vec<&str> = clean
@@ -125,7 +134,8 @@ pub fn judge(view: &View<'_>) -> Vec<Level> {
             // is not comparable, so the tie-break could not hold it).
             let tput = rank(view, conns, &comparable, tput_shown, false);
             let tput_top = top(&tput);
-            let cpu = rank(view, conns, &comparable, cpu_shown, true);
+            let mut cpu = rank(view, conns, &comparable, cpu_shown, true);
+            cpu.retain(|s| s.agg.median >= min_cpu_us);
             let cpu_top = top(&cpu);
             let load_bound = tput
                 .iter()
@@ -139,7 +149,9 @@ pub fn judge(view: &View<'_>) -> Vec<Level> {
                     .copied()
                     .filter(|n| tput_top.iter().any(|t| t == n))
                     .collect();
-                let narrowed = top(&rank(view, conns, &among, cpu_shown, true));
+                let mut by_cpu = rank(view, conns, &among, cpu_shown, true);
+                by_cpu.retain(|s| s.agg.median >= min_cpu_us);
+                let narrowed = top(&by_cpu);
                 if narrowed.is_empty() {
                     tput_top.clone()
                 } else {
@@ -210,7 +222,7 @@ fn standing(view: &View<'_>, s: &Standing, show: fn(f64) -> String) -> String {
 }
 
 /// "most throughput: `a` 31,000 (30,100-31,900), ahead of `b` ..." or the tie.
-fn ranking_clause(
+pub(super) fn ranking_clause(
     view: &View<'_>,
     ranked: &[Standing],
     top: &[String],
@@ -272,7 +284,7 @@ fn ranking_clause(
     Some(clause)
 }
 
-fn per_second(v: f64) -> String {
+pub(super) fn per_second(v: f64) -> String {
     group(v)
 }
 

@@ -223,6 +223,7 @@ pub fn results_of(
                 cpu_tick_s: TICK,
                 cpu_min_resolutions: 10.0,
             },
+            python: None,
         },
         targets: rows
             .iter()
