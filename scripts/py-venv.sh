@@ -20,7 +20,7 @@ command -v python3 >/dev/null 2>&1 || {
     echo "error: python3 not found: install it (Debian: apt-get install python3 python3-venv)" >&2
     exit 1
 }
-if ! [[ -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import redis, pytest, maturin' 2>/dev/null; then
+if ! [[ -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import redis, pytest, maturin, uvloop, gevent, twisted, rloop' 2>/dev/null; then
     printf '==> creating %s with %s\n' "$venv" "${requirements[*]}"
     rm -rf "$venv"
     python3 -m venv "$venv" || {
