@@ -3,7 +3,9 @@
 # - redis-py (the `redis` package), which crates/cli/tests/python_redis.rs drives;
 # - pytest and maturin, and c10k's own Python package built from ./crates/py
 #   (`pip install ./crates/py`, reinstalled on every run so the tests see this
-#   checkout), which the corpus crates/py/tests runs against.
+#   checkout), which the corpus crates/py/tests runs against;
+# - uvloop, gevent, twisted and rloop: the CPython field `c10k compare --python`
+#   measures (crates/cli/tests/compare_python.rs checks each serves correctly).
 # scripts/test.sh runs this; run it by hand before a lone `cargo test` or pytest.
 #
 # Fails loudly when python3, its venv module or PyPI is not available.
@@ -14,6 +16,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 venv=${C10K_PY_VENV:-target/py-venv}
 [[ $venv = /* ]] || venv=$PWD/$venv
 # redis-py 5 and later (the RESP2 pub/sub API the test uses is older than that).
+# rloop publishes wheels for Linux x86_64/aarch64 only.
 requirements=('redis>=5,<9' 'pytest>=8' 'maturin>=1.9,<2' 'uvloop>=0.19' 'gevent>=24' 'twisted>=24' 'rloop>=0.1')
 
 command -v python3 >/dev/null 2>&1 || {
