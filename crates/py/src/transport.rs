@@ -97,8 +97,9 @@ pub(crate) struct State {
     pub throttled: bool,
 }
 
-/// asyncio transport over a TCP socket.
-#[pyclass(unsendable, module = "c10k._engine")]
+/// asyncio transport over a TCP socket. Weakly referenceable: asyncio's `Server`
+/// keeps its transports in a `WeakSet` (Python 3.13+).
+#[pyclass(unsendable, weakref, module = "c10k._engine")]
 pub struct Transport {
     pub(crate) core: Rc<Core>,
     pub(crate) slot: usize,

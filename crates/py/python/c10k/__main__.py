@@ -56,7 +56,10 @@ def _seconds(text: str) -> float:
 def _load(spec: str):
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise SystemExit(f"c10k: {spec!r} is not MODULE:OBJECT")
+        raise SystemExit(
+            f"c10k: {spec!r} is not MODULE:FACTORY (a Protocol factory, or MODULE:HANDLER "
+            "for thread, fork and prefork)"
+        )
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
