@@ -94,6 +94,8 @@ pub(crate) struct Core {
     refs: RefCell<Option<Refs>>,
     pub buffered_protocol: Py<PyAny>,
     attach_takes_transport: bool,
+    /// Python 3.12+: `writelines` has its own checks and messages.
+    pub own_writelines: bool,
 }
 
 fn closed_err() -> io::Error {
@@ -1177,6 +1179,7 @@ impl Engine {
                 })),
                 buffered_protocol,
                 attach_takes_transport,
+                own_writelines: event_loop.py().version_info() >= (3, 12),
             }),
         })
     }

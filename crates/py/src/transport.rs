@@ -645,6 +645,13 @@ impl Transport {
 
     /// Write each bytes-like object of `list_of_data`, in order.
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        // Python 3.12+ transports check for themselves, with their own message (3.11's
+        // join and call write()).
+        if slf.borrow().core.own_writelines && slf.borrow().st.borrow().eof {
+            return Err(PyRuntimeError::new_err(
+                "Cannot call writelines() after write_eof()",
+            ));
+        }
         // One write of the joined pieces, as asyncio 3.12+ does.
         let mut joined = Vec::new();
         for item in list_of_data.try_iter()? {
