@@ -160,30 +160,18 @@ impl Core {
             .unbind())
     }
 
-    pub(crate) fn detach_server(
+    /// asyncio `Server._attach` / `_detach` (`method`): with the transport on 3.13+,
+    /// without before.
+    pub(crate) fn server_count(
         &self,
-        py: Python<'_>,
         server: &Bound<'_, PyAny>,
+        method: &str,
         t: &Bound<'_, Transport>,
     ) -> PyResult<()> {
         if self.attach_takes_transport {
-            server.call_method1(pyo3::intern!(py, "_detach"), (t,))?;
+            server.call_method1(method, (t,))?;
         } else {
-            server.call_method0(pyo3::intern!(py, "_detach"))?;
-        }
-        Ok(())
-    }
-
-    fn attach_server(
-        &self,
-        py: Python<'_>,
-        server: &Bound<'_, PyAny>,
-        t: &Bound<'_, Transport>,
-    ) -> PyResult<()> {
-        if self.attach_takes_transport {
-            server.call_method1(pyo3::intern!(py, "_attach"), (t,))?;
-        } else {
-            server.call_method0(pyo3::intern!(py, "_attach"))?;
+            server.call_method0(method)?;
         }
         Ok(())
     }
@@ -409,7 +397,7 @@ impl Core {
         };
         t.borrow().bind_protocol(&protocol)?;
         if let Some(server) = server {
-            self.attach_server(py, server.bind(py), &t)?;
+            self.server_count(server.bind(py), "_attach", &t)?;
             *t.borrow().server.borrow_mut() = Some(server.clone_ref(py));
         }
         Transport::start(&t);
@@ -1292,7 +1280,7 @@ impl Engine {
             .borrow_mut()
             .insert((serial, t.clone().unbind()));
         if let Some(server) = server {
-            self.core.attach_server(py, server.bind(py), &t)?;
+            self.core.server_count(server.bind(py), "_attach", &t)?;
             *t.borrow().server.borrow_mut() = Some(server);
         }
         Ok(t.unbind())

@@ -571,7 +571,7 @@ impl Transport {
         }
         if let Some(server) = server {
             let core = slf.borrow().core.clone();
-            core.detach_server(py, server.bind(py), slf)?;
+            core.server_count(server.bind(py), "_detach", slf)?;
         }
         result
     }
