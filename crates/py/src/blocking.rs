@@ -447,7 +447,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A socket address as `socket` gives it: `(host, port)` or, for IPv6,
 /// `(host, port, flowinfo, scope_id)`.
-fn address_tuple(py: Python<'_>, addr: SocketAddr) -> PyResult<Py<PyAny>> {
+pub(crate) fn address_tuple(py: Python<'_>, addr: SocketAddr) -> PyResult<Py<PyAny>> {
     Ok(match addr {
         SocketAddr::V4(a) => (a.ip().to_string(), a.port())
             .into_pyobject(py)?

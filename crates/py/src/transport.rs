@@ -575,19 +575,6 @@ impl Transport {
         }
         result
     }
-
-    fn sockaddr(py: Python<'_>, addr: SocketAddr) -> PyResult<Py<PyAny>> {
-        Ok(match addr {
-            SocketAddr::V4(a) => (a.ip().to_string(), a.port())
-                .into_pyobject(py)?
-                .into_any()
-                .unbind(),
-            SocketAddr::V6(a) => (a.ip().to_string(), a.port(), a.flowinfo(), a.scope_id())
-                .into_pyobject(py)?
-                .into_any()
-                .unbind(),
-        })
-    }
 }
 
 #[pymethods]
@@ -795,7 +782,8 @@ impl Transport {
                     }
                     st.peer
                 };
-                peer.map(|a| Self::sockaddr(py, a)).transpose()?
+                peer.map(|a| crate::blocking::address_tuple(py, a))
+                    .transpose()?
             }
             "sockname" => {
                 let local = match &t.st.borrow().sock {
@@ -803,7 +791,9 @@ impl Transport {
                     Sock::Ring(s) => local_of(s),
                     Sock::Closed => None,
                 };
-                let v = local.map(|a| Self::sockaddr(py, a)).transpose()?;
+                let v = local
+                    .map(|a| crate::blocking::address_tuple(py, a))
+                    .transpose()?;
                 if let Some(v) = &v {
                     t.cache_extra(py, "sockname", v)?;
                 }
