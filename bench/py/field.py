@@ -53,9 +53,10 @@ SERVERS = {
     "c10k-py-thread": ("c10k", "c10k", "./crates/py"),
     "c10k-py-prefork": ("c10k", "c10k", "./crates/py"),
 }
-# The ones that can run as --procs N (c10k's own serve their processes themselves).
+# The ones that can run as --procs N: forked copies behind SO_REUSEPORT (c10k-py-thread
+# as serve_blocking(processes=N), the same shape; c10k-py-prefork is processes already).
 PROCS = ("socketserver-thread", "socketserver-fork", "selectors", "asyncio", "uvloop",
-         "gevent", "twisted")
+         "gevent", "twisted", "c10k-py", "c10k-py-uring", "c10k-py-thread")
 BACKLOG = 4096
 MISSING = 3
 UNSUPPORTED = 4

@@ -428,9 +428,11 @@ impl Connection {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let mut buf = vec![0u8; n];
+        // Not zeroed: `recv(65536)` is the usual call, for a few bytes.
+        let mut buf: Vec<u8> = Vec::with_capacity(n);
         let ended = self.run(py, &fd, PollFlags::IN, true, |fd| {
-            match rustix::net::recv(fd, &mut buf[..], RecvFlags::empty()) {
+            let room = rustix::buffer::spare_capacity(&mut buf);
+            match rustix::net::recv(fd, room, RecvFlags::empty()) {
                 Ok((got, _)) => Ok(Some(got)),
                 Err(Errno::AGAIN) => Ok(None),
                 Err(e) => Err(e.into()),

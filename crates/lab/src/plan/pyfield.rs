@@ -137,9 +137,10 @@ impl Server {
         self.module() == "c10k"
     }
 
-    /// It can run as `NAME-procs` (c10k's own serve their processes themselves).
+    /// It can run as `NAME-procs`, one process per server CPU (`c10k-py-prefork` is
+    /// processes already).
     pub fn has_procs_row(self) -> bool {
-        !self.c10k_backed()
+        self != Server::C10kPyPrefork
     }
 
     /// How it serves, in words.
