@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 19's figures: CPU per echo message for `kernel` (the echo runs in softirq, in
-# the kernel) against `epoll-et`, 64 B messages at 100 and 1,000 connections, with the
-# reference load generator, alternating the strategies in one run, median of N rounds.
+# the kernel) against `epoll-et` and `uring`, 64 B and 16 KiB messages at 100 and 1,000
+# connections, with the reference load generator, alternating the strategies in one run,
+# median of N rounds.
 #
 # Three figures per cell, because the server process's own CPU proves nothing for
 # `kernel` (the redirect runs in softirq, on loopback mostly on the sending CPU, and is
@@ -18,11 +19,13 @@
 #            other work this includes that work: the busy rate measured for 2 s just
 #            before each cell is printed beside it ("other work").
 # Each is divided by the messages echo_load counted (total_msgs).
-# Usage: bench/kernel.sh [rounds] [seconds]   (needs ../shared/anchors/build.sh)
+# Usage: bench/kernel.sh [rounds] [seconds] [sizes, e.g. 64,16384]
+# (needs ../shared/anchors/build.sh)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 rounds=${1:-3}
 secs=${2:-10}
+sizes=${3:-64,16384}
 A=/tmp/c10k-anchors
 [[ -x $A/echo_load ]] || bash ../shared/anchors/build.sh
 cargo build --release -q -p c10k
@@ -31,12 +34,13 @@ $C strategies | grep '^kernel ' | grep -q ' available: ' || {
   echo "kernel is not available here: $($C strategies | grep '^kernel ')" >&2
   exit 1
 }
-python3 - "$C" "$A/echo_load" "$rounds" "$secs" <<'EOF'
+python3 - "$C" "$A/echo_load" "$rounds" "$secs" "$sizes" <<'EOF'
 import os, re, socket, statistics, subprocess, sys, time
 
 c10k, load, rounds, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+SIZES = [int(x) for x in sys.argv[5].split(",")]
 TICK = os.sysconf("SC_CLK_TCK")
-STRATEGIES = ["epoll-et", "kernel"]
+STRATEGIES = ["epoll-et", "uring", "kernel"]
 CONNS = [100, 1000]
 
 
@@ -98,7 +102,7 @@ def wait_port(port):
     raise RuntimeError("server did not listen")
 
 
-def cell(strategy, conns):
+def cell(strategy, conns, size):
     port = free_port()
     srv = subprocess.Popen(["taskset", "-c", "0", c10k, "serve", "--strategy", strategy,
                             "--app", "echo", "--listen", f"127.0.0.1:{port}"],
@@ -110,7 +114,7 @@ def cell(strategy, conns):
         base_rate = (busy() - b0) / (time.time() - t0)
         s0, m0, q0, k0, t0 = proc_cpu(srv.pid), busy(), softirq(), kthreads(), time.time()
         lp = subprocess.Popen(["taskset", "-c", "1", load, "-p", str(port), "-c", str(conns),
-                               "-d", str(secs), "-w", "1", "-s", "64"],
+                               "-d", str(secs), "-w", "1", "-s", str(size)],
                               stdout=subprocess.PIPE, text=True)
         out = lp.stdout.read()
         # echo_load's own CPU: the rusage of the reaped child.
@@ -133,32 +137,37 @@ def cell(strategy, conns):
                 base=base_rate)
 
 
-results = {(s, c): [] for s in STRATEGIES for c in CONNS}
+results = {(s, c, z): [] for s in STRATEGIES for c in CONNS for z in SIZES}
 for r in range(rounds):
+    for z in SIZES:
+        for c in CONNS:
+            for s in STRATEGIES:
+                x = cell(s, c, z)
+                results[(s, c, z)].append(x)
+                print(f"round {r + 1} {s:8} {z:5} B {c:5} conns: {x['rps']:9.0f} msg/s  "
+                      f"server {x['server_us']:.2f} us/msg  load {x['load_us']:.2f}  softirq "
+                      f"{x['softirq_us']:.2f}  kthreads {x['kthreads_us']:.2f}  echo total "
+                      f"{x['echo_us']:.2f}  machine "
+                      f"{x['raw_machine_us']:.2f} (other work before: "
+                      f"{x['base'] * 100:.0f}% of a CPU)  errors {x['errors']}", flush=True)
+
+med = lambda s, c, z, k: statistics.median(x[k] for x in results[(s, c, z)])
+print()
+print("| size | conns | strategy | msg/s | server | load | softirq | kworkers "
+      "| server+load+softirq+kworkers | whole machine |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for z in SIZES:
     for c in CONNS:
         for s in STRATEGIES:
-            x = cell(s, c)
-            results[(s, c)].append(x)
-            print(f"round {r + 1} {s:8} {c:5} conns: {x['rps']:9.0f} msg/s  server "
-                  f"{x['server_us']:.2f} us/msg  load {x['load_us']:.2f}  softirq "
-                  f"{x['softirq_us']:.2f}  kthreads {x['kthreads_us']:.2f}  echo total "
-                  f"{x['echo_us']:.2f}  machine "
-                  f"{x['raw_machine_us']:.2f} (other work before: "
-                  f"{x['base'] * 100:.0f}% of a CPU)  errors {x['errors']}", flush=True)
-
-med = lambda s, c, k: statistics.median(x[k] for x in results[(s, c)])
+            print(f"| {z} | {c} | {s} | {med(s, c, z, 'rps'):.0f} | "
+                  + " | ".join(f"{med(s, c, z, k):.2f}" for k in
+                               ["server_us", "load_us", "softirq_us", "kthreads_us", "echo_us",
+                                "raw_machine_us"]) + " |")
 print()
-print("| conns | strategy | msg/s | server | load | softirq | kworkers | server+load+softirq+kworkers | whole machine |")
-print("|---|---|---|---|---|---|---|---|---|")
-for c in CONNS:
-    for s in STRATEGIES:
-        print(f"| {c} | {s} | {med(s, c, 'rps'):.0f} | "
-              + " | ".join(f"{med(s, c, k):.2f}" for k in
-                           ["server_us", "load_us", "softirq_us", "kthreads_us", "echo_us",
-                            "raw_machine_us"]) + " |")
-print()
-for c in CONNS:
-    for k in ["server_us", "echo_us", "raw_machine_us", "rps"]:
-        ratio = med("kernel", c, k) / med("epoll-et", c, k)
-        print(f"{c} conns: kernel / epoll-et {k}: {ratio:.2f}x")
+for z in SIZES:
+    for c in CONNS:
+        for base in ("epoll-et", "uring"):
+            print(f"{z} B, {c} conns: kernel / {base}: " + ", ".join(
+                f"{k} {med('kernel', c, z, k) / med(base, c, z, k):.2f}x"
+                for k in ["raw_machine_us", "echo_us", "rps"]))
 EOF
