@@ -2,16 +2,15 @@
 //! `SOCKHASH`, loaded through raw `bpf(2)` (no libbpf, no clang), and the socket
 //! counters (`TCP_INFO`) a user space that never sees the bytes still needs.
 //!
-//! The program is forty-one instructions, assembled here with named opcodes and helpers
-//! ([`echo_program`]): it builds the 4-tuple of the socket a segment arrived on (the
-//! key user space inserted that socket under, [`SockKey`]: both addresses in their
-//! IPv6 form, IPv4 ones mapped, so one layout serves IPv4, IPv6 and dual-stack
-//! sockets) on its stack and calls
-//! `bpf_sk_redirect_hash(skb, map, &key, 0)`, which queues the segment for the
-//! *egress* of the socket found (the same one): every byte comes back without the
-//! server process waking. A socket that is not in the map has its segments dropped
-//! (the helper's verdict), which never happens to a socket user space inserted and
-//! has not removed.
+//! The program is forty-one instructions, assembled here with named opcodes and
+//! helpers ([`echo_program`]): it builds the 4-tuple of the socket a segment arrived
+//! on (the key user space inserted that socket under, [`SockKey`]: both addresses in
+//! their IPv6 form, IPv4 ones mapped, so one layout serves IPv4, IPv6 and dual-stack
+//! sockets) on its stack and calls `bpf_sk_redirect_hash(skb, map, &key, 0)`, which
+//! queues the segment for the *egress* of the socket found (the same one): every
+//! byte comes back without the server process waking. A socket that is not in the
+//! map has its segments dropped (the helper's verdict), which never happens to a
+//! socket user space inserted and has not removed.
 //!
 //! [`EchoMap::new`] creates the map, loads the program (on failure, again with the
 //! verifier's log, which the error carries) and attaches it to the map.
