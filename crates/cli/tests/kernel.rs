@@ -2,8 +2,9 @@
 //! paths (no privileges, other apps, the PROXY header) and the working path over real
 //! loopback sockets (many connections and sizes, one byte at a time, a large payload,
 //! bytes sent before the server inserted the socket, EOF and RST, idle timeout,
-//! `--max-conns`, counters, backpressure, SIGTERM drain). The echo cases of the
-//! conformance suite run on it too (`conformance.rs`).
+//! `--max-conns`, counters, backpressure, SIGTERM drain; IPv6 over `::1`, and IPv4
+//! peers of a dual-stack listener). The echo cases of the conformance suite run on it
+//! too (`conformance.rs`).
 //!
 //! These need CAP_BPF and CAP_NET_ADMIN (the tests run as root); without them the
 //! working-path tests fail with the reason, they are never skipped.
@@ -37,6 +38,17 @@ const UNPRIVILEGED: [&str; 7] = [
 fn kernel(extra: &[&str]) -> Server {
     let s = strategy_under_test("kernel");
     Server::start(&s, "echo", extra)
+}
+
+/// The IPv6 loopback.
+const V6: &str = "[::1]:0";
+/// A dual-stack listener that takes only 127.0.0.1: an `AF_INET6` socket bound to an
+/// IPv4-mapped address, whose peers are IPv4 (`::ffff:127.0.0.1` to the server).
+const DUAL_STACK: &str = "[::ffff:127.0.0.1]:0";
+
+fn kernel_on(listen: &str, extra: &[&str]) -> Server {
+    let s = strategy_under_test("kernel");
+    Server::start_on(listen, &s, "echo", extra)
 }
 
 /// Writes `data` from a thread (64 KiB pieces) while this thread reads it all back.
@@ -441,6 +453,82 @@ fn two_workers_each_with_a_map() {
         let msg = format!("conn {i}");
         s.write_all(msg.as_bytes()).unwrap();
         assert_eq!(read_exact_n(s, msg.len(), &msg), msg.as_bytes());
+    }
+    server.stop();
+}
+
+// ------------------------------------------------------------- IPv6 ------
+
+/// Eight clients over `::1` at once, 1 MiB of random bytes each, compared byte for
+/// byte.
+#[test]
+fn ipv6_clients_with_random_payloads() {
+    let mut server = kernel_on(V6, &[]);
+    let addr = server.addr();
+    assert!(addr.is_ipv6(), "{addr}");
+    let handles: Vec<_> = (0..8u64)
+        .map(|i| {
+            thread::spawn(move || {
+                let mut s = connect(addr);
+                let data = Arc::new(XorShift::new(600 + i).bytes(MIB));
+                echo_concurrently(&mut s, &data, &format!("IPv6 client {i}"));
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    server.stop();
+}
+
+/// Over `::1`: one random byte per write, each read back before the next, on three
+/// clients in turn.
+#[test]
+fn ipv6_one_byte_at_a_time() {
+    let mut server = kernel_on(V6, &[]);
+    let mut clients: Vec<TcpStream> = (0..3).map(|_| connect(server.addr())).collect();
+    let data = XorShift::new(6).bytes(300);
+    for &b in &data {
+        for (i, s) in clients.iter_mut().enumerate() {
+            s.write_all(&[b]).unwrap();
+            assert_eq!(read_exact_n(s, 1, &format!("IPv6 client {i}")), [b]);
+        }
+    }
+    server.stop();
+}
+
+/// Over `::1`: bytes sent right after connecting, before the server inserted the
+/// socket, come back.
+#[test]
+fn ipv6_bytes_sent_before_the_insert_are_echoed() {
+    let mut server = kernel_on(V6, &[]);
+    for i in 0..50u8 {
+        let mut s = connect(server.addr());
+        s.write_all(&[i; 100]).unwrap();
+        assert_eq!(
+            read_exact_n(&mut s, 100, "early bytes over IPv6"),
+            vec![i; 100]
+        );
+    }
+    server.stop();
+}
+
+/// IPv4 clients of a dual-stack listener (their sockets are `AF_INET6`, their
+/// addresses IPv4-mapped): early bytes, then random payloads.
+#[test]
+fn ipv4_peers_of_a_dual_stack_listener() {
+    let mut server = kernel_on(DUAL_STACK, &[]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], server.addr().port()));
+    for i in 0..20u64 {
+        let mut s = connect(addr);
+        let data = Arc::new(XorShift::new(700 + i).bytes(64 * KIB + i as usize));
+        s.write_all(&data[..100]).unwrap();
+        assert_same_bytes(
+            "early bytes, IPv4-mapped",
+            &read_exact_n(&mut s, 100, "early bytes, IPv4-mapped"),
+            &data[..100],
+        );
+        echo_concurrently(&mut s, &data, &format!("IPv4-mapped client {i}"));
     }
     server.stop();
 }

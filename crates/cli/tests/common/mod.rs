@@ -93,6 +93,23 @@ impl Server {
     /// with arguments `wrapper[1..]`, then the c10k command line), e.g.
     /// `["prlimit", "--nofile=64:64", "--"]`.
     pub fn start_under(wrapper: &[&str], strategy: &str, app: &str, extra: &[&str]) -> Server {
+        Server::spawn(wrapper, "127.0.0.1:0", strategy, app, extra)
+    }
+
+    /// Like [`start`](Server::start), listening on `listen` (a loopback address with
+    /// port 0, e.g. `[::1]:0`) instead of `127.0.0.1:0`.
+    pub fn start_on(listen: &str, strategy: &str, app: &str, extra: &[&str]) -> Server {
+        Server::spawn(&[], listen, strategy, app, extra)
+    }
+
+    fn spawn(wrapper: &[&str], listen: &str, strategy: &str, app: &str, extra: &[&str]) -> Server {
+        let listen_addr: SocketAddr = listen
+            .parse()
+            .unwrap_or_else(|e| panic!("--listen {listen}: {e}"));
+        assert!(
+            listen_addr.ip().to_canonical().is_loopback() && listen_addr.port() == 0,
+            "tests listen on a loopback address with port 0, not {listen}"
+        );
         raise_nofile_limit();
         let label = format!("--strategy {strategy} --app {app} {}", extra.join(" "));
         let mut command = match wrapper.split_first() {
@@ -111,7 +128,7 @@ impl Server {
                 "--app",
                 app,
                 "--listen",
-                "127.0.0.1:0",
+                listen,
             ])
             .args(extra)
             .stdin(Stdio::null())
@@ -194,15 +211,11 @@ impl Server {
             .unwrap_or_else(|| {
                 panic!("first stdout line is not `listening on IP:PORT\\n`: {line:?}")
             });
-        assert_eq!(
-            addr.ip(),
-            SocketAddr::from(([127, 0, 0, 1], 0)).ip(),
-            "{line:?}"
-        );
+        assert_eq!(addr.ip(), listen_addr.ip(), "{line:?}");
         assert_ne!(
             addr.port(),
             0,
-            "--listen 127.0.0.1:0 must report the bound port: {line:?}"
+            "--listen {listen} must report the bound port: {line:?}"
         );
         server.addr = addr;
         server

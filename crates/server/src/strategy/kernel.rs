@@ -6,10 +6,11 @@
 //!
 //! User space keeps what the kernel cannot: it accepts (the shared accept path:
 //! `--max-conns`, the EMFILE back-off, the gate's per-address limit), inserts each
-//! connection into its worker's map under its 4-tuple, and holds the descriptor until
-//! the connection ends. It watches each socket with epoll for `EPOLLRDHUP` only (the
-//! echoed bytes make no wake-ups; a write-space wake-up is not asked for), and on a
-//! tick reads each socket's `TCP_INFO`, since the bytes it never sees are counted
+//! connection into its worker's map under its 4-tuple (read from the accepted socket;
+//! IPv4, IPv6 or an IPv4 peer of a dual-stack listener), and holds the descriptor
+//! until the connection ends. It watches each socket with epoll for `EPOLLRDHUP` only
+//! (the echoed bytes make no wake-ups; a write-space wake-up is not asked for), and on
+//! a tick reads each socket's `TCP_INFO`, since the bytes it never sees are counted
 //! there:
 //!
 //! - **counters**: `bytes_in`/`bytes_out` advance by each connection's
@@ -32,7 +33,7 @@
 
 use std::any::TypeId;
 use std::io;
-use std::net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -146,7 +147,6 @@ struct Worker<A: App> {
     next_serial: u64,
     listener: Option<Arc<TcpListener>>,
     listening: bool,
-    local: SocketAddrV4,
     guard: AcceptGuard,
     drain: DrainClock,
     next_tick: Instant,
@@ -156,12 +156,6 @@ struct Worker<A: App> {
 
 /// Run one worker: accept, hand connections to the kernel, watch them, drain.
 pub(crate) fn run<A: App>(mut ctx: WorkerCtx<A>) -> io::Result<()> {
-    let SocketAddr::V4(local) = ctx.local_addr else {
-        return Err(io::Error::other(
-            "the kernel strategy keys connections by their IPv4 4-tuple: listen on an IPv4 \
-             address, or use --strategy epoll-et",
-        ));
-    };
     let entries = u32::try_from(ctx.config.max_conns).unwrap_or(u32::MAX);
     let map = EchoMap::new(entries).map_err(|e| io::Error::other(e.one_line()))?;
     let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
@@ -181,7 +175,6 @@ pub(crate) fn run<A: App>(mut ctx: WorkerCtx<A>) -> io::Result<()> {
         next_serial: 0,
         listener,
         listening: false,
-        local,
         guard: AcceptGuard::new(),
         drain: DrainClock::default(),
         next_tick: now + TICK,
@@ -292,11 +285,19 @@ impl<A: App> Worker<A> {
             self.refused(None);
             return;
         }
-        let Some(SocketAddr::V4(remote)) = addr else {
-            self.refused(Some("the peer is not an IPv4 address"));
-            return;
+        // The connection's own addresses (a wildcard listener's is not its), either
+        // family: the key holds them in their IPv6 form.
+        let addrs = stream.local_addr().and_then(|local| {
+            let remote = addr.map_or_else(|| stream.peer_addr(), Ok)?;
+            Ok((local, remote))
+        });
+        let key = match addrs {
+            Ok((local, remote)) => SockKey::new(local, remote),
+            Err(e) => {
+                self.refused(Some(&format!("cannot read its addresses: {e}")));
+                return;
+            }
         };
-        let key = SockKey::new(self.local, remote);
         let vacant = self.conns.vacant_entry();
         let slot = vacant.key();
         let serial = self.next_serial.wrapping_add(1) & 0xffff_ffff;

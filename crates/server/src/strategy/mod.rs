@@ -396,7 +396,7 @@ const KERNEL: Entry = Entry::new(StrategyInfo {
     name: "kernel",
     item: "5",
     summary: "eBPF sk_skb verdict on a SOCKHASH echoes each segment in the kernel",
-    limits: "echo only, IPv4; needs CAP_BPF and CAP_NET_ADMIN; a peer with more than --output-cap unread is reset",
+    limits: "echo only; needs CAP_BPF and CAP_NET_ADMIN; a peer with more than --output-cap unread is reset",
     instead: "epoll-et",
 })
 .availability(kernel::availability)
