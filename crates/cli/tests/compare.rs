@@ -259,6 +259,10 @@ fn compare_with_workloads_and_rounds_writes_a_consistent_report() {
         "{report}"
     );
     assert!(report.contains("Where each one loses"), "{report}");
+    assert!(
+        report.contains("## Whole-machine CPU per request"),
+        "{report}"
+    );
     assert!(report.contains("- Rounds: 2, interleaved"), "{report}");
     assert!(report.contains(results["machine"]["kernel"].as_str().unwrap()));
     assert!(report.contains("Pinning:"));
