@@ -8,9 +8,10 @@
 //! strategies are "indistinguishable here". A cell with errors is never recommended. A
 //! figure below its reading's resolution ([`crate::resolution`]) prints as `< X`, the
 //! most it can have been, and the advice leaves it out; a strategy whose work runs in
-//! the kernel is never ranked by server CPU. Each strategy's losses are stated against
-//! a [`Reference`], the median of the event-loop family at each level, rather than
-//! against whichever cell happened to be best.
+//! the kernel is never ranked by server CPU, but held against the user-space strategy
+//! that needed the least whole-machine CPU per request, in a sentence of its own. Each
+//! strategy's losses are stated against a [`Reference`], the median of the event-loop
+//! family at each level, rather than against whichever cell happened to be best.
 
 mod cpython;
 mod figures;
