@@ -154,6 +154,21 @@ fn compare_with_workloads_and_rounds_writes_a_consistent_report() {
                 assert_eq!(m["connected"], c, "{t} x {c} under {work}");
                 tputs.push(m["throughput_rps"].as_f64().unwrap());
                 assert!(m["server_memory"]["pss_kib"].as_u64().unwrap() > 0);
+                // The whole machine's CPU: read inside the server CPU's window, over
+                // the same replies.
+                let mc = &m["machine_cpu"];
+                assert!(mc["busy_s"].as_f64().unwrap() > 0.0, "{mc}");
+                assert!(mc["cpus"].as_u64().unwrap() >= 1, "{mc}");
+                assert_eq!(mc["requests"], m["server_cpu_requests"], "{m}");
+                let wall = mc["wall_s"].as_f64().unwrap();
+                assert!(
+                    wall > 0.0 && wall <= m["server_cpu_window_s"].as_f64().unwrap(),
+                    "{m}"
+                );
+                assert!(
+                    mc["per_request_us"].is_number() || mc["note"].is_string(),
+                    "{mc}"
+                );
                 // Idle memory: round 1 of none only.
                 if work == "none" && i == 0 {
                     assert_eq!(m["idle"]["open"], c, "{t} x {c}: idle phase");
@@ -244,6 +259,10 @@ fn compare_with_workloads_and_rounds_writes_a_consistent_report() {
         "{report}"
     );
     assert!(report.contains("Where each one loses"), "{report}");
+    assert!(
+        report.contains("## Whole-machine CPU per request"),
+        "{report}"
+    );
     assert!(report.contains("- Rounds: 2, interleaved"), "{report}");
     assert!(report.contains(results["machine"]["kernel"].as_str().unwrap()));
     assert!(report.contains("Pinning:"));

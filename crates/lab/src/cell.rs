@@ -1,5 +1,6 @@
 //! Running one cell: start the server pinned, measure idle memory, run the load while
-//! reading the server tree's CPU at the edges of the measured window, stop the server.
+//! reading the server tree's CPU and the whole machine's at the edges of the measured
+//! window, stop the server.
 
 use c10k_server::Work;
 
@@ -13,6 +14,7 @@ use c10k_load::processes::Launcher;
 use c10k_load::{LoadConfig, LoadError, LoadReport, Phase, Progress};
 
 use crate::CompareConfig;
+use crate::machine_cpu::{self, BusyReading, MachineCpu};
 use crate::plan::pyfield::{self, FieldPeer};
 use crate::plan::{Target, TargetKind};
 use crate::proctree::{tree_cpu_reading, tree_memory};
@@ -134,11 +136,29 @@ fn measure_idle(
 struct LoadPhase {
     report: LoadReport,
     cpu: CpuWindow,
+    machine: Option<MachineCpu>,
     memory: crate::proctree::TreeMemory,
 }
 
+/// One edge of the measured window: when, the server tree's CPU, the replies so far,
+/// and the whole machine's busy time with when it was read.
+type Edge = (
+    Instant,
+    crate::proctree::CpuReading,
+    u64,
+    Option<(BusyReading, Instant)>,
+);
+
+/// The machine's busy time now, with when it was read.
+fn machine_now() -> Option<(BusyReading, Instant)> {
+    machine_cpu::read().map(|r| (r, Instant::now()))
+}
+
 /// The load phase: server CPU and replies are read when the window opens and when the
-/// load is done, so that CPU and requests cover the same interval.
+/// load is done, so that CPU and requests cover the same interval. The whole machine's
+/// busy time is read beside the tree's, inside it (after it at the opening, before it
+/// at the close), so the lab's own walk of /proc at the edges is not in the machine's
+/// figure; it is divided by the same replies.
 fn measure_load(
     cfg: &CompareConfig,
     server: &ServerProc,
@@ -152,21 +172,25 @@ fn measure_load(
     let progress = Arc::new(Progress::new());
     let handle = spawn_load(cfg, plan, lc, Arc::clone(&progress))?;
     let start = Instant::now();
-    let mut opened: Option<(Instant, crate::proctree::CpuReading, u64)> = None;
+    let mut opened: Option<Edge> = None;
     let mut memory = None;
-    let mut closed = None;
+    let mut closed: Option<Edge> = None;
     while start.elapsed() < bound {
         let phase = progress.phase();
         if opened.is_none() && phase >= Phase::Measuring {
             let r = progress.replies.load(Ordering::Relaxed);
-            opened = Some((Instant::now(), tree_cpu_reading(pid), r));
+            let at = Instant::now();
+            let tree = tree_cpu_reading(pid);
+            opened = Some((at, tree, r, machine_now()));
         }
-        if memory.is_none() && opened.is_some_and(|(at, _, _)| at.elapsed() >= half) {
+        if memory.is_none() && opened.is_some_and(|(at, ..)| at.elapsed() >= half) {
             memory = Some(tree_memory(pid));
         }
         if phase == Phase::Done {
+            let machine = machine_now();
+            let tree = tree_cpu_reading(pid);
             let r = progress.replies.load(Ordering::Relaxed);
-            closed = Some((tree_cpu_reading(pid), r, Instant::now()));
+            closed = Some((Instant::now(), tree, r, machine));
             break;
         }
         std::thread::sleep(POLL);
@@ -180,8 +204,20 @@ fn measure_load(
         Vec::len,
     );
     let tick_s = 1.0 / c10k_load::cpu::ticks_per_second();
+    let machine = match (opened, closed) {
+        (Some((_, _, r0, Some((m0, t0)))), Some((_, _, r1, Some((m1, t1))))) => {
+            Some(MachineCpu::over(
+                m0,
+                m1,
+                t1.saturating_duration_since(t0).as_secs_f64(),
+                r1.saturating_sub(r0),
+                tick_s,
+            ))
+        }
+        _ => None,
+    };
     let cpu = match (opened, closed) {
-        (Some((t0, c0, r0)), Some((c1, r1, t1))) => CpuWindow {
+        (Some((t0, c0, r0, _)), Some((t1, c1, r1, _))) => CpuWindow {
             cpu_s: (c1.times.total() - c0.times.total()).max(0.0),
             resolution_s: cpu_resolution_s(c0.tick_fields.max(c1.tick_fields), server_cpus, tick_s),
             wall_s: t1.saturating_duration_since(t0).as_secs_f64(),
@@ -198,8 +234,28 @@ fn measure_load(
     Ok(LoadPhase {
         report,
         cpu,
+        machine,
         memory,
     })
+}
+
+/// The load generator's own CPU per reply over its window, microseconds: null without
+/// replies or below resolution (each load thread reads its user and system time in
+/// whole clock ticks, and may be running as it is read).
+pub fn load_cpu_per_request_us(report: &LoadReport) -> Option<f64> {
+    let threads = report.threads.max(1);
+    CpuWindow {
+        cpu_s: report.cpu_user_s + report.cpu_sys_s,
+        resolution_s: cpu_resolution_s(
+            2 * threads,
+            threads,
+            1.0 / c10k_load::cpu::ticks_per_second(),
+        ),
+        wall_s: report.window_s,
+        requests: report.requests,
+    }
+    .figures()
+    .per_request_us
 }
 
 /// Runs one round of `target` at `conns` connections (the caller checked that it
@@ -253,6 +309,7 @@ pub fn run_cell(
     let LoadPhase {
         report,
         cpu,
+        machine,
         memory,
     } = measured.map_err(|why| format!("{why}; server: {tail}"))?;
     if report.requests == 0 {
@@ -278,6 +335,8 @@ pub fn run_cell(
         server_cpu_requests: cpu.requests,
         server_cpu_per_request_us: figures.per_request_us,
         server_cpu_note: figures.note,
+        machine_cpu: machine,
+        load_cpu_per_request_us: load_cpu_per_request_us(&report),
         server_memory: memory,
         idle,
         load_bound: report.load_bound,

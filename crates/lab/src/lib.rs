@@ -4,12 +4,13 @@
 //! (and any `--peer`) at every concurrency level, a cell starts the server as its own
 //! process pinned to the server CPUs, opens idle connections to measure memory per
 //! connection (in round 1 of one workload), runs the load (in this process, on a
-//! thread pinned to the load CPUs), reads the server's whole process tree's CPU time at
-//! the edges of the measured window, and stops the server with SIGTERM. A cell that
-//! cannot run (strategy not available here, beyond its connection limit, a peer asked
-//! to do work, server did not start) is "n/a" with the reason; the run goes on. The
-//! matrix runs `--rounds` times, interleaved, and each cell reports the median and the
-//! min-max of its rounds ([`aggregate`]).
+//! thread pinned to the load CPUs), reads the server's whole process tree's CPU time and
+//! the whole machine's busy time ([`machine_cpu`]) at the edges of the measured window,
+//! and stops the server with SIGTERM. A cell that cannot run (strategy not available
+//! here, beyond its connection limit, a peer asked to do work, server did not start)
+//! is "n/a" with the reason; the run goes on. The matrix runs `--rounds` times,
+//! interleaved, and each cell reports the median and the min-max of its rounds
+//! ([`aggregate`]).
 //!
 //! The output is `results.json` (every figure of every round), `report.md` (tables, a
 //! "what to use" section per workload derived from the figures, the machine) and SVG
@@ -20,6 +21,7 @@ pub mod cell;
 pub mod chart;
 pub mod kernel_memory;
 pub mod machine;
+pub mod machine_cpu;
 pub mod pin;
 pub mod plan;
 pub mod proctree;
@@ -253,13 +255,18 @@ impl Ticker {
 fn one_line(what: &str, outcome: &Result<Metrics, String>) -> String {
     match outcome {
         Ok(m) => format!(
-            "{what}: {:.0} req/s, p99 {:.0} us, server CPU {} us/req (busy {}), {} errors{}",
+            "{what}: {:.0} req/s, p99 {:.0} us, server CPU {} us/req (busy {}), machine \
+             {} us/req, {} errors{}",
             m.throughput_rps,
             m.p99_us,
             m.server_cpu_per_request_us
                 .map_or_else(|| "?".into(), |v| format!("{v:.2}")),
             m.server_busy_percent
                 .map_or_else(|| "?".into(), |v| format!("{v:.0}%")),
+            m.machine_cpu
+                .as_ref()
+                .and_then(|c| c.per_request_us)
+                .map_or_else(|| "?".into(), |v| format!("{v:.2}")),
             m.errors,
             if m.load_bound { " (load-bound)" } else { "" }
         ),

@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::aggregate::Stat;
 use crate::machine::Machine;
+use crate::machine_cpu::MachineCpu;
 use crate::proctree::TreeMemory;
 
 /// The settings of a comparison.
@@ -244,6 +245,17 @@ pub struct Metrics {
     pub server_cpu_per_request_us: Option<f64>,
     /// Why `server_cpu_per_request_us` or `server_busy_percent` is null.
     pub server_cpu_note: Option<String>,
+    /// The whole machine's busy time over the same window and replies (every CPU, from
+    /// `/proc/stat`: the server, the load generator, the kernel's softirq work for
+    /// both and anything else that ran; see [`crate::machine_cpu`]), with its CPU per
+    /// request; null when `/proc/stat` could not be read. Results written before it
+    /// existed lack it: a reader takes a missing field as null.
+    pub machine_cpu: Option<MachineCpu>,
+    /// The load generator's own CPU (user+system of its threads over its window, as
+    /// `load.cpu_user_s + load.cpu_sys_s`) per reply it counted, microseconds; null
+    /// without replies or when the reading is below resolution (a tick per counter and
+    /// per load thread). Missing in older results, like `machine_cpu`.
+    pub load_cpu_per_request_us: Option<f64>,
     /// The server's tree memory in the middle of the window.
     pub server_memory: TreeMemory,
     /// The idle phase (null when it did not run or failed).
@@ -291,7 +303,7 @@ impl Round {
     }
 }
 
-/// The medians over a cell's rounds of its three main figures.
+/// The medians over a cell's rounds of its main figures.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Summary {
     /// Requests per second.
@@ -301,9 +313,12 @@ pub struct Summary {
     /// Server CPU per request, microseconds; null when a round's reading was below
     /// resolution (that round says why).
     pub server_cpu_per_request_us: Option<f64>,
+    /// Whole-machine CPU per request, microseconds; null as above, or when a round has
+    /// no machine reading.
+    pub machine_cpu_per_request_us: Option<f64>,
 }
 
-/// The min-max over a cell's rounds of its three main figures: `[min, max]`.
+/// The min-max over a cell's rounds of its main figures: `[min, max]`.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Spread {
     /// Requests per second.
@@ -312,6 +327,8 @@ pub struct Spread {
     pub p99_us: [f64; 2],
     /// Server CPU per request, microseconds (null as in the median).
     pub server_cpu_per_request_us: Option<[f64; 2]>,
+    /// Whole-machine CPU per request, microseconds (null as in the median).
+    pub machine_cpu_per_request_us: Option<[f64; 2]>,
 }
 
 /// One strategy (or peer) at one concurrency under one workload, over the rounds.
@@ -375,17 +392,24 @@ impl Cell {
         let p99 = stat(|m| m.p99_us);
         let cpu: Option<Vec<f64>> = ran.iter().map(|m| m.server_cpu_per_request_us).collect();
         let cpu = cpu.and_then(|v| Stat::of(&v));
+        let machine: Option<Vec<f64>> = ran
+            .iter()
+            .map(|m| m.machine_cpu.as_ref()?.per_request_us)
+            .collect();
+        let machine = machine.and_then(|v| Stat::of(&v));
         let (median, spread) = match (tput, p99) {
             (Some(t), Some(p)) => (
                 Some(Summary {
                     throughput_rps: t.median,
                     p99_us: p.median,
                     server_cpu_per_request_us: cpu.map(|c| c.median),
+                    machine_cpu_per_request_us: machine.map(|c| c.median),
                 }),
                 Some(Spread {
                     throughput_rps: [t.min, t.max],
                     p99_us: [p.min, p.max],
                     server_cpu_per_request_us: cpu.map(|c| [c.min, c.max]),
+                    machine_cpu_per_request_us: machine.map(|c| [c.min, c.max]),
                 }),
             ),
             _ => (None, None),

@@ -7,6 +7,7 @@
 mod common;
 
 use c10k_lab::report::{self, Reference, View};
+use c10k_lab::results::Cell;
 use common::*;
 
 const STRATEGIES: [(&str, Option<&str>); 7] = [
@@ -325,6 +326,14 @@ fn a_strategy_that_runs_in_the_kernel_is_never_ranked_by_server_cpu() {
         !advice.contains("least server CPU per request (us): `kernel`"),
         "{advice}"
     );
+    // Without a whole-machine reading there is nothing to hold it against.
+    assert!(
+        advice.contains(
+            "no level has a whole-machine figure for both it and a user-space strategy \
+             here, so judge it by `bench/kernel.sh`"
+        ),
+        "{advice}"
+    );
     // Nor picked by throughput, where it serves the most.
     let mut cells = Vec::new();
     for &c in &levels {
@@ -334,4 +343,164 @@ fn a_strategy_that_runs_in_the_kernel_is_never_ranked_by_server_cpu() {
     let advice = report::advice(&results(&rows, &levels, cells));
     assert!(advice.contains("\n**Use `epoll-et`.**"), "{advice}");
     assert!(!advice.contains("throughput: `kernel`"), "{advice}");
+}
+
+/// Three rounds of `(throughput, server CPU, whole-machine CPU)`, each `d` (a
+/// fraction) either way.
+fn with_machine(name: &str, conns: usize, tput: f64, cpu: f64, machine: f64, d: f64) -> Cell {
+    let specs: Vec<Spec> = [-1.0, 0.0, 1.0]
+        .iter()
+        .map(|k| Spec {
+            machine_us: Some(machine * (1.0 + k * d)),
+            ..spec(tput * (1.0 - k * d), cpu * (1.0 + k * d), 200, conns)
+        })
+        .collect();
+    cell_rounds("none", name, conns, &specs)
+}
+
+/// Issue 19: the kernel's own process is near idle while its echo runs in softirq, so
+/// it is held against the user-space strategies on whole-machine CPU per request, in a
+/// sentence of its own (never mixed into the ranking by server CPU), and every
+/// strategy gets the whole-machine column.
+#[test]
+fn the_kernel_is_held_against_the_least_user_space_strategy_on_whole_machine_cpu() {
+    let levels = [100, 1_000, 10_000];
+    let rows = vec![
+        ("epoll-et", Some("2")),
+        ("thread", Some("4")),
+        ("kernel", Some("5")),
+    ];
+    let mut cells = Vec::new();
+    for &c in &levels {
+        // epoll-et serves the most at every level and needs the least server CPU.
+        let (et, th, k) = match c {
+            100 => (13.33, 30.0, 13.0),
+            // thread needs less of the machine than epoll-et here: the comparison is
+            // with the least, whichever strategy the advice picks.
+            1_000 => (19.34, 18.0, 10.0),
+            _ => (25.0, 40.0, 12.0),
+        };
+        cells.push(with_machine("epoll-et", c, 150_000.0, 6.0, et, 0.02));
+        cells.push(with_machine("thread", c, 70_000.0, 13.0, th, 0.02));
+        let mut kernel = with_machine("kernel", c, 80_000.0, 0.1, k, 0.02);
+        if c == 10_000 {
+            // A cell with errors is not compared.
+            kernel = cell_rounds(
+                "none",
+                "kernel",
+                c,
+                &[Spec {
+                    errors: 3,
+                    machine_us: Some(k),
+                    ..spec(80_000.0, 0.1, 200, c)
+                }; 3],
+            );
+        }
+        cells.push(kernel);
+    }
+    let r = results_of(&rows, &[("none", &levels)], 3, cells);
+    let advice = report::advice(&r);
+    assert!(advice.contains("\n**Use `epoll-et`.**"), "{advice}");
+    // Still never ranked by server CPU, nor picked.
+    assert!(
+        !advice.contains("least server CPU per request (us): `kernel`"),
+        "{advice}"
+    );
+    assert!(!advice.contains("throughput: `kernel`"), "{advice}");
+    assert!(
+        advice.contains(
+            "`kernel` is not ranked by server CPU: its work runs in the kernel (softirq, \
+             charged to no process), so its server CPU per request is not comparable. On \
+             whole-machine CPU per request (us: every CPU's busy time, which holds the \
+             kernel's work, the load generator and anything else the machine ran), against \
+             the user-space strategy that needed the least at each level: at 100 \
+             connections `kernel` 13.00 (12.74-13.26) against `epoll-et` 13.33 \
+             (13.06-13.60), 0.98x (indistinguishable here: their min-max ranges overlap) \
+             and at 1,000 connections `kernel` 10.00 (9.80-10.20) against `thread` 18.00 \
+             (17.64-18.36), 0.56x (their min-max ranges are apart)."
+        ),
+        "{advice}"
+    );
+    assert!(
+        !advice.contains("at 10,000 connections `kernel`"),
+        "{advice}"
+    );
+
+    // The column: every row has the figure, beside the server CPU table.
+    let md = report::render(&r);
+    let server = md.find("## Server CPU per request").unwrap();
+    let machine = md.find("## Whole-machine CPU per request").unwrap();
+    let busy = md.find("## Server busy").unwrap();
+    assert!(server < machine && machine < busy, "{md}");
+    let t = table(&md, "Whole-machine CPU per request");
+    let row = |name: &str| t.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    assert_eq!(
+        row("`epoll-et`"),
+        [
+            "13.33 (13.06-13.60)",
+            "19.34 (18.95-19.73)",
+            "25.00 (24.50-25.50)"
+        ]
+    );
+    assert_eq!(row("`kernel`")[1], "10.00 (9.80-10.20)");
+    assert_eq!(row("`kernel`")[2], "12.00 (9 err)");
+    assert!(
+        md.contains("it is the figure for a strategy whose work runs in the kernel"),
+        "{md}"
+    );
+
+    // results.json: each round's reading, the cell's median and spread.
+    let json = serde_json::to_value(&r).unwrap();
+    let cell = json["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["target"] == "kernel" && c["conns"] == 1_000)
+        .unwrap();
+    let median = cell["median"]["machine_cpu_per_request_us"]
+        .as_f64()
+        .unwrap();
+    assert!((median - 10.0).abs() < 1e-9, "{cell}");
+    let spread = &cell["spread"]["machine_cpu_per_request_us"];
+    assert!((spread[0].as_f64().unwrap() - 9.8).abs() < 1e-9, "{cell}");
+    let round = &cell["rounds"][0]["metrics"];
+    assert!(
+        round["machine_cpu"]["busy_s"].as_f64().unwrap() > 0.0,
+        "{round}"
+    );
+    assert!(
+        round["machine_cpu"]["per_request_us"].is_number(),
+        "{round}"
+    );
+    assert!(round["load_cpu_per_request_us"].is_null(), "{round}");
+
+    // One round: no spread, so the tie factor says what differs.
+    let one: Vec<Cell> = r
+        .cells
+        .iter()
+        .map(|c| {
+            Cell::from_rounds(
+                "none",
+                &c.target,
+                c.conns,
+                c.workers,
+                c.rounds[1..2].to_vec(),
+            )
+        })
+        .collect();
+    let advice = report::advice(&results(&rows, &levels, one));
+    assert!(
+        advice.contains(
+            "at 1,000 connections `kernel` 10.00 against `thread` 18.00, 0.56x (over 15% \
+             apart; one round, no spread measured)"
+        ),
+        "{advice}"
+    );
+    assert!(
+        advice.contains(
+            "`epoll-et` 13.33, 0.98x (indistinguishable here: under 15% apart; one round, \
+             no spread measured)"
+        ),
+        "{advice}"
+    );
 }

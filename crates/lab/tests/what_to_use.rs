@@ -287,7 +287,7 @@ fn a_section_per_workload_with_words_from_the_figures() {
     // Idle memory only where it was measured.
     assert_eq!(
         md.matches("### `none`: no work per request").count(),
-        7,
+        8,
         "{md}"
     );
 }

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::aggregate::{Stat, median};
+use crate::resolution::CpuWindow;
 use crate::results::{Cell, Metrics, ResolutionSettings, Results, WorkloadSettings};
 
 use super::format::{ceil_to, fmt_bytes, fmt_bytes_bound, fmt_conns, fmt_cpu, fmt_us, group};
@@ -59,19 +60,30 @@ pub fn kernel_idle_shown(m: &Metrics) -> Shown {
     }
 }
 
+/// CPU per request from a window's reading: the figure when it is one, else (a
+/// reading of a few clock ticks) at most what the reading plus its resolution allows.
+fn per_request_shown(figure: Option<f64>, w: &CpuWindow) -> Shown {
+    match figure {
+        Some(v) => Shown::Value(v),
+        None if w.below_resolution() && w.requests > 0 => {
+            Shown::Below(w.cpu_bound_s() / w.requests as f64 * 1e6)
+        }
+        None => Shown::Missing,
+    }
+}
+
 /// Server CPU per request: a measurement, or (a reading of a few clock ticks) at most
 /// what the reading plus its resolution allows.
 pub fn cpu_shown(m: &Metrics) -> Shown {
-    match m.server_cpu_per_request_us {
-        Some(v) => Shown::Value(v),
-        None => {
-            let w = m.cpu_window();
-            if w.below_resolution() && w.requests > 0 {
-                Shown::Below(w.cpu_bound_s() / w.requests as f64 * 1e6)
-            } else {
-                Shown::Missing
-            }
-        }
+    per_request_shown(m.server_cpu_per_request_us, &m.cpu_window())
+}
+
+/// Whole-machine CPU per request, by the same rule (missing without a reading of
+/// `/proc/stat`).
+pub fn machine_cpu_shown(m: &Metrics) -> Shown {
+    match &m.machine_cpu {
+        Some(mc) => per_request_shown(mc.per_request_us, &mc.window()),
+        None => Shown::Missing,
     }
 }
 
@@ -228,8 +240,19 @@ fn cpu_below_note(r: &ResolutionSettings) -> String {
     )
 }
 
+fn machine_cpu_below_note(r: &ResolutionSettings) -> String {
+    format!(
+        "`< X`: the whole machine's busy time in that cell was under {:.0} times its \
+         resolution (/proc/stat counts each CPU state in whole clock ticks of {:.0} ms, \
+         and a CPU's current tick is charged whole when it ends), so it is no \
+         measurement: X is the most it can have been.",
+        r.cpu_min_resolutions,
+        r.cpu_tick_s * 1e3
+    )
+}
+
 /// The figures with a table each, in order.
-pub const FIGURES: [Figure; 7] = [
+pub const FIGURES: [Figure; 8] = [
     Figure {
         title: "Throughput (requests/s, higher is better)",
         note: "Replies received in the measured window, divided by its length.",
@@ -260,6 +283,23 @@ pub const FIGURES: [Figure; 7] = [
         below_note: Some(cpu_below_note),
         chart: Some("cpu_per_request.svg"),
         read: cpu_shown,
+        show: fmt_cpu,
+        show_bound: |v| format!("{:.2}", ceil_to(v, 0.01)),
+        spread: true,
+        idle_only: false,
+    },
+    Figure {
+        title: "Whole-machine CPU per request (microseconds, lower is better)",
+        note: "Every CPU's busy time (/proc/stat: user, nice, system, irq, softirq, steal) \
+               over the same window, divided by the same replies. It includes the load \
+               generator, the kernel's work for both ends (softirq is charged to whichever \
+               CPU takes the interrupt, on loopback usually the sender's) and any other \
+               work on the machine, so it is fair to every strategy, and it is the figure \
+               for a strategy whose work runs in the kernel (`kernel`), whose server CPU is \
+               near zero. Neighbours on a shared machine move it.",
+        below_note: Some(machine_cpu_below_note),
+        chart: None,
+        read: machine_cpu_shown,
         show: fmt_cpu,
         show_bound: |v| format!("{:.2}", ceil_to(v, 0.01)),
         spread: true,

@@ -8,9 +8,10 @@
 //! strategies are "indistinguishable here". A cell with errors is never recommended. A
 //! figure below its reading's resolution ([`crate::resolution`]) prints as `< X`, the
 //! most it can have been, and the advice leaves it out; a strategy whose work runs in
-//! the kernel is never ranked by server CPU. Each strategy's losses are stated against
-//! a [`Reference`], the median of the event-loop family at each level, rather than
-//! against whichever cell happened to be best.
+//! the kernel is never ranked by server CPU, but held against the user-space strategy
+//! that needed the least whole-machine CPU per request, in a sentence of its own. Each
+//! strategy's losses are stated against a [`Reference`], the median of the event-loop
+//! family at each level, rather than against whichever cell happened to be best.
 
 mod cpython;
 mod figures;
@@ -23,7 +24,8 @@ use std::fmt::Write as _;
 pub use crate::aggregate::{TIE, median};
 pub use cpython::{DOMINATES, field_rows};
 pub use figures::{
-    Agg, FIGURES, Figure, Shown, View, busy_shown, cpu_shown, idle_shown, tput_shown,
+    Agg, FIGURES, Figure, Shown, View, busy_shown, cpu_shown, idle_shown, machine_cpu_shown,
+    tput_shown,
 };
 pub use format::{fmt_conns, group, list};
 pub use losses::Reference;
@@ -307,7 +309,10 @@ pub fn render(results: &Results) -> String {
          then closes them; then it runs the load (closed loop, every connection opened \
          before the window starts, then the warm-up, then the measured window), reading \
          the tree's CPU time from /proc when the window opens and when the load ends; then \
-         SIGTERM. The work per request (`--work`) runs in the server: CPU burnt on the \
+         SIGTERM. Beside the tree's CPU it reads every CPU's busy time from /proc/stat at \
+         the same two edges: that whole-machine CPU per request includes the load \
+         generator and any other work on the machine, so it is fair to every strategy, \
+         and it is the figure for a strategy whose work runs in the kernel. The work per request (`--work`) runs in the server: CPU burnt on the \
          handling thread's clock, a blocking wait that holds the handling thread, or an \
          asynchronous wait that defers the reply with a timer. The whole matrix runs once \
          per round, the rounds one after another, so a burst of noise on a shared machine \
@@ -317,7 +322,7 @@ pub fn render(results: &Results) -> String {
          the allocator's page noise, a CPU reading of a few clock ticks) shows as `< X`, \
          the most it can have been, and the advice leaves it out; in `results.json` it is \
          null, with a `_note` field that says why (`pss_bytes_per_conn_note`, \
-         `server_cpu_note`) beside the raw readings, and `settings.resolution` holds the \
+         `server_cpu_note`, `machine_cpu.note`) beside the raw readings, and `settings.resolution` holds the \
          rules. `results.json` holds every round of every cell (`rounds[].metrics`, with \
          the load generator's full report) beside each cell's `median` and `spread` \
          (`[min, max]`); each chart carries its data in its `<desc>` element and leaves \

@@ -8,14 +8,16 @@
 //! generator saturated its core in the best cells, throughput is a floor and CPU per
 //! request alone decides. A strategy picked at every level is the recommendation.
 //! Never a peer, never a cell with errors, never a CPU figure below resolution, and a
-//! strategy that runs in the kernel is never ranked by server CPU.
+//! strategy that runs in the kernel is never ranked by server CPU: a sentence of its own
+//! holds it against the user-space strategy that needed the least whole-machine CPU per
+//! request at each level.
 
 use std::fmt::Write as _;
 
 use crate::aggregate::TIE;
 use crate::results::Metrics;
 
-use super::figures::{Agg, Shown, View, cpu_shown, tput_shown};
+use super::figures::{Agg, Shown, View, cpu_shown, machine_cpu_shown, tput_shown};
 use super::format::{either, fmt_conns, fmt_cpu, group, levels, list};
 use super::losses::{against_peer, could_not_run, losses};
 use crate::workload::fmt_duration;
@@ -288,6 +290,70 @@ pub(super) fn per_second(v: f64) -> String {
     group(v)
 }
 
+/// The sentence on a strategy whose work runs in the kernel: never ranked by server
+/// CPU, it is held against the user-space strategy that needed the least whole-machine
+/// CPU per request at each level (among those that ran without errors), as a ratio,
+/// with the usual rule for a difference. It stays out of the picks: the two figures are
+/// never mixed in one ranking.
+fn in_kernel_sentence(view: &View<'_>, judged: &[Level], name: &str) -> String {
+    let head = format!(
+        "`{name}` is not ranked by server CPU: its work runs in the kernel (softirq, charged \
+         to no process), so its server CPU per request is not comparable"
+    );
+    let parts: Vec<String> = judged
+        .iter()
+        .filter_map(|l| {
+            let cell = view
+                .cell(name, l.conns)
+                .filter(|c| c.is_ok() && c.errors == 0)?;
+            let mine = Standing {
+                name: name.to_string(),
+                agg: Agg::of(cell, machine_cpu_shown).filter(|a| a.value().is_some())?,
+                load_bound: cell.load_bound(),
+            };
+            let user_space: Vec<&str> = l.tput.iter().map(|s| s.name.as_str()).collect();
+            // Measured figures above zero only, least first.
+            let best = rank(view, l.conns, &user_space, machine_cpu_shown, true)
+                .into_iter()
+                .next()?;
+            let why = match (
+                mine.agg.stat.apart(&best.agg.stat),
+                mine.agg.stat.n > 1 && best.agg.stat.n > 1,
+            ) {
+                (true, true) => "their min-max ranges are apart".to_string(),
+                (false, true) => "indistinguishable here: their min-max ranges overlap".into(),
+                (true, false) => format!(
+                    "over {:.0}% apart; one round, no spread measured",
+                    (TIE - 1.0) * 100.0
+                ),
+                (false, false) => format!(
+                    "indistinguishable here: under {:.0}% apart; one round, no spread measured",
+                    (TIE - 1.0) * 100.0
+                ),
+            };
+            Some(format!(
+                "at {} connections {} against {}, {:.2}x ({why})",
+                fmt_conns(l.conns),
+                standing(view, &mine, fmt_cpu),
+                standing(view, &best, fmt_cpu),
+                mine.agg.median / best.agg.median
+            ))
+        })
+        .collect();
+    if parts.is_empty() {
+        return format!(
+            "{head}; no level has a whole-machine figure for both it and a user-space \
+             strategy here, so judge it by `bench/kernel.sh` (docs/notes/kernel.md)."
+        );
+    }
+    format!(
+        "{head}. On whole-machine CPU per request (us: every CPU's busy time, which holds \
+         the kernel's work, the load generator and anything else the machine ran), against \
+         the user-space strategy that needed the least at each level: {}.",
+        list(&parts)
+    )
+}
+
 /// The bound the work sets, in words, against what was measured.
 fn bounds(view: &View<'_>, judged: &[Level]) -> Vec<String> {
     let w = view.workload;
@@ -551,12 +617,7 @@ pub fn section(view: &View<'_>) -> String {
         .map(|t| t.name.as_str())
         .collect();
     for k in in_kernel {
-        let _ = writeln!(
-            s,
-            "\n`{k}` is not ranked by server CPU: its work runs in the kernel (softirq, charged \
-             to no process), so its server CPU per request is not comparable; judge it by \
-             whole-machine CPU (`bench/kernel.sh`, docs/notes/kernel.md)."
-        );
+        let _ = writeln!(s, "\n{}", in_kernel_sentence(view, &judged, k));
     }
     let peers: Vec<&str> = view
         .results

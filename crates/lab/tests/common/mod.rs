@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use c10k_lab::machine::Machine;
+use c10k_lab::machine_cpu::{BUSY_FIELDS, MachineCpu};
 use c10k_lab::proctree::TreeMemory;
 use c10k_lab::resolution::{CpuWindow, cpu_resolution_s};
 use c10k_lab::results::{
@@ -72,6 +73,8 @@ pub struct Spec {
     pub load_bound: bool,
     /// p99 latency, microseconds.
     pub p99_us: f64,
+    /// Whole-machine CPU per request, microseconds (`None`: no /proc/stat reading).
+    pub machine_us: Option<f64>,
 }
 
 pub fn spec(tput: f64, cpu_us: f64, idle_per_conn: i64, conns: usize) -> Spec {
@@ -84,6 +87,7 @@ pub fn spec(tput: f64, cpu_us: f64, idle_per_conn: i64, conns: usize) -> Spec {
         errors: 0,
         load_bound: false,
         p99_us: 200.0,
+        machine_us: None,
     }
 }
 
@@ -125,6 +129,18 @@ pub fn metrics(conns: usize, s: Spec) -> Metrics {
         server_cpu_requests: requests,
         server_cpu_per_request_us: figures.per_request_us,
         server_cpu_note: figures.note,
+        machine_cpu: s.machine_us.map(|us| {
+            MachineCpu::of(
+                CpuWindow {
+                    cpu_s: us * requests as f64 / 1e6,
+                    resolution_s: cpu_resolution_s(BUSY_FIELDS, 2, TICK),
+                    wall_s: window,
+                    requests,
+                },
+                2,
+            )
+        }),
+        load_cpu_per_request_us: None,
         server_memory: after,
         idle: Some(IdleMemory::new(conns, before, after, NOISE)),
         load_bound: s.load_bound,
