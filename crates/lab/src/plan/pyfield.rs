@@ -505,8 +505,9 @@ mod tests {
         assert_eq!(FieldPeer::parse_command("{python:asyncio} python3"), None);
         assert_eq!(FieldPeer::parse_command("{pyfield:trio:1} python3"), None);
         assert_eq!(FieldPeer::parse_command("{pyfield:asyncio:1}"), None);
-        assert_eq!(FieldPeer::all().len(), 18);
-        assert!(FieldPeer::from_name("c10k-py-procs").is_none());
+        assert_eq!(FieldPeer::all().len(), 21);
+        assert!(FieldPeer::from_name("c10k-py-thread-procs").is_some());
+        assert!(FieldPeer::from_name("c10k-py-prefork-procs").is_none());
     }
 
     #[test]
