@@ -18,7 +18,7 @@ use crate::workload::fmt_duration;
 
 use super::figures::{Agg, View, cpu_shown, idle_shown, tput_shown};
 use super::format::{fmt_bytes, fmt_conns, fmt_cpu, list};
-use super::verdict::{Level, judge_among, per_second, pick_words, ranking_clause, recommended};
+use super::verdict::{Level, judge_among, level_line, per_second, pick_words, recommended};
 
 /// The share of server CPU per request the handler's own CPU must have in the best
 /// cells for the section to say that Python's own work dominates.
@@ -177,33 +177,7 @@ fn workload_section(view: &View<'_>, rows: &[&str]) -> String {
     }
     s.push('\n');
     for l in &judged {
-        let mut clauses = Vec::new();
-        if let Some(c) = ranking_clause(view, &l.tput, &l.tput_top, "throughput", per_second) {
-            clauses.push(c);
-        }
-        if let Some(c) = ranking_clause(
-            view,
-            &l.cpu,
-            &l.cpu_top,
-            "least server CPU per request (us)",
-            fmt_cpu,
-        ) {
-            clauses.push(c);
-        }
-        if clauses.is_empty() {
-            let _ = writeln!(
-                s,
-                "- At {} connections: no option ran without errors.",
-                fmt_conns(l.conns)
-            );
-        } else {
-            let _ = writeln!(
-                s,
-                "- At {} connections: {}.",
-                fmt_conns(l.conns),
-                clauses.join("; ")
-            );
-        }
+        let _ = writeln!(s, "{}", level_line(view, l, "no option"));
     }
     for line in caveats(view, rows, &judged) {
         let _ = writeln!(s, "\n{line}");

@@ -548,40 +548,7 @@ pub fn section(view: &View<'_>) -> String {
     }
     s.push('\n');
     for l in &judged {
-        let mut clauses = Vec::new();
-        if let Some(c) = ranking_clause(view, &l.tput, &l.tput_top, "throughput", per_second) {
-            clauses.push(c);
-        }
-        if l.load_bound {
-            clauses.push(
-                "the load generator saturated its core in the best cells, so their throughput \
-                 is a floor and CPU per request decides"
-                    .into(),
-            );
-        }
-        if let Some(c) = ranking_clause(
-            view,
-            &l.cpu,
-            &l.cpu_top,
-            "least server CPU per request (us)",
-            fmt_cpu,
-        ) {
-            clauses.push(c);
-        }
-        if clauses.is_empty() {
-            let _ = writeln!(
-                s,
-                "- At {} connections: nothing ran without errors.",
-                fmt_conns(l.conns)
-            );
-        } else {
-            let _ = writeln!(
-                s,
-                "- At {} connections: {}.",
-                fmt_conns(l.conns),
-                clauses.join("; ")
-            );
-        }
+        let _ = writeln!(s, "{}", level_line(view, l, "nothing"));
     }
     for line in bounds(view, &judged) {
         let _ = writeln!(s, "\n{line}");
@@ -705,4 +672,41 @@ pub fn one_line(results: &crate::results::Results) -> Option<String> {
         })
         .collect();
     (!text.is_empty()).then(|| format!("**In one line:** {}.", text.join("; ")))
+}
+/// A level's line of a verdict: throughput's ranking, the load-bound caveat, server
+/// CPU's ranking; `nobody` names what ran without errors when nothing did ("nothing",
+/// "no option").
+pub(super) fn level_line(view: &View<'_>, l: &Level, nobody: &str) -> String {
+    let mut clauses = Vec::new();
+    if let Some(c) = ranking_clause(view, &l.tput, &l.tput_top, "throughput", per_second) {
+        clauses.push(c);
+    }
+    if l.load_bound {
+        clauses.push(
+            "the load generator saturated its core in the best cells, so their throughput \
+             is a floor and CPU per request decides"
+                .into(),
+        );
+    }
+    if let Some(c) = ranking_clause(
+        view,
+        &l.cpu,
+        &l.cpu_top,
+        "least server CPU per request (us)",
+        fmt_cpu,
+    ) {
+        clauses.push(c);
+    }
+    if clauses.is_empty() {
+        format!(
+            "- At {} connections: {nobody} ran without errors.",
+            fmt_conns(l.conns)
+        )
+    } else {
+        format!(
+            "- At {} connections: {}.",
+            fmt_conns(l.conns),
+            clauses.join("; ")
+        )
+    }
 }
