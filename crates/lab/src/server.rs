@@ -14,8 +14,8 @@ use rustix::process::{Pid, Signal, kill_process};
 
 use crate::pin;
 use crate::plan::peers::{self, Prefix, Preset, Sizing};
-use crate::plan::pyfield::{FieldPeer, FieldRunner};
-use crate::plan::python::{self, PyPeer, Runner};
+use crate::plan::pyfield::{self, FieldPeer};
+use crate::plan::python::{self, PyPeer, Scripts};
 use crate::proctree::{self, Proc};
 
 /// How long a server may take to start listening.
@@ -179,16 +179,17 @@ impl ServerProc {
                 },
                 _,
             ) => {
-                let runner = FieldRunner::write(&peer.name())?;
+                let runner = pyfield::runner(&peer.name())?;
                 // The runner prints `listening on IP:PORT`, as `c10k serve` does.
-                let c = runner.command(*peer, python, *procs, *conns, work);
+                let c = runner.command(python, &peer.serve_args(*procs, *conns, work));
                 (c, Ready::Line, Some(runner.into_prefix()))
             }
             (Launch::Peer { .. }, Some((peer, python))) => {
                 let python = python.unwrap_or_else(|| python::DEFAULT_PYTHON.into());
-                let runner = Runner::write(peer.name())?;
+                let runner = Scripts::serve(peer.name())?;
                 // The runner prints `listening on IP:PORT`, as `c10k serve` does.
-                let c = runner.command(peer, &python);
+                let args = ["--loop", peer.loop_name(), "--listen", "127.0.0.1:0"];
+                let c = runner.command(&python, &args);
                 (c, Ready::Line, Some(runner.into_prefix()))
             }
             (Launch::Peer { command }, None) => {

@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 
 use c10k_server::Work;
 
-use super::peers::Prefix;
-use super::python::PROTOCOL;
+use super::python::{Scripts, not_importable};
 use super::{Target, TargetKind};
 
 /// The runner (`bench/py/field.py`).
@@ -356,17 +355,8 @@ pub fn targets(
 
 /// Asks the runner for `server`'s version in `python`, or why it cannot serve.
 pub fn version(server: Server, python: &Path) -> Result<String, String> {
-    let dir = FieldRunner::write(server.name())?;
-    let out = Command::new(python)
-        .arg(dir.runner())
-        .args(["--server", server.name(), "--version"])
-        .output()
-        .map_err(|e| {
-            format!(
-                "cannot run {}: {e} (install Python 3 or pass --python-bin)",
-                python.display()
-            )
-        })?;
+    let dir = runner(server.name())?;
+    let out = dir.output(python, &["--server", server.name(), "--version"])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     match out.status.code() {
         Some(0) => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
@@ -384,61 +374,33 @@ pub fn version(server: Server, python: &Path) -> Result<String, String> {
 
 /// Why a row cannot run when its package is not importable by `python`.
 fn missing(server: Server, python: &Path) -> String {
-    format!(
-        "the Python package {} is not importable by {}: {} -m pip install {}",
-        server.module(),
-        python.display(),
-        python.display(),
-        server.pip_spec().unwrap_or(server.module())
-    )
+    let spec = server.pip_spec().unwrap_or(server.module());
+    not_importable(server.module(), python, spec)
 }
 
-/// A directory holding the runner and the Protocol, removed on drop.
-#[derive(Debug)]
-pub struct FieldRunner(Prefix);
+/// The field's runner (`field.py`) and the Protocol, in a fresh directory.
+pub fn runner(name: &str) -> Result<Scripts, String> {
+    Scripts::write(name, "field.py", FIELD_RUNNER)
+}
 
-impl FieldRunner {
-    /// Writes both files into a fresh directory.
-    pub fn write(name: &str) -> Result<FieldRunner, String> {
-        let prefix = Prefix::create_named(name)?;
-        for (file, text) in [("field.py", FIELD_RUNNER), ("echo_protocol.py", PROTOCOL)] {
-            let path = prefix.path().join(file);
-            std::fs::write(&path, text)
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        }
-        Ok(FieldRunner(prefix))
-    }
-
-    /// The runner's path.
-    pub fn runner(&self) -> PathBuf {
-        self.0.path().join("field.py")
-    }
-
-    /// The command that serves `peer` with `procs` processes, sized for `conns`, doing
-    /// `work`, on an address the kernel picks.
-    pub fn command(
-        &self,
-        peer: FieldPeer,
-        python: &Path,
-        procs: usize,
-        conns: usize,
-        work: &Work,
-    ) -> Command {
-        let mut c = Command::new(python);
-        c.arg(self.runner())
-            .args(["--server", peer.server.name()])
-            .args(["--procs", &procs.to_string()])
-            .args(["--conns", &conns.to_string()])
-            .args(["--work", &work.to_string()])
-            .args(["--listen", "127.0.0.1:0"])
-            .env("PYTHONUNBUFFERED", "1")
-            .env("PYTHONDONTWRITEBYTECODE", "1");
-        c
-    }
-
-    /// Its directory, kept until the server has stopped.
-    pub fn into_prefix(self) -> Prefix {
-        self.0
+impl FieldPeer {
+    /// The runner's arguments that serve this row with `procs` processes, sized for
+    /// `conns`, doing `work`, on an address the kernel picks.
+    pub fn serve_args(self, procs: usize, conns: usize, work: &Work) -> Vec<String> {
+        [
+            "--server",
+            self.server.name(),
+            "--procs",
+            &procs.to_string(),
+            "--conns",
+            &conns.to_string(),
+            "--work",
+            &work.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ]
+        .map(String::from)
+        .to_vec()
     }
 }
 

@@ -12,8 +12,9 @@
 //! Whether the loop's package is importable is asked when the rows are made (the
 //! runner's `--version`): a missing one is n/a with the `pip install` that installs it.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use super::peers::{PRESET_MAX_CONNS, Prefix};
 use super::{Target, TargetKind};
@@ -144,17 +145,8 @@ impl PyPeer {
     /// (python 3.11.7 /usr/bin/python3)")`, or `Err` with why it cannot serve, the
     /// missing package's with the `pip install` that installs it.
     pub fn version(self, python: &Path) -> Result<String, String> {
-        let dir = Runner::write(self.name())?;
-        let out = Command::new(python)
-            .arg(dir.runner())
-            .args(["--loop", self.loop_name(), "--version"])
-            .output()
-            .map_err(|e| {
-                format!(
-                    "cannot run {}: {e} (install Python 3 or pass --python-bin)",
-                    python.display()
-                )
-            })?;
+        let dir = Scripts::serve(self.name())?;
+        let out = dir.output(python, &["--loop", self.loop_name(), "--version"])?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         match out.status.code() {
@@ -172,13 +164,7 @@ impl PyPeer {
 
     /// Why a row cannot run when its package is not importable by `python`.
     fn missing(self, python: &Path) -> String {
-        let spec = self.pip_spec().unwrap_or("asyncio");
-        format!(
-            "the Python package {} is not importable by {}: {} -m pip install {spec}",
-            self.module(),
-            python.display(),
-            python.display()
-        )
+        not_importable(self.module(), python, self.pip_spec().unwrap_or("asyncio"))
     }
 
     /// The row `--peer NAME` adds (with `--python-bin` in its command): the version in
@@ -217,32 +203,41 @@ pub fn with_interpreter(peers: &[(String, String)], python: &Path) -> Vec<(Strin
         .collect()
 }
 
-/// A directory holding the runner and the Protocol, removed on drop.
+/// A directory holding a runner script and the echo Protocol it imports, removed on
+/// drop: `serve.py` for the `--peer` loops, `field.py` for the CPython field.
 #[derive(Debug)]
-pub struct Runner(Prefix);
+pub struct Scripts {
+    prefix: Prefix,
+    main: &'static str,
+}
 
-impl Runner {
-    /// Writes both files into a fresh directory.
-    pub fn write(name: &str) -> Result<Runner, String> {
+impl Scripts {
+    /// Writes `main` (holding `text`) and `echo_protocol.py` into a fresh directory.
+    pub fn write(name: &str, main: &'static str, text: &str) -> Result<Scripts, String> {
         let prefix = Prefix::create_named(name)?;
-        for (file, text) in [("serve.py", RUNNER), ("echo_protocol.py", PROTOCOL)] {
+        for (file, text) in [(main, text), ("echo_protocol.py", PROTOCOL)] {
             let path = prefix.path().join(file);
             std::fs::write(&path, text)
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }
-        Ok(Runner(prefix))
+        Ok(Scripts { prefix, main })
+    }
+
+    /// `serve.py`, the runner of the `--peer` loops.
+    pub fn serve(name: &str) -> Result<Scripts, String> {
+        Scripts::write(name, "serve.py", RUNNER)
     }
 
     /// The runner's path.
     pub fn runner(&self) -> PathBuf {
-        self.0.path().join("serve.py")
+        self.prefix.path().join(self.main)
     }
 
-    /// The command that serves `peer` on an address the kernel picks.
-    pub fn command(&self, peer: PyPeer, python: &Path) -> Command {
+    /// `python RUNNER ARGS`.
+    pub fn command<S: AsRef<OsStr>>(&self, python: &Path, args: &[S]) -> Command {
         let mut c = Command::new(python);
         c.arg(self.runner())
-            .args(["--loop", peer.loop_name(), "--listen", "127.0.0.1:0"])
+            .args(args)
             // Output unbuffered: the `listening on` line is flushed anyway, a
             // traceback must not wait in a buffer.
             .env("PYTHONUNBUFFERED", "1")
@@ -250,10 +245,29 @@ impl Runner {
         c
     }
 
+    /// Runs `python RUNNER ARGS` to its end (`Err`: the interpreter cannot run).
+    pub fn output(&self, python: &Path, args: &[&str]) -> Result<Output, String> {
+        self.command(python, args).output().map_err(|e| {
+            format!(
+                "cannot run {}: {e} (install Python 3 or pass --python-bin)",
+                python.display()
+            )
+        })
+    }
+
     /// Its directory, kept until the server has stopped.
     pub fn into_prefix(self) -> Prefix {
-        self.0
+        self.prefix
     }
+}
+
+/// Why a row cannot run when `module` is not importable by `python`.
+pub fn not_importable(module: &str, python: &Path, pip_spec: &str) -> String {
+    format!(
+        "the Python package {module} is not importable by {}: {} -m pip install {pip_spec}",
+        python.display(),
+        python.display()
+    )
 }
 
 #[cfg(test)]
@@ -337,7 +351,7 @@ mod tests {
 
     #[test]
     fn the_runner_directory_holds_both_files_and_goes() {
-        let r = Runner::write("asyncio").unwrap();
+        let r = Scripts::serve("asyncio").unwrap();
         let dir = r.runner().parent().unwrap().to_path_buf();
         assert_eq!(std::fs::read_to_string(r.runner()).unwrap(), RUNNER);
         assert_eq!(
