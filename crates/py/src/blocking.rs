@@ -489,10 +489,26 @@ impl Connection {
     }
 }
 
+/// `socket.timeout(what)`, as a socket's own timeout raises: the same class as
+/// `TimeoutError` from 3.10 on, a subclass of `OSError` of its own on 3.9 (where a
+/// handler catches `socket.timeout`).
+fn timeout_err(what: &'static str) -> PyErr {
+    Python::attach(|py| {
+        let class = py
+            .import("socket")
+            .and_then(|m| m.getattr("timeout"))
+            .and_then(|t| t.cast_into::<pyo3::types::PyType>().map_err(PyErr::from));
+        match class {
+            Ok(class) => PyErr::from_type(class, what),
+            Err(_) => PyTimeoutError::new_err(what),
+        }
+    })
+}
+
 /// The Python exception for how an operation ended.
 fn ended_err<T>(ended: Ended<T>) -> PyErr {
     match ended {
-        Ended::Timeout(what) => PyTimeoutError::new_err(what),
+        Ended::Timeout(what) => timeout_err(what),
         Ended::Failed(e) => e.into(),
         Ended::Done(_) | Ended::Drained | Ended::Idle | Ended::Interrupted => {
             PyOSError::new_err("unexpected end of a blocking operation")

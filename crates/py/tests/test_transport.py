@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from harness import PY311, collapse, connect, differential, exc_name, recv_all
+from harness import PY311, collapse, connect, differential, exc_name, recv_all, run_on
 from protocols import BufferedEcho, Echo, Recorder, pattern
 
 LOCAL = ("127.0.0.1", 0)
@@ -265,9 +265,20 @@ async def sc_pause_reading(env):
     }
 
 
+# Before 3.11 the stock transport adds its reader after connection_made even when the
+# protocol paused reading there (delivering 64 KiB while paused; fixed in 3.11), so its
+# loop is not the reference for this scenario.
+STOCK_PAUSES_LATE = sys.version_info < (3, 11)
+
+
 def test_pause_reading_under_flood(loop_kind):
     """Nothing is delivered while paused (twice, once mid-stream); all bytes after resume."""
-    rec = differential(loop_kind, sc_pause_reading)
+    if STOCK_PAUSES_LATE and loop_kind.is_stock:
+        pytest.xfail("the stock loop before 3.11 reads after pause_reading() in connection_made")
+    if STOCK_PAUSES_LATE:
+        rec = run_on(loop_kind, sc_pause_reading)
+    else:
+        rec = differential(loop_kind, sc_pause_reading)
     assert rec == {
         "delivered_while_paused": 0,
         "delivered_during_repause": 0,

@@ -5,6 +5,7 @@ prints one line to stderr (flushed): the test reads the server's stderr.
 """
 
 import os
+import socket
 import socketserver
 import sys
 
@@ -79,8 +80,6 @@ def drain_probe(conn):
 def timeout_probe(conn):
     """settimeout, then recv with nothing coming: TimeoutError (also as
     socket.timeout), told to the client."""
-    import socket
-
     conn.settimeout(0.2)
     try:
         conn.recv(10)
@@ -97,7 +96,7 @@ def send_timeout_probe(conn):
     try:
         conn.sendall(b"x" * (64 << 20))
         say("sendall returned")
-    except TimeoutError as e:
+    except socket.timeout as e:  # TimeoutError itself from 3.10 on
         say(f"sendall raised {type(e).__name__}")
 
 
