@@ -532,3 +532,138 @@ fn ipv4_peers_of_a_dual_stack_listener() {
     }
     server.stop();
 }
+
+/// Connections an instance accepted, from its exit log.
+fn accepted_in_log(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.split(": accepted ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Zero-downtime restart on `kernel` (README "Zero-downtime restart", as
+/// `restart.rs` runs it for the HTTP strategies): a new instance takes over the shared
+/// listening socket while clients keep opening connections and echoing through them,
+/// the old one drains on SIGTERM and exits 0, and no connection is refused or reset,
+/// no echo comes back short or different, and every connection opened was accepted by
+/// one of the two.
+#[test]
+fn a_restart_hands_over_the_listener_without_losing_an_echo() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+
+    const CLIENTS: usize = 4;
+    const MAX_PER_CLIENT: u64 = 20_000;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut old = Server::start_with_listener(&listener, None, "kernel", "echo", &[]);
+    assert_eq!(old.addr(), addr);
+
+    let ok = Arc::new(AtomicU64::new(0));
+    let opened = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (ok, opened, failures, stop) = (
+                Arc::clone(&ok),
+                Arc::clone(&opened),
+                Arc::clone(&failures),
+                Arc::clone(&stop),
+            );
+            thread::spawn(move || {
+                let mut rng = XorShift::new(100 + i as u64);
+                for _ in 0..MAX_PER_CLIENT {
+                    if stop.load(SeqCst) {
+                        return;
+                    }
+                    let mut one = || -> Result<(), String> {
+                        let mut s =
+                            TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+                        opened.fetch_add(1, SeqCst);
+                        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                        // One message per connection: echo has no request boundary, so a
+                        // draining instance closes a connection once it has been quiet
+                        // (docs/notes/kernel.md, Drain), and a client that writes again
+                        // after a pause could meet that close, as an HTTP keep-alive
+                        // client meets an idle close.
+                        let n = rng.range(1, 4096);
+                        let data = rng.bytes(n);
+                        s.write_all(&data).map_err(|e| format!("write: {e}"))?;
+                        let mut got = vec![0u8; n];
+                        s.read_exact(&mut got).map_err(|e| format!("read: {e}"))?;
+                        if got != data {
+                            return Err("the echo differs".into());
+                        }
+                        Ok(())
+                    };
+                    match one() {
+                        Ok(()) => {
+                            ok.fetch_add(1, SeqCst);
+                        }
+                        Err(e) => failures.lock().unwrap().push(e),
+                    }
+                }
+            })
+        })
+        .collect();
+    let wait_more = |from: u64, what: &str| -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = ok.load(SeqCst);
+            if now >= from + 200 {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: only {} echoes",
+                now - from
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let p1 = wait_more(0, "old instance alone");
+    let mut new = Server::start_with_listener(&listener, None, "kernel", "echo", &[]);
+    assert_eq!(new.addr(), addr);
+    let p2 = wait_more(p1, "both instances");
+    old.sigterm();
+    let status = old.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "old instance: {status}");
+    let p3 = ok.load(SeqCst);
+    wait_more(p3, "new instance alone");
+    stop.store(true, SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    new.sigterm();
+    let status = new.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "new instance: {status}");
+
+    let (old_log, new_log) = (old.stderr_text(), new.stderr_text());
+    let (old_acc, new_acc) = (accepted_in_log(&old_log), accepted_in_log(&new_log));
+    let failures = failures.lock().unwrap();
+    eprintln!(
+        "kernel restart: {} connections echoed ({p1} old alone, {} with both, {} after \
+         the old one exited); old accepted {old_acc}, new {new_acc}; {} failures",
+        ok.load(SeqCst),
+        p2 - p1,
+        ok.load(SeqCst) - p3,
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "failures: {:?}",
+        &failures[..failures.len().min(10)]
+    );
+    assert!(
+        old_acc > 0 && new_acc > 0,
+        "both served:\n{old_log}\n{new_log}"
+    );
+    assert_eq!(
+        old_acc + new_acc,
+        opened.load(SeqCst),
+        "every connection opened was accepted by one instance:\n{old_log}\n{new_log}"
+    );
+    old.assert_no_panic();
+    new.assert_no_panic();
+}
