@@ -533,14 +533,6 @@ fn ipv4_peers_of_a_dual_stack_listener() {
     server.stop();
 }
 
-/// Connections an instance accepted, from its exit log.
-fn accepted_in_log(log: &str) -> u64 {
-    log.lines()
-        .filter_map(|l| l.split(": accepted ").nth(1))
-        .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// Zero-downtime restart on `kernel` (README "Zero-downtime restart", as
 /// `restart.rs` runs it for the HTTP strategies): a new instance takes over the shared
 /// listening socket while clients keep opening connections and echoing through them,

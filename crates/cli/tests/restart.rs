@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Server, connect, is_reset, read_http_response, strategy_tests};
+use common::{Server, accepted_in_log, connect, is_reset, read_http_response, strategy_tests};
 
 const FRESH_CLIENTS: usize = 4;
 const KEEPALIVE_CLIENTS: usize = 2;
@@ -224,14 +224,6 @@ fn wait_for_more(t: &Tally, from: u64, what: &str) -> u64 {
         );
         thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// Connections an instance accepted, from its exit log.
-fn accepted_in_log(log: &str) -> u64 {
-    log.lines()
-        .filter_map(|l| l.split(": accepted ").nth(1))
-        .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 fn handover(old_strategy: &str, old_args: &[&str], new_strategy: &str, new_args: &[&str]) {

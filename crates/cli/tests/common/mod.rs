@@ -998,3 +998,11 @@ impl Server {
         server
     }
 }
+
+/// Connections a server accepted, from its exit log (`...: accepted N ...` lines).
+pub fn accepted_in_log(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.split(": accepted ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
