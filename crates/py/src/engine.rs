@@ -1188,6 +1188,8 @@ impl Engine {
             Some(_) => None,
             None => None,
         };
+        // Transports the garbage collector freed on another thread, dropped here.
+        c10k_sys::thread_bound::sweep();
         let handles = self.core.poll(py, timeout)?;
         Ok(PyList::new(py, handles)?.unbind())
     }
@@ -1322,6 +1324,7 @@ impl Engine {
     /// Close every socket and the kernel interface.
     fn close(&self, py: Python<'_>) {
         self.core.close(py);
+        c10k_sys::thread_bound::sweep();
     }
 }
 

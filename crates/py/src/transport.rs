@@ -16,6 +16,8 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::rc::Rc;
 
+use c10k_sys::thread_bound::ThreadBound;
+
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
@@ -99,8 +101,30 @@ pub(crate) struct State {
 
 /// asyncio transport over a TCP socket. Weakly referenceable: asyncio's `Server`
 /// keeps its transports in a `WeakSet` (Python 3.13+).
-#[pyclass(unsendable, weakref, module = "c10k._engine")]
-pub struct Transport {
+///
+/// Its state is its loop's (`Rc`, `RefCell`), so it is reachable only on the loop's
+/// thread; but Python's garbage collector may free a transport (one in a reference
+/// cycle, say through an exception's traceback) on any thread, such as an executor's.
+/// There the state is not dropped but handed back to the loop's thread
+/// (`c10k_sys::thread_bound`), which drops it at its next turn or when it closes.
+#[pyclass(weakref, module = "c10k._engine")]
+pub struct Transport(ThreadBound<TransportState>);
+
+impl std::ops::Deref for Transport {
+    type Target = TransportState;
+
+    fn deref(&self) -> &TransportState {
+        match self.0.get() {
+            Some(t) => t,
+            // As asyncio's own transports, not thread-safe: a caller on another
+            // thread gets an exception (pyo3 turns the panic into one), not a race.
+            None => panic!("a c10k Transport was used outside its event loop's thread"),
+        }
+    }
+}
+
+/// What a [`Transport`] holds, on its loop's thread.
+pub struct TransportState {
     pub(crate) core: Rc<Core>,
     pub(crate) slot: usize,
     pub(crate) serial: u32,
@@ -135,7 +159,7 @@ pub(crate) fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R)
 
 impl Transport {
     pub(crate) fn new(core: Rc<Core>, slot: usize, serial: u32, sock: Sock) -> Transport {
-        Transport {
+        Transport(ThreadBound::new(TransportState {
             core,
             slot,
             serial,
@@ -171,7 +195,7 @@ impl Transport {
             server: RefCell::new(None),
             extra: RefCell::new(None),
             pysock: RefCell::new(None),
-        }
+        }))
     }
 
     pub(crate) fn tag(&self) -> Tag {

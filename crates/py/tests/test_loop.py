@@ -423,3 +423,69 @@ def test_policy_and_run(loop_kind):
     rec = differential_fn(loop_kind, sc_entry_points)
     assert rec == {"policy": ("policy", True, True), "run": ("run", True)}
 
+
+
+# ---------------------------------------------------------------------- threads
+
+
+def test_transport_freed_on_another_thread(loop_kind):
+    """Python's collector frees what sits in a reference cycle on whichever thread runs
+    it (an executor's, say). A c10k transport freed there is dropped by its loop's own
+    thread instead, without an error: closing the loop then releases every descriptor."""
+    import gc
+    import sys
+    import weakref
+
+    if loop_kind.is_stock:
+        return  # stock transports are plain Python objects: nothing to check
+    c10k = import_c10k()
+    fd_dir = "/proc/self/fd"
+    unraisable = []
+    old_hook = sys.unraisablehook
+    gc.collect()
+    gc.disable()
+    sys.unraisablehook = lambda u: unraisable.append(f"{u.exc_type.__name__}: {u.exc_value}")
+    try:
+        fds_before = len(os.listdir(fd_dir))
+        loop = c10k.new_event_loop(strategy=loop_kind.strategy)
+        transports = []
+
+        class Cyclic(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+                self.me = self  # a cycle: only the collector frees this protocol
+                transports.append(weakref.ref(transport))
+
+            def data_received(self, data):
+                self.transport.write(data)
+                self.transport.close()
+
+        async def main():
+            server = await loop.create_server(Cyclic, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"ping")
+                assert await reader.read() == b"ping"
+                writer.close()
+                await writer.wait_closed()
+            server.close()
+            await server.wait_closed()
+
+        loop.run_until_complete(main())
+        loop.run_until_complete(asyncio.sleep(0.05))  # the connection_lost calls
+        assert len(transports) == 3
+        assert all(w() is not None for w in transports), "freed without the collector"
+        collector = threading.Thread(target=gc.collect)
+        collector.start()
+        collector.join()
+        assert all(w() is None for w in transports), "the other thread did not free them"
+        loop.run_until_complete(asyncio.sleep(0))  # a turn of the loop drops them
+        loop.close()
+        gc.collect()
+        fds_after = len(os.listdir(fd_dir))
+    finally:
+        sys.unraisablehook = old_hook
+        gc.enable()
+    assert unraisable == []
+    assert fds_after == fds_before, f"{fds_after - fds_before} descriptors left open"

@@ -25,7 +25,9 @@
 //!   lock released), with nanosecond timeouts;
 //! - [`fd`]: a descriptor of Rust's own for a socket an interpreter names by number;
 //! - [`stack_guard`]: a green thread's stack overflow (a hit on its guard page) is
-//!   reported on stderr before the process aborts, instead of a bare SIGSEGV.
+//!   reported on stderr before the process aborts, instead of a bare SIGSEGV;
+//! - [`thread_bound`]: a single-threaded value an interpreter's garbage collector may
+//!   free on another thread, dropped later on its own thread instead of there.
 
 pub mod activation;
 pub mod bpf;
@@ -36,6 +38,7 @@ pub mod process;
 pub mod select;
 pub mod shm;
 pub mod stack_guard;
+pub mod thread_bound;
 pub mod uring;
 
 pub use poll::{PollFd, poll};
