@@ -221,9 +221,11 @@ async def sc_threadsafe(env):
         for j in range(100):
             loop.call_soon_threadsafe(arrive, i, j)
 
-    for i in range(4):
-        env.thread(burst, i)
+    bursts = [env.thread(burst, i) for i in range(4)]
     await all_in
+    # Each thread's own completion too: it posts one more callback after its burst,
+    # which must not land on a loop this scenario has already let close.
+    await asyncio.gather(*bursts)
     return {
         "handle_type": handle_type,
         "result": result,
