@@ -5,6 +5,7 @@ import asyncio
 import concurrent.futures
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -244,6 +245,9 @@ def test_call_soon_threadsafe_wakes_loop(loop_kind):
 # ---------------------------------------------------------------------- stop / close
 
 
+NOT_PROBED = "not probed: CPython 3.13.0 loses its running state"
+
+
 def sc_stop_close(kind):
     loop = kind.new_loop()
     log = []
@@ -276,7 +280,13 @@ def sc_stop_close(kind):
 
     async def probe():
         inside["is_running"] = loop.is_running()
-        inside["run_forever"] = err(loop.run_forever)
+        if sys.version_info[:3] == (3, 13, 0):
+            # CPython 3.13.0's BaseEventLoop (stock and c10k's alike) refuses a nested
+            # run_forever but then forgets it is running (close() succeeds, the next
+            # nested run hangs): not probed there.
+            inside["run_forever"] = NOT_PROBED
+        else:
+            inside["run_forever"] = err(loop.run_forever)
         coro = asyncio.sleep(0)
         inside["run_until_complete"] = err(lambda: loop.run_until_complete(coro))
         coro.close()
@@ -309,7 +319,11 @@ def test_stop_and_close(loop_kind):
         "log": ["a", "b", "returned1", "c", "returned2", "d", "returned3"],
         "inside": {
             "is_running": True,
-            "run_forever": ("RuntimeError", "This event loop is already running"),
+            "run_forever": (
+                NOT_PROBED
+                if sys.version_info[:3] == (3, 13, 0)
+                else ("RuntimeError", "This event loop is already running")
+            ),
             "run_until_complete": ("RuntimeError", "This event loop is already running"),
             "close": ("RuntimeError", "Cannot close a running event loop"),
         },
