@@ -545,7 +545,11 @@ impl<A: App> RingConns<A> {
         }
         let wants = conn.core().wants_read(output_cap);
         match (wants, conn.recv) {
-            (true, None) => match self.ring.recv_multi(conn.socket(), tag) {
+            (true, None) => match if conn.throttled {
+                self.ring.recv_once(conn.socket(), tag)
+            } else {
+                self.ring.recv_multi(conn.socket(), tag)
+            } {
                 Ok(op) => conn.recv = Some(op),
                 Err(e) => {
                     tracing::debug!("cannot queue a receive: {e}");
@@ -558,6 +562,7 @@ impl<A: App> RingConns<A> {
                 // Backpressure (or nothing more to read): stop receiving. Bytes that
                 // arrive before the cancel lands wait in the connection.
                 conn.recv_cancelled = true;
+                conn.throttled = true;
                 let _ = self.ring.cancel(op);
             }
             _ => {}

@@ -18,9 +18,13 @@ use crate::lifecycle::{ConnCore, Env, OutputPool, Phase};
 pub(super) struct RingConn<S> {
     socket: Socket,
     core: ConnCore<S>,
-    /// The multishot receive, while armed; and whether it is being cancelled.
+    /// The receive, while armed; and whether it is being cancelled.
     pub(super) recv: Option<OpId>,
     pub(super) recv_cancelled: bool,
+    /// Backpressure stopped this connection's reading at least once: from then on it
+    /// receives one buffer at a time, as a multishot receive keeps delivering until
+    /// its cancel lands (with SQPOLL on a busy machine, megabytes later).
+    pub(super) throttled: bool,
 }
 
 impl<S: Session> RingConn<S> {
@@ -30,6 +34,7 @@ impl<S: Session> RingConn<S> {
             core: ConnCore::new(session, now),
             recv: None,
             recv_cancelled: false,
+            throttled: false,
         }
     }
 
