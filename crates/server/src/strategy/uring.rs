@@ -545,11 +545,7 @@ impl<A: App> RingConns<A> {
         }
         let wants = conn.core().wants_read(output_cap);
         match (wants, conn.recv) {
-            (true, None) => match if conn.throttled {
-                self.ring.recv_once(conn.socket(), tag)
-            } else {
-                self.ring.recv_multi(conn.socket(), tag)
-            } {
+            (true, None) => match arm_receive(&mut self.ring, conn.socket(), conn.throttled, tag) {
                 Ok(op) => conn.recv = Some(op),
                 Err(e) => {
                     tracing::debug!("cannot queue a receive: {e}");
@@ -686,5 +682,15 @@ impl<A: App> ConnTable for RingConns<A> {
 
     fn stats(&self) -> &WorkerStats {
         &self.ctx.stats
+    }
+}
+
+/// Arm a receive: one buffer at a time for a connection backpressure has stopped
+/// before (`throttled`), else a multishot receive.
+fn arm_receive(ring: &mut Ring, socket: &Socket, throttled: bool, tag: u64) -> io::Result<OpId> {
+    if throttled {
+        ring.recv_once(socket, tag)
+    } else {
+        ring.recv_multi(socket, tag)
     }
 }
