@@ -398,6 +398,11 @@ fn a_peer_that_never_reads_is_reset() {
     );
     assert!(took < Duration::from_secs(3), "reset after {took:?}");
     wait_metric(m, "c10k_errors_total", "kind=\"io\"", 1);
+    // The log line may land a moment after the counter: wait for it (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.stderr_text().contains("--output-cap") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
     assert!(server.stderr_text().contains("--output-cap"));
     server.stop();
 }
